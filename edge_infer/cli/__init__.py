@@ -1,0 +1,49 @@
+"""The ``edge-infer`` command: thin sub-commands over the library.
+
+Every sub-command lives in its own module with ``add_parser(subparsers)``
+and ``main(args) -> int``. Errors a user can cause are
+:class:`~edge_infer.errors.EdgeInferError` and end as one line on stderr with
+a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import EdgeInferError
+from . import bench, inspect_model, replay, run
+
+COMMANDS = (run, replay, inspect_model, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-infer", description=(
+        "Run a quantized TFLite model on sensor frames within a time budget, "
+        "falling back to a safe action when it cannot answer in time."))
+    parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except EdgeInferError as exc:
+        print(f"edge-infer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `edge-infer ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

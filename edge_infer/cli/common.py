@@ -1,0 +1,94 @@
+"""Options and plumbing that several sub-commands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any, Dict, List, Optional
+
+from ..errors import EdgeInferError
+from ..io import read_log
+from ..loader import bundled_log, open_model
+from ..runtime import Runtime
+from ..sinks.base import Sink
+from ..sinks.console import SHOW_MODES, ConsoleSink
+from ..sinks.jsonl import JsonLinesSink
+from ..sources.log_replay import LogSource, channel_columns
+from ..summary import format_summary
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="SPEC_OR_TFLITE",
+                        help="model spec (.toml) or bare .tflite (default: the bundled model)")
+    parser.add_argument("--backend", help="litert, tflite-runtime or tensorflow (default: first installed)")
+    parser.add_argument("--budget-ms", type=float, help="time budget per decision (overrides the spec)")
+    parser.add_argument("--fallback", metavar="ACTION", help="safe default action (overrides the spec)")
+    parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    parser.add_argument("--speed", default="max", type=parse_speed, metavar="max|FACTOR",
+                        help="replay pace: 'max' (default) or a factor of real time, e.g. 1.0")
+    parser.add_argument("--decisions", metavar="FILE", help="write every decision record to FILE (JSON lines)")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--show", choices=SHOW_MODES, default=None,
+                        help="decision lines on stdout: changes of action/source, all, or none "
+                             "(default: changes; none with --json)")
+
+
+def parse_speed(text: str) -> Optional[float]:
+    if text == "max":
+        return None
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be 'max' or a number, not {text!r}") from None
+    if not speed > 0:
+        raise argparse.ArgumentTypeError(f"speed must be greater than 0, not {text}")
+    return speed
+
+
+def build_sinks(args: argparse.Namespace) -> List[Sink]:
+    show = args.show or ("none" if args.json else "changes")
+    sinks: List[Sink] = [ConsoleSink(show)]
+    if args.decisions:
+        sinks.append(JsonLinesSink(args.decisions))
+    return sinks
+
+
+def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
+    """A runtime replaying ``log_path`` (the bundled log if None) through the model the options name."""
+    path = log_path or str(bundled_log())
+    log = read_log(path, strict=args.strict)
+    if len(log) == 0:
+        raise EdgeInferError(f"log {path} has no usable rows")
+    spec, engine = open_model(args.model, log.channels, backend=args.backend, hop=args.hop,
+                              budget_ms=args.budget_ms, fallback=args.fallback)
+    has_spec = spec.spec_path is not None
+    columns = channel_columns(log, spec.channels if has_spec else None, engine.channels, path)
+    source = LogSource(log, columns, spec.channels, speed=args.speed, name=path)
+    return Runtime(spec, engine, source, build_sinks(args))
+
+
+def run_until_stopped(runtime: Runtime, duration_s: Optional[float]) -> Dict[str, Any]:
+    """Run with SIGINT/SIGTERM asking the loop to stop (sinks are flushed, the summary still printed)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return runtime.run(duration_s=duration_s, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def print_summary(summary: Dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=False))
+    else:
+        print(format_summary(summary), file=sys.stdout)

@@ -1,0 +1,67 @@
+"""The decision stage: turn the model's output, or its absence, into an action with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .reasons import Reason
+from .spec import Action, ModelSpec
+
+
+@dataclass
+class Decision:
+    """One decision record: what was done for the window that ended at frame ``seq``.
+
+    ``source`` is ``"model"`` or ``"fallback"``; ``reason`` is None for a
+    plain model decision, else a :class:`Reason` code. ``latency_us`` runs
+    from the receipt of the window's last frame to the hand-off to the sinks.
+    ``output`` is the dequantized output vector (None when the model gave none).
+    """
+
+    __slots__ = ("seq", "t", "action", "source", "reason", "latency_us", "invoke_us", "output", "label")
+
+    seq: int
+    t: float
+    action: Action
+    source: str
+    reason: Optional[Reason]
+    latency_us: float
+    invoke_us: Optional[float]
+    output: Optional[List[float]]
+    label: Optional[str]
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.source == "fallback"
+
+    def to_record(self) -> Dict[str, Any]:
+        """The JSON-lines record (README: "Decision record")."""
+        return {
+            "seq": self.seq,
+            "t": self.t,
+            "action": self.action,
+            "source": self.source,
+            "reason": self.reason.code if self.reason is not None else None,
+            "latency_us": round(self.latency_us, 1),
+            "invoke_us": None if self.invoke_us is None else round(self.invoke_us, 1),
+            "output": self.output,
+            "label": self.label,
+        }
+
+
+class DecisionRule:
+    """The spec's rule: argmax of the output, with an optional minimum confidence."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.min_confidence = spec.min_confidence
+
+    def decide(self, output: np.ndarray) -> "tuple[Action, Optional[Reason]]":
+        """The action for an output vector, and LOW_CONFIDENCE if its top value is below the minimum."""
+        index = int(np.argmax(output))
+        if self.min_confidence > 0.0 and float(output[index]) < self.min_confidence:
+            return self.spec.action_for(index), Reason.LOW_CONFIDENCE
+        return self.spec.action_for(index), None

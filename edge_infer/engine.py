@@ -1,0 +1,165 @@
+"""The interpreter stage: load a .tflite model, quantize in, invoke, dequantize out.
+
+:class:`Engine` is what the TFLite ``Interpreter`` leaves to its user: it
+checks the file before the native loader sees it, reads the input and output
+quantization once, and converts windows through buffers allocated at load
+time. An Engine is not thread-safe: exactly one thread may use it at a time
+(the deadline scheduler owns it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .backends import Backend, backend_version, resolve_backend
+from .errors import ModelError
+from .quantize import SUPPORTED_DTYPES, InputConverter, OutputConverter, QuantParams
+
+#: The flatbuffer file identifier of a TFLite model, at byte offset 4.
+TFLITE_MAGIC = b"TFL3"
+
+
+def read_model_bytes(path: "str | Path") -> bytes:
+    """The model file's bytes, after checking that it can be a TFLite model at all."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model {path} not found; pass the path of a .tflite file or of its .toml spec") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    if len(data) < 8 or data[4:8] != TFLITE_MAGIC:
+        raise ModelError(f"model {path} is not a TFLite flatbuffer (no 'TFL3' identifier); "
+                         "convert it with tf.lite.TFLiteConverter")
+    return data
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _window_shape(shape: Tuple[int, ...], path: Path) -> Tuple[int, int]:
+    """(frames, channels) from an input shape [1, W, C], [W, C] or [1, W, C, 1]."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 2:
+        return dims[0], dims[1]
+    if len(dims) == 3 and dims[0] == 1:
+        return dims[1], dims[2]
+    if len(dims) == 4 and dims[0] == 1 and dims[3] == 1:
+        return dims[1], dims[2]
+    raise ModelError(f"model {path}: input shape {list(dims)} is not a window of samples; "
+                     "expected [1, window, channels] (or [window, channels])")
+
+
+def _quant_params(detail: Dict[str, Any], role: str, path: Path) -> QuantParams:
+    dtype = np.dtype(detail["dtype"]).type
+    if dtype not in SUPPORTED_DTYPES:
+        raise ModelError(f"model {path}: {role} tensor {detail['name']!r} has dtype {np.dtype(dtype).name}; "
+                         "supported: int8, uint8, float32")
+    scales = detail.get("quantization_parameters", {}).get("scales", np.zeros(0))
+    if len(scales) > 1:
+        raise ModelError(f"model {path}: {role} tensor {detail['name']!r} is quantized per axis; "
+                         "only per-tensor quantization is supported for inputs and outputs")
+    scale, zero_point = detail["quantization"]
+    if dtype is np.float32:
+        scale, zero_point = 0.0, 0
+    elif scale == 0.0:
+        raise ModelError(f"model {path}: {role} tensor {detail['name']!r} is {np.dtype(dtype).name} "
+                         "but has no quantization scale")
+    return QuantParams(dtype=dtype, scale=float(scale), zero_point=int(zero_point))
+
+
+class Engine:
+    """One loaded model on one backend, with its conversion buffers."""
+
+    def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1):
+        self.path = Path(model_path)
+        self.model_bytes = read_model_bytes(self.path)
+        self.sha256 = sha256_hex(self.model_bytes)
+        self.backend: Backend
+        self.backend, interpreter_class = resolve_backend(backend)
+        self.backend_version = backend_version(self.backend)
+        try:
+            self._interpreter = interpreter_class(model_content=self.model_bytes, num_threads=num_threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {self.path} cannot be loaded by {self.backend.name} "
+                             f"(truncated or corrupt?): {reason}") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"model {self.path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                             "edge-infer runs models with one input window and one output vector")
+        self.input_detail, self.output_detail = inputs[0], outputs[0]
+        self.window, self.channels = _window_shape(tuple(self.input_detail["shape"]), self.path)
+        self.input_params = _quant_params(self.input_detail, "input", self.path)
+        self.output_params = _quant_params(self.output_detail, "output", self.path)
+        self.output_size = int(np.prod(self.output_detail["shape"]))
+        self._input_view = self._interpreter.tensor(self.input_detail["index"])
+        self._output_view = self._interpreter.tensor(self.output_detail["index"])
+        self._out = OutputConverter(self.output_params, self.output_size)
+        self.set_normalization(np.zeros(self.channels), np.ones(self.channels))
+
+    def set_normalization(self, offset: np.ndarray, scale: np.ndarray) -> None:
+        """Apply ``(x - offset) / scale`` per channel before quantizing (from the spec)."""
+        self._in = InputConverter(self.input_params, (self.window, self.channels), offset, scale)
+
+    def set_input(self, window: np.ndarray) -> None:
+        """Normalise and quantize a (frames, channels) window into the input tensor."""
+        converted = self._in.convert(window)
+        view = self._input_view()
+        view.reshape(converted.shape)[...] = converted
+        del view  # the interpreter refuses to invoke while a view of its memory is alive
+
+    def invoke(self) -> None:
+        """Run the model on the input set last. Releases the GIL; cannot be cancelled."""
+        self._interpreter.invoke()
+
+    def output(self) -> np.ndarray:
+        """The dequantized output vector. The array is reused: copy it to keep it."""
+        view = self._output_view()
+        values = self._out.convert(view)
+        del view
+        return values
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        """set_input, invoke, output: one window in, the real-valued output out (reused buffer)."""
+        self.set_input(window)
+        self.invoke()
+        return self.output()
+
+    def quantized_input(self) -> np.ndarray:
+        """The raw input tensor as last set (a copy), for checks against the interpreter."""
+        return self._in.buffer.copy()
+
+    def describe(self) -> Dict[str, Any]:
+        """What ``edge-infer inspect`` prints: tensors, quantization, size, hash, operators."""
+        ops = getattr(self._interpreter, "_get_ops_details", None)
+        operators = ops() if callable(ops) else []
+        return {
+            "model": str(self.path),
+            "size_bytes": len(self.model_bytes),
+            "sha256": self.sha256,
+            "backend": self.backend.name,
+            "backend_version": self.backend_version,
+            "inputs": [_tensor_info(d) for d in self._interpreter.get_input_details()],
+            "outputs": [_tensor_info(d) for d in self._interpreter.get_output_details()],
+            "operator_count": len(operators),
+            "operators": sorted({op["op_name"] for op in operators}),
+        }
+
+
+def _tensor_info(detail: Dict[str, Any]) -> Dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "shape": [int(d) for d in detail["shape"]],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }

@@ -1,0 +1,134 @@
+"""Recorded sensor logs in CSV: ``t`` in seconds, one column per channel, optional ``label``.
+
+A field log is messy: a row may be cut short by a power loss, a value may be
+garbage. The reader never raises on a bad row. It skips the row and keeps
+``(line number, what is wrong)`` so the run can report it, unless the caller
+asked for ``strict`` reading, where the first bad row is a :class:`LogError`
+that names its line.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import LogError
+
+TIME_COLUMN = "t"
+LABEL_COLUMN = "label"
+
+
+@dataclass
+class RecordedLog:
+    """A whole recorded log in memory, one row per frame.
+
+    ``bad_rows`` lists the rows that were skipped, as (1-based line number,
+    reason); they are not in ``t``/``values``/``labels``.
+    """
+
+    t: np.ndarray
+    values: np.ndarray
+    channels: List[str]
+    labels: Optional[List[str]]
+    bad_rows: List[Tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def read_csv_log(path: "str | Path", strict: bool = False) -> RecordedLog:
+    """Read a CSV log. Raises :class:`LogError` only for a file that cannot be a log at all
+    (missing, empty, no ``t`` column, no channels) or, when ``strict``, for the first bad row."""
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise LogError(f"cannot read log {path}: {exc.strerror or exc}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = _read_header(reader, path)
+        return _read_rows(reader, header, path, strict)
+
+
+def _read_header(reader: "csv._reader", path: Path) -> List[str]:
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise LogError(f"log {path} is empty: expected a header line such as 't,ch1,ch2,label'") from None
+    except csv.Error as exc:
+        raise LogError(f"log {path} line 1: cannot parse the header: {exc}") from None
+    if TIME_COLUMN not in header:
+        raise LogError(f"log {path} line 1: no '{TIME_COLUMN}' column in the header {header}; "
+                       "the first column must be the timestamp in seconds")
+    if len(set(header)) != len(header):
+        raise LogError(f"log {path} line 1: duplicate column names in the header {header}")
+    if len([c for c in header if c not in (TIME_COLUMN, LABEL_COLUMN)]) == 0:
+        raise LogError(f"log {path} line 1: no channel columns in the header {header}")
+    return header
+
+
+def _read_rows(reader: "csv._reader", header: List[str], path: Path, strict: bool) -> RecordedLog:
+    t_col = header.index(TIME_COLUMN)
+    label_col = header.index(LABEL_COLUMN) if LABEL_COLUMN in header else None
+    channel_cols = [i for i, name in enumerate(header) if name not in (TIME_COLUMN, LABEL_COLUMN)]
+    times: List[float] = []
+    rows: List[List[float]] = []
+    labels: List[str] = []
+    bad: List[Tuple[int, str]] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            _bad_row(bad, reader.line_num, f"cannot parse: {exc}", path, strict)
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        problem = _parse_row(row, len(header), t_col, channel_cols, times, rows)
+        if problem:
+            _bad_row(bad, reader.line_num, problem, path, strict)
+            continue
+        if label_col is not None:
+            labels.append(row[label_col].strip())
+    values = np.array(rows, dtype=np.float32).reshape(len(rows), len(channel_cols))
+    return RecordedLog(
+        t=np.array(times, dtype=np.float64),
+        values=values,
+        channels=[header[i] for i in channel_cols],
+        labels=labels if label_col is not None else None,
+        bad_rows=bad,
+    )
+
+
+def _parse_row(row: List[str], width: int, t_col: int, channel_cols: List[int],
+               times: List[float], rows: List[List[float]]) -> Optional[str]:
+    """Append a good row to ``times``/``rows``; return what is wrong with a bad one."""
+    if len(row) != width:
+        return f"{len(row)} fields, expected {width}"
+    try:
+        t = float(row[t_col])
+    except ValueError:
+        return f"timestamp {row[t_col]!r} is not a number"
+    if not math.isfinite(t):
+        return f"timestamp {row[t_col]!r} is not finite"
+    try:
+        # NaN and Inf are kept: they are sensor faults for the checks to judge, not parse errors.
+        sample = [float(row[i]) for i in channel_cols]
+    except ValueError as exc:
+        return f"value is not a number ({exc})"
+    times.append(t)
+    rows.append(sample)
+    return None
+
+
+def _bad_row(bad: List[Tuple[int, str]], line: int, problem: str, path: Path, strict: bool) -> None:
+    if strict:
+        raise LogError(f"log {path} line {line}: {problem} (fix or delete the line, "
+                       "or run without --strict to skip bad rows)")
+    bad.append((line, problem))

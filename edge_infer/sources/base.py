@@ -1,0 +1,45 @@
+"""The abstract frame source: the first stage of the data path.
+
+Shaped like python-can's ``BusABC.recv``: one blocking call with a timeout,
+so the decision loop can notice silence (no frame by a deadline) without
+threads of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Dict, Optional
+
+from ..frame import Frame
+
+
+class EndOfStream(Exception):
+    """Raised by :meth:`Source.recv` when a finite source (a log) is exhausted."""
+
+
+class Source(abc.ABC):
+    """Produces :class:`Frame` objects in the model's channel order."""
+
+    #: Channel names in the order of ``Frame.values``.
+    channels: "list[str]"
+
+    @abc.abstractmethod
+    def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
+        """Return the next frame, or None if none arrived within ``timeout`` seconds.
+
+        ``timeout=None`` waits as long as it takes. Raises :class:`EndOfStream`
+        when a finite source has no more frames.
+        """
+
+    def counters(self) -> Dict[str, int]:
+        """Link or reader counters for the summary (bad rows, CRC errors, ...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release the underlying file or port. Safe to call twice."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""Replay a recorded log as a source: as fast as possible, or paced by its timestamps."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..clock import Clock
+from ..errors import LogError
+from ..frame import Frame
+from ..io import RecordedLog
+from .base import EndOfStream, Source
+
+
+def channel_columns(log: RecordedLog, channels: Optional[List[str]], model_channels: int, where: str) -> List[int]:
+    """Which log columns feed the model's channels, in the model's order.
+
+    With a spec, columns are matched by name (the log may order them
+    differently or carry extra ones); without, every channel column feeds the
+    model in the log's order and their number must match the model's input.
+    """
+    if channels is None:
+        if len(log.channels) != model_channels:
+            raise LogError(f"log {where} has {len(log.channels)} channel columns {log.channels}, "
+                           f"but the model takes {model_channels} channels")
+        return list(range(len(log.channels)))
+    missing = [c for c in channels if c not in log.channels]
+    if missing:
+        raise LogError(f"log {where} has no column {missing[0]!r}; the model spec needs {channels} "
+                       f"and the log has {log.channels}")
+    return [log.channels.index(c) for c in channels]
+
+
+class LogSource(Source):
+    """Frames from a :class:`RecordedLog`.
+
+    ``speed=None`` replays as fast as the loop can take them; a factor paces
+    frame ``i`` at ``(t[i] - t[0]) / speed`` seconds after the first, against
+    the absolute start (so waiting never drifts, unlike sleeping per gap).
+    """
+
+    def __init__(self, log: RecordedLog, columns: List[int], channels: List[str],
+                 speed: Optional[float] = None, clock: Optional[Clock] = None, name: str = "log"):
+        self.channels = channels
+        self.name = name
+        self._values = np.ascontiguousarray(log.values[:, columns], dtype=np.float32)
+        self._t = log.t
+        self._labels = log.labels
+        self._bad_rows = log.bad_rows
+        self._speed = speed
+        self._clock = clock or Clock()
+        self._index = 0
+        self._start_ns: Optional[int] = None
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
+        i = self._index
+        if i >= len(self._t):
+            raise EndOfStream
+        if self._speed is not None and not self._wait_due(i, timeout):
+            return None
+        self._index = i + 1
+        return Frame(seq=i, t=float(self._t[i]), recv_ns=self._clock.now_ns(), values=self._values[i],
+                     label=None if self._labels is None else self._labels[i], device_seq=None)
+
+    def _wait_due(self, i: int, timeout: Optional[float]) -> bool:
+        now = self._clock.now_ns()
+        if self._start_ns is None:
+            self._start_ns = now
+        due = self._start_ns + int((self._t[i] - self._t[0]) / self._speed * 1e9)
+        if timeout is not None and due - now > timeout * 1e9:
+            self._clock.sleep_until(now + int(timeout * 1e9))
+            return False
+        self._clock.sleep_until(due)
+        return True
+
+    def counters(self) -> Dict[str, int]:
+        out: Dict[str, int] = {"rows": len(self._t), "bad_rows": len(self._bad_rows)}
+        if self._bad_rows:
+            out["first_bad_line"] = self._bad_rows[0][0]
+        return out

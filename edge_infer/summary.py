@@ -1,0 +1,98 @@
+"""Run statistics: a sink that counts what the loop did and renders the summary.
+
+The same numbers serve ``replay --json`` (is this model fit to ship?), the
+human summary at the end of ``run`` and, over weeks, the service's status
+line: constant memory (histograms, counters), nothing kept per decision.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, Optional
+
+from .decision import Decision
+from .frame import Frame
+from .histogram import Histogram
+from .sinks.base import Sink
+
+
+class RunStats(Sink):
+    """Counts frames, decisions by source and reason, late decisions, latencies and accuracy."""
+
+    def __init__(self, budget_ms: float):
+        self.budget_us = budget_ms * 1000.0
+        self.frames = 0
+        self.decisions = 0
+        self.model_decisions = 0
+        self.fallback_decisions = 0
+        self.fallback_reasons: Counter = Counter()
+        self.flagged_reasons: Counter = Counter()
+        self.late_decisions = 0
+        self.labelled = 0
+        self.correct = 0
+        self.latency_us = Histogram()
+        self.invoke_us = Histogram()
+
+    def on_frame(self, frame: Frame) -> None:
+        self.frames += 1
+
+    def on_decision(self, decision: Decision) -> None:
+        self.decisions += 1
+        if decision.is_fallback:
+            self.fallback_decisions += 1
+            self.fallback_reasons[decision.reason.code if decision.reason is not None else "unknown"] += 1
+        else:
+            self.model_decisions += 1
+            if decision.reason is not None:
+                self.flagged_reasons[decision.reason.code] += 1
+        if decision.latency_us > self.budget_us:
+            self.late_decisions += 1
+        self.latency_us.record(decision.latency_us)
+        if decision.invoke_us is not None:
+            self.invoke_us.record(decision.invoke_us)
+        if decision.label is not None:
+            self.labelled += 1
+            self.correct += str(decision.action) == decision.label
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.correct / self.labelled if self.labelled else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The counting part of the JSON summary (the runner adds backend, model, source counters)."""
+        return {
+            "frames": self.frames,
+            "decisions": self.decisions,
+            "model_decisions": self.model_decisions,
+            "fallback_decisions": self.fallback_decisions,
+            "fallback_reasons": dict(sorted(self.fallback_reasons.items())),
+            "flagged_reasons": dict(sorted(self.flagged_reasons.items())),
+            "late_decisions": self.late_decisions,
+            "budget_ms": self.budget_us / 1000.0,
+            "latency_us": self.latency_us.summary((50, 99, 99.9)),
+            "invoke_us": self.invoke_us.summary((50, 99, 99.9)),
+            "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+            "labelled_windows": self.labelled,
+        }
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The short human summary printed at the end of a run."""
+    lat, inv = summary["latency_us"], summary["invoke_us"]
+    lines = [
+        f"{summary['decisions']} decisions on {summary['frames']} frames in {summary.get('elapsed_s', 0):.2f} s "
+        f"— model {summary.get('model', '?')} on {summary.get('backend', '?')}",
+        f"  model: {summary['model_decisions']}  fallback: {summary['fallback_decisions']}"
+        + (f" {summary['fallback_reasons']}" if summary["fallback_reasons"] else "")
+        + f"  late: {summary['late_decisions']} (budget {summary['budget_ms']:g} ms)",
+        f"  latency us p50 {lat['p50']}  p99 {lat['p99']}  max {lat['max']}"
+        f"   invoke us p50 {inv['p50']}  p99 {inv['p99']}  max {inv['max']}",
+    ]
+    if summary["accuracy"] is not None:
+        lines.append(f"  accuracy {summary['accuracy']:.3f} over {summary['labelled_windows']} labelled windows")
+    if summary.get("flagged_reasons"):
+        lines.append(f"  flagged model decisions: {summary['flagged_reasons']}")
+    bad = summary.get("source", {}).get("bad_rows", 0)
+    if bad:
+        lines.append(f"  skipped {bad} bad log rows (first at line {summary['source'].get('first_bad_line')})")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""The window ring buffer: the last ``window`` frames, contiguous, without copying.
+
+Each frame is written twice, at ``i`` and ``i + window`` of a buffer twice
+the window's length (a "mirrored" ring), so the newest ``window`` frames are
+always one contiguous slice: the interpreter stage reads it directly, and
+pushing a frame is one row copy into memory allocated at start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class WindowBuffer:
+    """Collects frames and says when a window is due: after the first ``window``
+    frames, then every ``hop`` frames."""
+
+    def __init__(self, window: int, channels: int, hop: int):
+        if window < 1 or channels < 1 or hop < 1:
+            raise ValueError("window, channels and hop must be at least 1")
+        self.window = window
+        self.channels = channels
+        self.hop = hop
+        self._data = np.zeros((2 * window, channels), dtype=np.float32)
+        self._next = 0  # slot the next frame goes to
+        self.count = 0  # frames pushed since the last reset
+
+    def push(self, values: np.ndarray) -> bool:
+        """Add one frame; True when a window ends at this frame and should be decided."""
+        slot = self._next
+        self._data[slot] = values
+        self._data[slot + self.window] = values
+        self._next = slot + 1 if slot + 1 < self.window else 0
+        self.count += 1
+        return self.count >= self.window and (self.count - self.window) % self.hop == 0
+
+    def view(self) -> np.ndarray:
+        """The newest ``window`` frames, oldest first, as a (window, channels) view (not a copy)."""
+        return self._data[self._next:self._next + self.window]
+
+    def reset(self) -> None:
+        """Forget all frames (after a reconnect, say): the next window needs ``window`` new frames."""
+        self._next = 0
+        self.count = 0

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install edge-infer into an emulated Raspberry Pi 4 (aarch64, Debian 12, Python 3.11, the real aarch64
+# wheels of ai-edge-litert and tflite-runtime) and check that the bundled replay makes the same decisions
+# there as natively on this machine (outputs within one quantization step). The budget is lifted to
+# 10 s: this compares what the model decides, not how fast emulation is.
+#
+# usage: scripts/check_aarch64.sh [WORKDIR]      (default WORKDIR: /tmp/edge-infer-aarch64)
+# needs: ../shared/tools/aarch64 beside the project (or EDGE_INFER_AARCH64_TOOLS), qemu-user-static.
+# Not part of CI (about 2 minutes and 360 MB); its result is recorded in docs/aarch64.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TOOLS=${EDGE_INFER_AARCH64_TOOLS:-$ROOT/../shared/tools/aarch64}
+WORK=${1:-/tmp/edge-infer-aarch64}
+SPEC=$ROOT/models/basic_motions/basic_motions.toml
+LOG=$ROOT/models/basic_motions/basic_motions_test.csv
+[ -x "$TOOLS/setup.sh" ] || { echo "check_aarch64: error: no aarch64 tools at $TOOLS (set EDGE_INFER_AARCH64_TOOLS)" >&2; exit 2; }
+command -v qemu-aarch64-static >/dev/null || command -v qemu-aarch64 >/dev/null || {
+  echo "check_aarch64: installing qemu-user-static" >&2; apt-get update -qq && apt-get install -y -qq qemu-user-static >/dev/null; }
+
+mkdir -p "$WORK"
+BACKENDS=deps REQS_deps="pyserial" "$TOOLS/setup.sh" "$WORK" >"$WORK/setup.log" 2>&1 || {
+  echo "check_aarch64: error: setup failed, see $WORK/setup.log" >&2; exit 1; }
+rm -rf "$WORK/site/proj"
+python3 -m pip install -q "$ROOT" --target "$WORK/site/proj" --no-deps >"$WORK/install.log" 2>&1 || {
+  echo "check_aarch64: error: pip install --target failed, see $WORK/install.log" >&2; exit 1; }
+OUTPUT_SCALE=$(python3 -m edge_infer inspect "$SPEC" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["scale"])')
+
+python3 -m edge_infer replay "$LOG" --model "$SPEC" --backend litert --budget-ms 10000 --decisions "$WORK/x86_litert.jsonl" --json \
+  > "$WORK/x86_litert.json"
+status=0
+for pair in litert:litert tflite:tflite-runtime; do
+  site=${pair%%:*}; backend=${pair##*:}
+  for pi in 4 5; do
+    PI=$pi EMU_PYTHONPATH="$WORK/site/proj:$WORK/site/deps" "$TOOLS/run.sh" "$WORK" "$site" -- \
+      -m edge_infer replay "$LOG" --model "$SPEC" --backend "$backend" --budget-ms 10000 \
+      --decisions "$WORK/arm_pi${pi}_$site.jsonl" --json > "$WORK/arm_pi${pi}_$site.json"
+    summary=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"accuracy {s[\"accuracy\"]} decisions {s[\"decisions\"]} fallbacks {s[\"fallback_decisions\"]} backend {s[\"backend\"]} {s[\"backend_version\"]}")' "$WORK/arm_pi${pi}_$site.json")
+    verdict=$(python3 "$ROOT/scripts/compare_decisions.py" "$WORK/x86_litert.jsonl" "$WORK/arm_pi${pi}_$site.jsonl" \
+      --tolerance "$OUTPUT_SCALE") || status=1
+    echo "pi$pi $backend: $summary"
+    echo "  vs x86 litert: $verdict"
+  done
+done
+exit $status

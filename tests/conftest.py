@@ -1,0 +1,42 @@
+"""Shared fixtures: the bundled model and log, and small models built for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_SPEC = ROOT / "models" / "basic_motions" / "basic_motions.toml"
+BUNDLED_LOG = ROOT / "models" / "basic_motions" / "basic_motions_test.csv"
+
+
+def run_cli(*args: str, python: str = sys.executable, timeout: float = 300, env: dict = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m edge_infer ARGS`` from the repo root, as a user would."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    full_env.update(env or {})
+    proc = subprocess.run([python, "-m", "edge_infer", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edge-infer {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def bundled_spec() -> Path:
+    return BUNDLED_SPEC
+
+
+@pytest.fixture(scope="session")
+def bundled_log() -> Path:
+    return BUNDLED_LOG

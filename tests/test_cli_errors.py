@@ -1,0 +1,109 @@
+"""Every bad input a user can give ends in one line on stderr and exit code 2 — never a traceback."""
+
+import shutil
+
+import pytest
+
+from conftest import BUNDLED_LOG, BUNDLED_SPEC, run_cli
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("edge-infer: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    """The bundled spec and model copied somewhere they may be damaged."""
+    for name in ("basic_motions.toml", "basic_motions.tflite"):
+        shutil.copy(BUNDLED_SPEC.parent / name, tmp_path / name)
+    return tmp_path / "basic_motions.toml", tmp_path / "basic_motions.tflite"
+
+
+def test_missing_model(tmp_path):
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--model", str(tmp_path / "none.tflite")), "not found")
+
+
+def test_not_a_tflite_file(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"this is not a flatbuffer at all")
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--model", str(bad)), "not a TFLite flatbuffer")
+
+
+def test_truncated_model(model_copy, tmp_path):
+    _, model = model_copy
+    short = tmp_path / "short.tflite"
+    short.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 2])
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--model", str(short)), "cannot be loaded")
+
+
+def test_hash_mismatch(model_copy):
+    spec, model = model_copy
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--model", str(spec)), "sha256")
+
+
+@pytest.mark.parametrize("old,new,fragment", [
+    ("window = 32", "window = 30", "[input].window is 30 but the model's input takes 32"),
+    ('channels = ["acc_x", ', 'channels = [', "names 5 channels but the model's input takes 6"),
+    ('labels = [', 'labels = ["extra", ', "names 5 outputs but the model has 4"),
+])
+def test_spec_disagrees_with_model(model_copy, old, new, fragment):
+    spec, _ = model_copy
+    text = spec.read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new, 1))
+    args = ["replay", str(BUNDLED_LOG), "--model", str(spec)]
+    assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_log_with_wrong_columns_for_a_bare_model(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("t,a,b\n" + "".join(f"{i / 10},1,2\n" for i in range(40)))
+    model = BUNDLED_SPEC.parent / "basic_motions.tflite"
+    assert_one_line_error(run_cli("replay", str(log), "--model", str(model)),
+                          "has 2 channel columns", "takes 6 channels")
+
+
+def test_log_missing_a_spec_channel(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("t,acc_x,acc_y\n0,1,2\n")
+    assert_one_line_error(run_cli("replay", str(log)), "no column 'acc_z'")
+
+
+def test_unparseable_row_in_strict_mode_names_the_line(tmp_path):
+    lines = BUNDLED_LOG.read_text().splitlines()
+    lines[5] = "0.4,oops,1,2,3,4,5,Standing"
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(run_cli("replay", str(log), "--strict"), "line 6")
+
+
+def test_bad_rows_are_skipped_and_reported_without_strict(tmp_path):
+    lines = BUNDLED_LOG.read_text().splitlines()
+    lines[5] = "0.4,oops,1,2,3,4,5,Standing"
+    lines[9] = "0.8,1,2"
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(lines) + "\n")
+    proc = run_cli("replay", str(log))
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 2 bad log rows (first at line 6)" in proc.stdout
+
+
+def test_unknown_backend():
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--backend", "onnx"), "unknown backend 'onnx'")
+
+
+def test_missing_log(tmp_path):
+    assert_one_line_error(run_cli("replay", str(tmp_path / "none.csv")), "cannot read log")
+
+
+def test_bad_budget():
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--budget-ms", "0"), "--budget-ms must be greater than 0")
