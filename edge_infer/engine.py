@@ -9,9 +9,13 @@ time. An Engine is not thread-safe: exactly one thread may use it at a time
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +44,39 @@ def read_model_bytes(path: "str | Path") -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+#: What the native runtime prints on every load; said once per process it is noise, not news.
+_NATIVE_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Hold back the native runtime's routine INFO lines while a model loads.
+
+    LiteRT writes "INFO: Created ... delegate" to file descriptor 2 from C++
+    on every load, which would make an error message two lines and scroll a
+    service's journal. Whatever else the runtime prints (its real warnings and
+    errors) is passed through to stderr after the load.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if line.strip() and not line.strip().startswith(_NATIVE_NOISE)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _window_shape(shape: Tuple[int, ...], path: Path) -> Tuple[int, int]:
@@ -78,14 +115,16 @@ class Engine:
 
     def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1):
         self.path = Path(model_path)
+        self.num_threads = num_threads
         self.model_bytes = read_model_bytes(self.path)
         self.sha256 = sha256_hex(self.model_bytes)
         self.backend: Backend
         self.backend, interpreter_class = resolve_backend(backend)
         self.backend_version = backend_version(self.backend)
         try:
-            self._interpreter = interpreter_class(model_content=self.model_bytes, num_threads=num_threads)
-            self._interpreter.allocate_tensors()
+            with _native_stderr_filtered():
+                self._interpreter = interpreter_class(model_content=self.model_bytes, num_threads=num_threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {self.path} cannot be loaded by {self.backend.name} "
@@ -100,21 +139,22 @@ class Engine:
         self.input_params = _quant_params(self.input_detail, "input", self.path)
         self.output_params = _quant_params(self.output_detail, "output", self.path)
         self.output_size = int(np.prod(self.output_detail["shape"]))
-        self._input_view = self._interpreter.tensor(self.input_detail["index"])
+        self._input_index = self.input_detail["index"]
         self._output_view = self._interpreter.tensor(self.output_detail["index"])
         self._out = OutputConverter(self.output_params, self.output_size)
         self.set_normalization(np.zeros(self.channels), np.ones(self.channels))
 
     def set_normalization(self, offset: np.ndarray, scale: np.ndarray) -> None:
         """Apply ``(x - offset) / scale`` per channel before quantizing (from the spec)."""
+        self.normalization = (np.asarray(offset, dtype=np.float32), np.asarray(scale, dtype=np.float32))
         self._in = InputConverter(self.input_params, (self.window, self.channels), offset, scale)
+        self._input_shaped = self._in.buffer.reshape(self.input_detail["shape"])
 
     def set_input(self, window: np.ndarray) -> None:
         """Normalise and quantize a (frames, channels) window into the input tensor."""
-        converted = self._in.convert(window)
-        view = self._input_view()
-        view.reshape(converted.shape)[...] = converted
-        del view  # the interpreter refuses to invoke while a view of its memory is alive
+        self._in.convert(window)
+        # One C call copies the buffer in; a view of the tensor would have to be created and dropped each time.
+        self._interpreter.set_tensor(self._input_index, self._input_shaped)
 
     def invoke(self) -> None:
         """Run the model on the input set last. Releases the GIL; cannot be cancelled."""
@@ -140,7 +180,8 @@ class Engine:
     def describe(self) -> Dict[str, Any]:
         """What ``edge-infer inspect`` prints: tensors, quantization, size, hash, operators."""
         ops = getattr(self._interpreter, "_get_ops_details", None)
-        operators = ops() if callable(ops) else []
+        # After delegation the list also holds DELEGATE nodes standing for the ops XNNPACK took over.
+        operators = [op for op in (ops() if callable(ops) else []) if op["op_name"] != "DELEGATE"]
         return {
             "model": str(self.path),
             "size_bytes": len(self.model_bytes),

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass
 class Frame:
     """One sample of every channel.
 
@@ -21,6 +21,9 @@ class Frame:
     ``values`` has one float per channel, in the model's channel order.
     ``label`` is the ground truth where a recorded log carries one.
     ``device_seq`` is the sequence number the device put on the wire (None for logs).
+
+    Treat a frame as read-only. It is not a frozen dataclass only because one is made per sample
+    and a frozen one costs about three times as much to build (docs/performance.md).
     """
 
     __slots__ = ("seq", "t", "recv_ns", "values", "label", "device_seq")

@@ -70,16 +70,21 @@ class InputConverter:
         self._bias = bias.astype(np.float32)
         self._work = np.zeros(shape, dtype=np.float32)
         self.buffer = np.zeros(shape, dtype=params.dtype)
+        # Read once: np.iinfo and np.clip's Python wrapper cost more than the arithmetic on a small window.
+        self._bounds = (np.float32(params.qmin), np.float32(params.qmax)) if params.quantized else None
 
     def convert(self, window: np.ndarray) -> np.ndarray:
         """Write the converted window into :attr:`buffer` and return it. ``window`` is (frames, channels)."""
-        work = self._work.reshape(window.shape)
+        work, buffer = self._work, self.buffer
+        if window.shape != work.shape:
+            work, buffer = work.reshape(window.shape), buffer.reshape(window.shape)
         np.multiply(window, self._gain, out=work)
         np.add(work, self._bias, out=work)
-        if self.params.quantized:
+        if self._bounds is not None:
             np.rint(work, out=work)
-            np.clip(work, self.params.qmin, self.params.qmax, out=work)
-        np.copyto(self.buffer.reshape(window.shape), work, casting="unsafe")
+            np.maximum(work, self._bounds[0], out=work)
+            np.minimum(work, self._bounds[1], out=work)
+        np.copyto(buffer, work, casting="unsafe")
         return self.buffer
 
 

@@ -4,19 +4,39 @@ A scheduler owns the :class:`~edge_infer.engine.Engine` (only it may call
 the interpreter) and answers :meth:`Scheduler.run` with a
 :class:`ModelAnswer`: the output if it came in time, else the reason the
 decision stage must fall back.
+
+A TFLite ``invoke()`` cannot be cancelled from Python, so a deadline can
+only be kept *outside* the call: :class:`ThreadedScheduler` (the default)
+runs the model in one worker thread (``invoke`` releases the GIL) and stops
+waiting at the deadline while the invoke goes on; the process mode
+(:mod:`edge_infer.isolated`) does the same with a child process that can be
+killed. Requests carry an id, and an answer that comes back for a window
+that was already decided is dropped and counted, never acted on. The policy
+for a window that arrives while the model is still busy is described in
+:class:`WorkerScheduler` and docs/deadlines.md.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
+import os
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from .clock import Clock
 from .engine import Engine
 from .reasons import Reason
+from .tail_estimate import TailEstimate
+
+log = logging.getLogger(__name__)
+
+#: After this many windows in a row refused by admission control, one is admitted anyway, so the
+#: latency estimate can follow a model that got faster again (e.g. when a CPU hog stopped).
+ADMISSION_PROBE_EVERY = 10
 
 
 @dataclass
@@ -24,8 +44,11 @@ class ModelAnswer:
     """What the model stage produced for one window.
 
     ``output`` is a copy of the dequantized output (or None), ``reason`` is
-    None when the answer is usable, ``invoke_ns`` the time inside the model.
+    None when the answer is usable, ``invoke_ns`` the time inside the model
+    (None when no invoke finished for this window).
     """
+
+    __slots__ = ("output", "reason", "invoke_ns")
 
     output: Optional[np.ndarray]
     reason: Optional[Reason]
@@ -35,9 +58,29 @@ class ModelAnswer:
 class Scheduler(abc.ABC):
     """Runs windows through the model under a deadline."""
 
+    #: The ``--mode`` name, for the summary.
+    mode = ""
+
     @abc.abstractmethod
     def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
         """The model's answer for ``window`` if it is ready by ``deadline_ns`` (monotonic ns)."""
+
+    def poll(self, now_ns: int) -> None:
+        """Housekeeping between frames (collect late answers, handle a hung model); must not block."""
+
+    def hung(self, now_ns: int) -> bool:
+        """True while an invoke has been running for longer than the hang limit."""
+        return False
+
+    def set_worker_priority(self, fifo_priority: int) -> None:
+        """SCHED_FIFO at ``fifo_priority`` for the thread or process that invokes the model (``--realtime``).
+
+        Raises OSError if not permitted. Inline, the loop thread is the worker: nothing to do.
+        """
+
+    def counters(self) -> Dict[str, Any]:
+        """The scheduler's part of the run summary."""
+        return {"mode": self.mode}
 
     def close(self) -> None:
         """Stop any worker; called once when the loop ends."""
@@ -47,8 +90,11 @@ class InlineScheduler(Scheduler):
     """Invoke in the caller's thread, then judge: an answer after the deadline is discarded.
 
     This cannot decide *before* a slow invoke returns; it only guarantees that
-    a late answer is never acted on.
+    a late answer is never acted on. The simplest mode, and the cheapest per
+    window when the model is always fast.
     """
+
+    mode = "inline"
 
     def __init__(self, engine: Engine, clock: Optional[Clock] = None):
         self.engine = engine
@@ -63,3 +109,299 @@ class InlineScheduler(Scheduler):
         end = self.clock.now_ns()
         reason = Reason.DEADLINE if end > deadline_ns else None
         return ModelAnswer(output, reason, end - start)
+
+
+class WorkerScheduler(Scheduler):
+    """A model owned by a worker that takes one request at a time; the caller waits until the deadline.
+
+    :meth:`run` sends the window to the worker (if it is free) tagged with a
+    request id and waits for the answer until ``deadline - reserve`` (the
+    reserve leaves time to decide and hand the decision to the sinks). If the
+    answer is not there by then, the window gets ``deadline`` while the
+    worker goes on; its answer, when it comes, is counted in
+    ``late_results`` and dropped.
+
+    A window that arrives while the worker is still busy with an earlier one
+    is decided by the ``overload`` policy:
+
+    * ``busy`` — fall back at once with reason ``busy`` (counted in ``busy``).
+    * ``latest`` — wait for the worker and run this window as soon as the
+      worker is free, but only while it can still finish by its own deadline:
+      with a latency estimate (p99 of recent invokes), a window whose
+      estimated finish (the earlier invoke's expected end plus one more
+      invoke) is after its deadline falls back at once with ``busy``; a window
+      still waiting for the worker at its deadline falls back with
+      ``deadline`` and is counted in ``skipped`` (it never ran). The worker
+      thus never starts a window whose decision is already out, and always
+      takes the newest window next.
+
+    With ``admission`` on, a window the free worker would start although the
+    recent p99 does not fit in the time left falls back at once with
+    ``deadline`` (counted in ``admission_rejects``); every
+    :data:`ADMISSION_PROBE_EVERY`-th such window runs anyway, to re-measure.
+
+    Subclasses are transports: :meth:`_send` hands a window to the worker,
+    :meth:`_receive` waits for its next report and passes it to
+    :meth:`_completed`, and the worker writes outputs into ``self._result``.
+    """
+
+    def __init__(self, clock: Optional[Clock], output_size: int, overload: str = "busy", admission: bool = False,
+                 reserve_ns: int = 0, hang_limit_ns: int = 10**9):
+        if overload not in ("busy", "latest"):
+            raise ValueError(f"overload must be 'busy' or 'latest', not {overload!r}")
+        self.clock = clock or Clock()
+        self.overload = overload
+        self.admission = admission
+        self.reserve_ns = reserve_ns
+        self.hang_limit_ns = hang_limit_ns
+        self.tail = TailEstimate()
+        self.busy = 0
+        self.skipped = 0
+        self.late_results = 0
+        self.late_invoke_max_ns = 0
+        self.admission_rejects = 0
+        self.hangs = 0
+        self.model_errors = 0
+        self._result = np.zeros(output_size, dtype=np.float32)
+        self._last_id = 0
+        self._in_flight: Optional[int] = None
+        self._in_flight_since = 0
+        self._awaited: Optional[int] = None
+        self._answer_reason: Optional[Reason] = None
+        self._answer_invoke_ns: Optional[int] = None
+        self._hang_seen: Optional[int] = None
+        self._refused_in_row = 0
+
+    # --- transport --------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _send(self, window: np.ndarray, request_id: int) -> None:
+        """Copy ``window`` where the worker reads it and tell the worker to run request ``request_id``."""
+
+    @abc.abstractmethod
+    def _receive(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the worker's next report and handle it; True if one came."""
+
+    def _available(self) -> bool:
+        """Whether the worker can take a request at all (False while an isolated model restarts)."""
+        return True
+
+    def _on_hang(self, now_ns: int) -> None:
+        """The in-flight invoke passed the hang limit (called once per hung request)."""
+        log.warning("the model has been running one invoke for %.0f ms (hang limit %.0f ms); a thread cannot be "
+                    "stopped, so windows fall back (busy) until it returns — use --mode process to have a hung "
+                    "model killed and restarted", (now_ns - self._in_flight_since) / 1e6, self.hang_limit_ns / 1e6)
+
+    # --- reports from the worker ------------------------------------------------------------------------------
+
+    def _completed(self, request_id: int, reason: Optional[Reason], invoke_ns: int) -> None:
+        """The worker finished ``request_id``: its output (if ``reason`` is None) is in ``self._result``."""
+        self._in_flight = None
+        self.tail.record(invoke_ns)
+        if request_id == self._awaited:
+            self._answer_reason = reason
+            self._answer_invoke_ns = invoke_ns
+        else:
+            self.late_results += 1
+            if invoke_ns > self.late_invoke_max_ns:
+                self.late_invoke_max_ns = invoke_ns
+
+    def _lost(self) -> None:
+        """The worker died or was killed with a request in flight: that request failed."""
+        if self._in_flight is not None and self._in_flight == self._awaited:
+            self._answer_reason = Reason.MODEL_ERROR
+            self._answer_invoke_ns = None
+        self._in_flight = None
+
+    # --- the caller's side ------------------------------------------------------------------------------------
+
+    def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
+        now = self.clock.now_ns()
+        self.poll(now)
+        if self._in_flight is not None:
+            return self._overloaded(window, now, deadline_ns)
+        if not self._available():
+            return ModelAnswer(None, Reason.MODEL_ERROR, None)
+        if self.admission and not self._admit(now, deadline_ns):
+            self.admission_rejects += 1
+            return ModelAnswer(None, Reason.DEADLINE, None)
+        return self._dispatch(window, deadline_ns)
+
+    def poll(self, now_ns: int) -> None:
+        if self._in_flight is None:
+            return
+        self._receive(0.0)
+        if self._in_flight is not None and now_ns - self._in_flight_since > self.hang_limit_ns:
+            if self._hang_seen != self._in_flight:
+                self._hang_seen = self._in_flight
+                self.hangs += 1
+                self._on_hang(now_ns)
+
+    def hung(self, now_ns: int) -> bool:
+        return self._in_flight is not None and now_ns - self._in_flight_since > self.hang_limit_ns
+
+    def _dispatch(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
+        self._last_id = request = self._last_id + 1
+        self._in_flight = self._awaited = request
+        self._in_flight_since = self.clock.now_ns()
+        self._send(window, request)
+        wait_until = deadline_ns - self.reserve_ns
+        clock = self.clock
+        while self._in_flight == request:
+            if not clock.wait(self._receive, wait_until):
+                self._awaited = None
+                return ModelAnswer(None, Reason.DEADLINE, None)
+        self._awaited = None
+        reason, invoke_ns = self._answer_reason, self._answer_invoke_ns
+        if reason is not None:
+            return ModelAnswer(None, reason, invoke_ns)
+        if clock.now_ns() > deadline_ns:  # came in, but after the deadline: never act on it
+            self.late_results += 1
+            return ModelAnswer(None, Reason.DEADLINE, invoke_ns)
+        return ModelAnswer(self._result.copy(), None, invoke_ns)
+
+    def _overloaded(self, window: np.ndarray, now_ns: int, deadline_ns: int) -> ModelAnswer:
+        if self.overload == "busy" or not self._can_wait(now_ns, deadline_ns):
+            self.busy += 1
+            return ModelAnswer(None, Reason.BUSY, None)
+        wait_until = deadline_ns - self.reserve_ns
+        while self._in_flight is not None:
+            if not self.clock.wait(self._receive, wait_until):
+                self.skipped += 1
+                return ModelAnswer(None, Reason.DEADLINE, None)
+        if not self._available():
+            return ModelAnswer(None, Reason.MODEL_ERROR, None)
+        return self._dispatch(window, deadline_ns)
+
+    def _can_wait(self, now_ns: int, deadline_ns: int) -> bool:
+        """Skip-to-latest: may this window wait for the busy worker? (Always, until there is an estimate.)"""
+        estimate = self.tail.value_ns
+        if estimate is None:
+            return True
+        free_at = max(now_ns, self._in_flight_since + estimate)
+        return free_at + estimate <= deadline_ns - self.reserve_ns
+
+    def _admit(self, now_ns: int, deadline_ns: int) -> bool:
+        estimate = self.tail.value_ns
+        if estimate is None or now_ns + estimate <= deadline_ns - self.reserve_ns:
+            self._refused_in_row = 0
+            return True
+        self._refused_in_row += 1
+        if self._refused_in_row >= ADMISSION_PROBE_EVERY:
+            self._refused_in_row = 0
+            return True
+        return False
+
+    def counters(self) -> Dict[str, Any]:
+        estimate = self.tail.value_ns
+        return {
+            "mode": self.mode,
+            "overload": self.overload,
+            "admission": self.admission,
+            "reserve_ms": self.reserve_ns / 1e6,
+            "busy": self.busy,
+            "skipped": self.skipped,
+            "admission_rejects": self.admission_rejects,
+            "late_results": self.late_results,
+            "late_invoke_max_us": self.late_invoke_max_ns // 1000,
+            "hangs": self.hangs,
+            "model_errors": self.model_errors,
+            "recent_invoke_p99_us": None if estimate is None else estimate // 1000,
+        }
+
+
+class ThreadedScheduler(WorkerScheduler):
+    """The model in one worker thread that owns the Engine; the loop thread waits with a timeout.
+
+    The hand-off is two plain locks used as binary semaphores (``_todo``:
+    a request is waiting; ``_done``: a report is waiting): the cheapest
+    wake-up CPython offers, measured against Condition and Event in
+    docs/performance.md. The request slot is allocated once, and the
+    answer is read from the engine's own output buffer, which only the next
+    request (sent after the caller copied the answer out) overwrites.
+    """
+
+    mode = "thread"
+
+    def __init__(self, engine: Engine, clock: Optional[Clock] = None, **policy: Any):
+        super().__init__(clock, engine.output_size, **policy)
+        self.engine = engine
+        self._slot = np.zeros((engine.window, engine.channels), dtype=np.float32)
+        self._request = 0
+        self._report: "tuple[int, Optional[Reason], int]" = (0, None, 0)
+        self._closing = False
+        self._todo = threading.Lock()
+        self._todo.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._thread = threading.Thread(target=self._work, name="edge-infer-model", daemon=True)
+        self._thread.start()
+
+    def _send(self, window: np.ndarray, request_id: int) -> None:
+        np.copyto(self._slot, window)
+        self._request = request_id
+        self._todo.release()
+
+    def _receive(self, timeout_s: float) -> bool:
+        if not self._done.acquire(True, timeout_s):
+            return False
+        self._completed(*self._report)
+        return True
+
+    def _work(self) -> None:
+        engine, now, slot = self.engine, self.clock.now_ns, self._slot
+        while True:
+            self._todo.acquire()
+            if self._closing:
+                return
+            request = self._request
+            start = now()
+            try:
+                # The engine's own output buffer: it is next written by the next request, which the
+                # caller sends only after it copied this answer out.
+                self._result = engine.infer(slot)
+                reason = None
+            except Exception:  # the native runtime failing is a fallback, not a crash
+                if not self.model_errors:
+                    log.exception("the model raised; its windows fall back (model_error)")
+                self.model_errors += 1
+                reason = Reason.MODEL_ERROR
+            self._report = (request, reason, now() - start)
+            self._done.release()
+
+    def set_worker_priority(self, fifo_priority: int) -> None:
+        os.sched_setscheduler(self._thread.native_id, os.SCHED_FIFO, os.sched_param(fifo_priority))
+
+    def close(self) -> None:
+        """Ask the worker to exit after its current invoke; do not wait for a hung one."""
+        if self._closing:
+            return
+        self._closing = True
+        self._todo.release()
+        self._thread.join(timeout=1.0)
+        if self._in_flight is not None:
+            self._receive(0.0)  # count an answer that came in after the last window
+
+
+def describe_counters(counters: Dict[str, Any]) -> str:
+    """One line of the human summary: the mode and whatever the scheduler had to do."""
+    parts = [f"{name.replace('_', ' ')} {counters[key]}" for key, name in (
+        ("busy", "busy"), ("skipped", "skipped"), ("admission_rejects", "admission_rejects"),
+        ("late_results", "late answers dropped"), ("hangs", "hangs"), ("model_errors", "model_errors"),
+        ("restarts", "restarts")) if counters.get(key)]
+    if counters.get("child_exits"):
+        parts.append("last exits: " + "; ".join(counters["child_exits"]))
+    return f"  model in {counters.get('mode', '?')} mode" + (": " + ", ".join(parts) if parts else "")
+
+
+def build_scheduler(mode: str, engine: Engine, clock: Optional[Clock] = None, **policy: Any) -> Scheduler:
+    """The scheduler for ``--mode``: ``inline``, ``thread`` or ``process`` (policy: see WorkerScheduler)."""
+    if mode == "inline":
+        return InlineScheduler(engine, clock)
+    if mode == "thread":
+        return ThreadedScheduler(engine, clock, **policy)
+    if mode == "process":
+        from .isolated import ProcessScheduler  # multiprocessing is only imported when asked for
+
+        return ProcessScheduler(engine, clock, **policy)
+    raise ValueError(f"unknown scheduler mode {mode!r}")

@@ -40,8 +40,8 @@ _SCHEMA: Dict[str, Sequence[str]] = {
     "input": ("channels", "sample_rate_hz", "window", "hop", "offset", "scale"),
     "output": ("kind", "labels", "names"),
     "decision": ("rule", "min_confidence"),
-    "deadline": ("budget_ms",),
-    "fallback": ("action",),
+    "deadline": ("budget_ms", "mode", "overload", "admission", "hang_limit_ms", "no_data_ms", "reserve_ms", "warmup"),
+    "fallback": ("action", "strategy", "hold_ms"),
 }
 
 
@@ -68,6 +68,8 @@ class ModelSpec:
     spec_path: Optional[Path] = None
     #: Tables this module does not interpret (e.g. [checks]); their owners validate them.
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: The [deadline] and [fallback] tables as read: deadline_options.py and fallback.py own their other keys.
+    raw_tables: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def budget_ns(self) -> int:
@@ -168,6 +170,7 @@ class _SpecParser:
             fallback_action=self.get(fallback, "fallback", "action", (str, int)),
             spec_path=self.path,
             extra=extra,
+            raw_tables={"deadline": deadline, "fallback": fallback},
         )
         self._output(out, spec)
         self._decision(decision, spec)

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 from .decision import Decision
 from .frame import Frame
 from .histogram import Histogram
+from .scheduler import describe_counters
 from .sinks.base import Sink
 
 
@@ -32,6 +33,7 @@ class RunStats(Sink):
         self.correct = 0
         self.latency_us = Histogram()
         self.invoke_us = Histogram()
+        self.last_latency_us = 0.0  # for the service's status line
 
     def on_frame(self, frame: Frame) -> None:
         self.frames += 1
@@ -48,6 +50,7 @@ class RunStats(Sink):
         if decision.latency_us > self.budget_us:
             self.late_decisions += 1
         self.latency_us.record(decision.latency_us)
+        self.last_latency_us = decision.latency_us
         if decision.invoke_us is not None:
             self.invoke_us.record(decision.invoke_us)
         if decision.label is not None:
@@ -92,6 +95,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(f"  accuracy {summary['accuracy']:.3f} over {summary['labelled_windows']} labelled windows")
     if summary.get("flagged_reasons"):
         lines.append(f"  flagged model decisions: {summary['flagged_reasons']}")
+    if summary.get("scheduler"):
+        lines.append(describe_counters(summary["scheduler"]))
     bad = summary.get("source", {}).get("bad_rows", 0)
     if bad:
         lines.append(f"  skipped {bad} bad log rows (first at line {summary['source'].get('first_bad_line')})")

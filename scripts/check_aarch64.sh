@@ -18,27 +18,36 @@ command -v qemu-aarch64-static >/dev/null || command -v qemu-aarch64 >/dev/null 
   echo "check_aarch64: installing qemu-user-static" >&2; apt-get update -qq && apt-get install -y -qq qemu-user-static >/dev/null; }
 
 mkdir -p "$WORK"
-BACKENDS=deps REQS_deps="pyserial" "$TOOLS/setup.sh" "$WORK" >"$WORK/setup.log" 2>&1 || {
+{ "$TOOLS/setup.sh" "$WORK" && BACKENDS=deps REQS_deps="pyserial" "$TOOLS/setup.sh" "$WORK"; } >"$WORK/setup.log" 2>&1 || {
   echo "check_aarch64: error: setup failed, see $WORK/setup.log" >&2; exit 1; }
 rm -rf "$WORK/site/proj"
 python3 -m pip install -q "$ROOT" --target "$WORK/site/proj" --no-deps >"$WORK/install.log" 2>&1 || {
   echo "check_aarch64: error: pip install --target failed, see $WORK/install.log" >&2; exit 1; }
 OUTPUT_SCALE=$(python3 -m edge_infer inspect "$SPEC" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["scale"])')
 
-python3 -m edge_infer replay "$LOG" --model "$SPEC" --backend litert --budget-ms 10000 --decisions "$WORK/x86_litert.jsonl" --json \
-  > "$WORK/x86_litert.json"
+# Native references: LiteRT here, tflite-runtime in its own numpy<2 virtualenv (as the tests make it).
+TFLITE_PY=$ROOT/.cache/venv-tflite-runtime/bin/python
+[ -x "$TFLITE_PY" ] || { python3 -m venv "$ROOT/.cache/venv-tflite-runtime" &&
+  "$TFLITE_PY" -m pip install -q tflite-runtime "numpy<2" pyserial; }
+replay() {  # PYTHON BACKEND OUT [emulated]
+  (cd "$ROOT" && PYTHONPATH="$ROOT" "$1" -m edge_infer replay "$LOG" --model "$SPEC" --backend "$2" \
+    --budget-ms 10000 --decisions "$3.jsonl" --json > "$3.json")
+}
+replay python3 litert "$WORK/x86_litert"
+replay "$TFLITE_PY" tflite-runtime "$WORK/x86_tflite"
 status=0
 for pair in litert:litert tflite:tflite-runtime; do
   site=${pair%%:*}; backend=${pair##*:}
   for pi in 4 5; do
+    out=$WORK/arm_pi${pi}_$site
     PI=$pi EMU_PYTHONPATH="$WORK/site/proj:$WORK/site/deps" "$TOOLS/run.sh" "$WORK" "$site" -- \
       -m edge_infer replay "$LOG" --model "$SPEC" --backend "$backend" --budget-ms 10000 \
-      --decisions "$WORK/arm_pi${pi}_$site.jsonl" --json > "$WORK/arm_pi${pi}_$site.json"
-    summary=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"accuracy {s[\"accuracy\"]} decisions {s[\"decisions\"]} fallbacks {s[\"fallback_decisions\"]} backend {s[\"backend\"]} {s[\"backend_version\"]}")' "$WORK/arm_pi${pi}_$site.json")
-    verdict=$(python3 "$ROOT/scripts/compare_decisions.py" "$WORK/x86_litert.jsonl" "$WORK/arm_pi${pi}_$site.jsonl" \
+      --decisions "$out.jsonl" --json > "$out.json"
+    summary=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"accuracy {s[\"accuracy\"]} decisions {s[\"decisions\"]} fallbacks {s[\"fallback_decisions\"]} backend {s[\"backend\"]} {s[\"backend_version\"]}")' "$out.json")
+    verdict=$(python3 "$ROOT/scripts/compare_decisions.py" "$WORK/x86_$site.jsonl" "$out.jsonl" \
       --tolerance "$OUTPUT_SCALE") || status=1
     echo "pi$pi $backend: $summary"
-    echo "  vs x86 litert: $verdict"
+    echo "  vs x86 $backend: $verdict"
   done
 done
 exit $status

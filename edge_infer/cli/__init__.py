@@ -13,10 +13,11 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..config import apply_config
 from ..errors import EdgeInferError
-from . import bench, inspect_model, replay, run
+from . import bench, check_config, convert, inspect_model, record, replay, run
 
-COMMANDS = (run, replay, inspect_model, bench)
+COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        args = apply_config(parser, args, argv)  # --config: the file's values become defaults, flags still win
         return int(args.handler(args) or 0)
     except EdgeInferError as exc:
         print(f"edge-infer: error: {exc}", file=sys.stderr)

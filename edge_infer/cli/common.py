@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
+from ..config import is_source_uri
+from ..deadline_options import add_deadline_options, runtime_options
 from ..errors import EdgeInferError
 from ..io import read_log
 from ..loader import bundled_log, open_model
@@ -16,8 +18,11 @@ from ..runtime import Runtime
 from ..sinks.base import Sink
 from ..sinks.console import SHOW_MODES, ConsoleSink
 from ..sinks.jsonl import JsonLinesSink
+from ..sources import open_live_source
+from ..sources.base import Source
 from ..sources.log_replay import LogSource, channel_columns
 from ..summary import format_summary
+from .recording import add_record_options
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +45,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", choices=SHOW_MODES, default=None,
                         help="decision lines on stdout: changes of action/source, all, or none "
                              "(default: changes; none with --json)")
+    add_record_options(parser)
+    add_deadline_options(parser)
 
 
 def parse_speed(text: str) -> Optional[float]:
@@ -73,15 +80,32 @@ def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
     has_spec = spec.spec_path is not None
     columns = channel_columns(log, spec.channels if has_spec else None, engine.channels, path)
     source = LogSource(log, columns, spec.channels, speed=args.speed, name=path)
-    return Runtime(spec, engine, source, build_sinks(args))
+    return Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
 
 
-def run_until_stopped(runtime: Runtime, duration_s: Optional[float]) -> Dict[str, Any]:
+def open_source(text: Optional[str], channels: Optional[List[str]] = None, *, speed: Optional[float] = None,
+                strict: bool = False) -> Source:
+    """The frame source a ``--source`` value names: a recorded log path (the bundled log if None).
+
+    ``channels`` picks and orders the source's channels by name; None keeps all of them in the source's order.
+    Live sources (``serial:...``) plug in here.
+    """
+    if text is not None and is_source_uri(text):  # serial:PORT[?baud=N]: a device (docs/serial.md)
+        return open_live_source(text, channels)
+    path = text or str(bundled_log())
+    log = read_log(path, strict=strict)
+    if len(log) == 0:
+        raise EdgeInferError(f"log {path} has no usable rows")
+    names = list(channels) if channels is not None else log.channels
+    return LogSource(log, channel_columns(log, names, len(names), path), names, speed=speed, name=path)
+
+
+def run_until_stopped(runtime: Runtime, duration_s: Optional[float], hooks: Optional[Any] = None) -> Dict[str, Any]:
     """Run with SIGINT/SIGTERM asking the loop to stop (sinks are flushed, the summary still printed)."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return runtime.run(duration_s=duration_s, stop=stop)
+        return runtime.run(duration_s=duration_s, stop=stop, hooks=hooks)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

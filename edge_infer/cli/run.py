@@ -7,21 +7,31 @@ from __future__ import annotations
 
 import argparse
 
+from ..service import ServiceHooks, add_service_options
 from .common import add_run_options, log_runtime, print_summary, run_until_stopped
+from .live import is_live_source, live_runtime
+from .recording import attach_recorder
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser = sub.add_parser("run", help="run the decision loop (default: bundled model on the bundled log)",
                             description="Run the decision loop on a source until it ends, --duration "
                                         "passes, or SIGINT/SIGTERM; then print the summary.")
-    parser.add_argument("--source", metavar="LOG",
-                        help="where frames come from: a recorded log path (default: the bundled log)")
+    parser.add_argument("--source", metavar="LOG|serial:PORT",
+                        help="where frames come from: a recorded log path, or a device on a serial port, "
+                             "serial:PORT[?baud=N] (default: the bundled log)")
     add_run_options(parser)
+    add_service_options(parser)
     parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    runtime = log_runtime(args, args.source)
-    summary = run_until_stopped(runtime, args.duration)
+    hooks = ServiceHooks.from_args(args)
+    try:
+        runtime = live_runtime(args, args.source) if is_live_source(args.source) else log_runtime(args, args.source)
+        attach_recorder(runtime, args)
+        summary = run_until_stopped(runtime, args.duration, hooks)
+    finally:
+        hooks.close()
     print_summary(summary, args.json)
     return 0

@@ -7,9 +7,10 @@ from typing import Callable, Dict
 
 from ..errors import LogError
 from .csv_log import RecordedLog, read_csv_log
+from .mcap_log import read_mcap_log
 
 #: suffix -> reader(path, strict) -> RecordedLog
-LOG_READERS: Dict[str, Callable[..., RecordedLog]] = {".csv": read_csv_log}
+LOG_READERS: Dict[str, Callable[..., RecordedLog]] = {".csv": read_csv_log, ".mcap": read_mcap_log}
 
 
 def read_log(path: "str | Path", strict: bool = False) -> RecordedLog:
@@ -22,4 +23,4 @@ def read_log(path: "str | Path", strict: bool = False) -> RecordedLog:
     return reader(path, strict=strict)
 
 
-__all__ = ["RecordedLog", "read_log", "read_csv_log", "LOG_READERS"]
+__all__ = ["RecordedLog", "read_log", "read_csv_log", "read_mcap_log", "LOG_READERS"]

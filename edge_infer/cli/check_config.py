@@ -1,0 +1,57 @@
+"""``edge-infer check-config [PATH]``: validate a service config without running anything.
+
+Run it after editing ``/etc/edge-infer/config.toml`` and before
+``systemctl restart edge-infer``: a service that fails at start is restarted
+by systemd until its start limit, and the reason is in the journal; this says
+it at once, on one line, naming the key. It checks what the service would
+check at start, short of opening the source: every key and value, the model
+and its spec (loaded with the interpreter, checked against each other), and
+a recorded log's columns. A serial device is not opened (it may be unplugged
+while you edit); the service waits for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import DEFAULT_CONFIG, is_source_uri, load_config
+from ..io import read_log
+from ..loader import bundled_log, open_model
+from ..metrics import HttpExporter
+from ..sources.log_replay import channel_columns
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    parser = sub.add_parser("check-config", help="validate a service config file without running",
+                            description="Validate a service config file (keys, values, the model and its spec, "
+                                        "a log source's columns) and print one line: what the service would run, "
+                                        "or what is wrong. Exit code 0 if valid, 2 if not.")
+    parser.add_argument("path", nargs="?", default=str(DEFAULT_CONFIG),
+                        help=f"the config file (default: {DEFAULT_CONFIG})")
+    parser.set_defaults(handler=main)
+
+
+def _run_options() -> "list[str]":
+    """The option names ``run`` has in this build (a config key for an option it lacks is an error)."""
+    from . import build_parser  # late: this module is one of the commands build_parser registers
+
+    return list(vars(build_parser().parse_args(["run"])))
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.path, supported=_run_options())
+    options = config.options
+    source = options.get("source") or str(bundled_log())
+    log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
+    spec, engine = open_model(options.get("model"), log.channels if log is not None else None,
+                              backend=options.get("backend"), hop=options.get("hop"),
+                              budget_ms=options.get("budget_ms"), fallback=options.get("fallback"))
+    if log is not None:
+        channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
+    if options.get("metrics_http"):
+        HttpExporter(options["metrics_http"])
+    print(f"config {config.path} is valid: {config.describe()}; model {spec.name or spec.model_path.name} "
+          f"on {engine.backend.name}, budget {spec.budget_ms:g} ms, fallback {spec.fallback_action!r}",
+          file=sys.stdout)
+    return 0

@@ -1,0 +1,35 @@
+"""``run --source serial:PORT``: the decision loop on a live sensor board instead of a recorded log.
+
+The model names the channels the board must send (its HELLO is checked
+against them); a bare ``.tflite`` takes whatever the board sends if the
+channel count fits. Every decision goes back to the board as an ACTION
+frame (:mod:`edge_infer.sinks.device`). See docs/serial.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from ..config import is_source_uri
+from ..deadline_options import runtime_options
+from ..loader import open_model
+from ..runtime import Runtime
+from ..sinks.device import attach_device
+from ..sources import open_live_source
+from .common import build_sinks
+
+
+def is_live_source(text: Optional[str]) -> bool:
+    """True for ``serial:...`` (any ``scheme:``), False for a log path or None (the bundled log)."""
+    return text is not None and is_source_uri(text)
+
+
+def live_runtime(args: argparse.Namespace, uri: str) -> Runtime:
+    """A runtime deciding on the frames of the device ``uri`` names, answering it with ACTION frames."""
+    spec, engine = open_model(args.model, None, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
+                              fallback=args.fallback)
+    source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels)
+    runtime = Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
+    attach_device(runtime)
+    return runtime

@@ -1,0 +1,251 @@
+"""The service configuration: one TOML file that says what ``edge-infer run`` does on a board.
+
+A service started by systemd has no one to type flags, and an operator
+looking after a fleet wants one file per board that says which model, which
+serial port, where decisions and metrics go. That file is
+``/etc/edge-infer/config.toml`` (``run --config [PATH]``); every key stands
+for a ``run`` option, and an option given on the command line wins over the
+file. The whole file is validated before anything starts, and every problem
+is reported at once, each naming its key, so a bad edit is caught by
+``edge-infer check-config`` rather than by a service that restarts in a loop.
+The schema is in README.md ("Service configuration") and docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .deadline_options import MODES, OVERLOAD_POLICIES
+from .errors import ConfigError
+from .logs import LEVELS
+from .metrics import parse_listen
+from .sinks.console import SHOW_MODES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.9/3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG = Path("/etc/edge-infer/config.toml")
+#: "serial:/dev/ttyUSB0?baud=115200" — a source named by a scheme, not a file path.
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def is_source_uri(text: str) -> bool:
+    """True for a source named by a scheme (``serial:...``), False for a recorded log's path."""
+    return bool(_SCHEME.match(text))
+
+
+class _Problem(Exception):
+    """One invalid value; collected, then reported together."""
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Problem(f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Problem(f"must be true or false, not {value!r}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _Problem(f"must be a number greater than 0, not {value!r}")
+    return float(value)
+
+
+def _at_least_zero(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _Problem(f"must be a number of at least 0, not {value!r}")
+    return float(value)
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Problem(f"must be an integer of at least {minimum}, not {value!r}")
+        return value
+    return check
+
+
+def _cpus(value: Any) -> List[int]:
+    if not isinstance(value, list) or not value or \
+            not all(isinstance(cpu, int) and not isinstance(cpu, bool) and cpu >= 0 for cpu in value):
+        raise _Problem(f"must be a non-empty list of CPU numbers, not {value!r}")
+    return value
+
+
+def _action(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise _Problem(f"must be a label (string) or a class index (integer), not {value!r}")
+    return str(value)
+
+
+def _speed(value: Any) -> Optional[float]:
+    if value == "max":
+        return None
+    try:
+        return _number(value)
+    except _Problem:
+        raise _Problem(f'must be "max" or a number greater than 0, not {value!r}') from None
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Problem(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+    return check
+
+
+def _listen(value: Any) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _string(value)
+    try:
+        parse_listen(text)
+    except ConfigError as exc:
+        raise _Problem(f"is not a valid address: {exc}") from None
+    return text
+
+
+#: How a value is checked, and whether it is a path (resolved against the config file's directory).
+_PATH, _SOURCE = "path", "source"
+
+
+@dataclass(frozen=True)
+class _Key:
+    dest: str  # the ``run`` option's argparse dest
+    check: Callable[[Any], Any]
+    path: str = ""  # _PATH, _SOURCE or ""
+
+
+#: [table] -> key -> the run option it sets. The tables that mirror the model spec ([input], [deadline],
+#: [fallback]) override the spec's values, as --hop, --budget-ms and --fallback do.
+SCHEMA: Dict[str, Dict[str, _Key]] = {
+    "model": {"spec": _Key("model", _string, _PATH), "backend": _Key("backend", _string)},
+    "input": {"hop": _Key("hop", _integer(1))},
+    "deadline": {"budget_ms": _Key("budget_ms", _number), "strict_budget": _Key("strict_budget", _boolean),
+                 "mode": _Key("mode", _one_of(MODES)), "overload": _Key("overload", _one_of(OVERLOAD_POLICIES)),
+                 "admission": _Key("admission", _boolean), "hang_limit_ms": _Key("hang_limit_ms", _number),
+                 "no_data_ms": _Key("no_data_ms", _at_least_zero), "warmup": _Key("warmup", _integer(0))},
+    "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _number)},
+    "scheduling": {"cpu_affinity": _Key("cpu_affinity", _cpus), "realtime": _Key("realtime", _boolean)},
+    "source": {"uri": _Key("source", _string, _SOURCE), "speed": _Key("speed", _speed),
+               "strict": _Key("strict", _boolean)},
+    "sinks": {"decisions": _Key("decisions", _string, _PATH), "show": _Key("show", _one_of(SHOW_MODES))},
+    "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _number)},
+    "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
+                "interval_s": _Key("metrics_interval", _number)},
+    "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _number)},
+}
+
+
+@dataclass
+class ServiceConfig:
+    """A validated config file: the ``run`` options it sets (argparse dest -> value)."""
+
+    path: Path
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """A one-line account of what the service will do, for check-config and the start-up log."""
+        opts = self.options
+        parts = [f"model {opts.get('model', 'bundled')}", f"source {opts.get('source', 'bundled log')}"]
+        for dest, what in (("decisions", "decisions"), ("record", "recording"),
+                           ("metrics_textfile", "metrics textfile"), ("metrics_http", "metrics http")):
+            if dest in opts:
+                parts.append(f"{what} {opts[dest]}")
+        return ", ".join(parts)
+
+
+def _resolve(text: str, kind: str, base: Path) -> str:
+    """A path relative to the config file's directory (a service's working directory is /), or a source URI."""
+    if kind == _SOURCE and is_source_uri(text):
+        return text
+    path = Path(text).expanduser()
+    return text if path.is_absolute() else str((base / path).resolve())
+
+
+def parse_config(path: Path, doc: Dict[str, Any], supported: Optional[Sequence[str]] = None) -> ServiceConfig:
+    """Validate a parsed TOML document. ``supported`` lists the option dests this build's ``run`` has.
+
+    Every problem is collected, and all are raised together as one :class:`ConfigError`.
+    """
+    config = ServiceConfig(path=path)
+    problems: List[str] = []
+    for table_name, table in doc.items():
+        keys = SCHEMA.get(table_name)
+        if keys is None:
+            problems.append(f"[{table_name}] is not a known table (known: {', '.join(SCHEMA)})")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{table_name}] must be a table, not {table!r}")
+            continue
+        for key, value in table.items():
+            rule = keys.get(key)
+            name = f"[{table_name}].{key}"
+            if rule is None:
+                problems.append(f"{name} is not a known key (known: {', '.join(keys)})")
+            elif supported is not None and rule.dest not in supported:
+                problems.append(f"{name} is not supported by this version of edge-infer")
+            else:
+                try:
+                    checked = rule.check(value)
+                except _Problem as exc:
+                    problems.append(f"{name} {exc}")
+                    continue
+                config.options[rule.dest] = _resolve(checked, rule.path, path.parent) if rule.path else checked
+    if problems:
+        raise ConfigError(f"config {path}: " + "; ".join(problems))
+    if supported is None or "strict_budget" in supported:
+        # A service whose model cannot keep its budget on this board should fail at start, loudly, rather
+        # than run for weeks on fallbacks: on unless the file says otherwise.
+        config.options.setdefault("strict_budget", True)
+    return config
+
+
+def load_config(path: "str | Path", supported: Optional[Sequence[str]] = None) -> ServiceConfig:
+    """Read and validate a config file; any problem is a :class:`ConfigError` naming the file and the key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            doc = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} not found; write one (see docs/operations.md) or pass --config PATH") \
+            from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return parse_config(path, doc, supported)
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config [PATH]`` on a sub-command; :func:`apply_config` reads it after the first parse."""
+    parser.add_argument("--config", nargs="?", const=str(DEFAULT_CONFIG), metavar="PATH",
+                        help=f"read options from a service config file (default path {DEFAULT_CONFIG}); "
+                             "options on the command line win over the file")
+    parser.set_defaults(config_parser=parser)
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: Optional[List[str]]) -> argparse.Namespace:
+    """If ``--config`` was given, parse again with the file's values as defaults: explicit flags still win."""
+    path = getattr(args, "config", None)
+    if path is None:
+        return args
+    config = load_config(path, supported=list(vars(args)))
+    args.config_parser.set_defaults(**config.options)
+    args = parser.parse_args(argv)
+    args.service_config = config
+    return args

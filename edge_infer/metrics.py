@@ -1,0 +1,264 @@
+"""Metrics for an operator's dashboard, in the Prometheus text exposition format.
+
+A fleet of Pis is watched by Prometheus, usually through node-exporter,
+which already runs on each board. Two ways out, both from the same numbers:
+
+* the **textfile collector** (default, no dependency, no network): the runtime
+  rewrites ``edge_infer.prom`` every few seconds, atomically (a temporary file
+  in the same directory, then ``rename``), and node-exporter's
+  ``--collector.textfile.directory`` serves it with the node's own metrics;
+* an **HTTP endpoint** bound to 127.0.0.1 by default, through the optional
+  ``prometheus-client`` package (``pip install 'edge-infer[metrics]'``).
+
+Every number is read from what the loop already keeps (the run statistics,
+the source's link counters, the scheduler's restart count): nothing grows
+with uptime, so memory stays constant over weeks. Latency percentiles come
+from the constant-memory histogram and cover the whole run; for "the last
+five minutes", use ``rate()`` of ``_sum`` over ``rate()`` of ``_count``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from . import __version__
+from .errors import ConfigError, EdgeInferError
+from .histogram import Histogram
+from .reasons import Reason
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge_infer"
+#: The quantiles exported for latency summaries (the same as the JSON summary's p50/p99/p99.9).
+QUANTILES = (0.5, 0.99, 0.999)
+#: Source counters that are not counts of events (a line number), left out of the link counters.
+_NOT_COUNTERS = frozenset({"first_bad_line"})
+#: The keys of ``Scheduler.counters()`` that count events (the others are settings and maxima).
+_SCHEDULER_EVENTS = ("busy", "skipped", "admission_rejects", "late_results")
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_INTERVAL_S = 10.0
+
+Labels = Dict[str, str]
+
+
+@dataclass
+class MetricFamily:
+    """One metric with its samples. Counter names are given without ``_total``; the formatter adds it."""
+
+    name: str
+    kind: str  # "counter", "gauge" or "summary"
+    help: str
+    samples: List[Tuple[str, Labels, float]] = field(default_factory=list)
+
+    def add(self, value: float, labels: Optional[Labels] = None, suffix: str = "") -> "MetricFamily":
+        if self.kind == "counter" and not suffix:
+            suffix = "_total"
+        self.samples.append((self.name + suffix, labels or {}, value))
+        return self
+
+
+def _summary(name: str, help_text: str, histogram: Histogram) -> List[MetricFamily]:
+    """A Prometheus summary (quantiles, _sum, _count) in seconds, plus the exact maximum as a gauge."""
+    family = MetricFamily(name, "summary", help_text)
+    for q in QUANTILES:
+        family.add(histogram.percentile(q * 100) / 1e6, {"quantile": f"{q:g}"})
+    family.add(histogram.sum / 1e6, suffix="_sum")
+    family.add(histogram.total, suffix="_count")
+    maximum = MetricFamily(name + "_max", "gauge", f"largest value seen of {name}").add(histogram.max / 1e6)
+    return [family, maximum]
+
+
+def collect(runtime: Any, started_unix_s: float) -> List[MetricFamily]:
+    """The metric families for a :class:`~edge_infer.runtime.Runtime`'s current state."""
+    stats = runtime.stats
+    spec = runtime.spec
+    info = MetricFamily(f"{PREFIX}_info", "gauge", "what is running: model, backend, versions (value 1)")
+    info.add(1, {"model": spec.name or spec.model_path.name, "model_version": spec.version,
+                 "backend": runtime.engine.backend.name, "backend_version": str(runtime.engine.backend_version),
+                 "version": __version__})
+    decisions = MetricFamily(f"{PREFIX}_decisions", "counter",
+                             "decisions by source (model, fallback) and reason (none for a plain model decision)")
+    decisions.add(stats.model_decisions - sum(stats.flagged_reasons.values()), {"source": "model", "reason": "none"})
+    for source, reasons in (("model", stats.flagged_reasons), ("fallback", stats.fallback_reasons)):
+        for reason, count in sorted(dict(reasons).items()):
+            decisions.add(count, {"source": source, "reason": reason})
+    families = [
+        info,
+        MetricFamily(f"{PREFIX}_start_time_seconds", "gauge", "when the decision loop started (unix time)")
+        .add(started_unix_s),
+        MetricFamily(f"{PREFIX}_budget_seconds", "gauge", "time budget per decision").add(stats.budget_us / 1e6),
+        MetricFamily(f"{PREFIX}_frames", "counter", "sensor frames received").add(stats.frames),
+        decisions,
+        MetricFamily(f"{PREFIX}_deadline_misses", "counter",
+                     "windows whose model answer did not come within the budget (fallback reason deadline)")
+        .add(dict(stats.fallback_reasons).get(Reason.DEADLINE.code, 0)),
+        MetricFamily(f"{PREFIX}_late_decisions", "counter",
+                     "decisions handed to the sinks after their deadline (the loop itself was late)")
+        .add(stats.late_decisions),
+        *_summary(f"{PREFIX}_decision_latency_seconds",
+                  "from the receipt of a window's last frame to the hand-off of its decision", stats.latency_us),
+        *_summary(f"{PREFIX}_invoke_seconds", "time inside the model per inference", stats.invoke_us),
+    ]
+    scheduler = runtime.scheduler.counters()
+    families.append(MetricFamily(f"{PREFIX}_model_restarts", "counter",
+                                 "times the isolated model process was restarted after a crash or hang")
+                    .add(scheduler.get("restarts", 0)))
+    families.append(MetricFamily(f"{PREFIX}_model_hangs", "counter", "invokes that ran past the hang limit")
+                    .add(scheduler.get("hangs", 0)))
+    events = MetricFamily(f"{PREFIX}_scheduler_events", "counter",
+                          "windows the scheduler did not give the model: busy, skipped, refused by admission "
+                          "control; and model answers that came too late")
+    for name in _SCHEDULER_EVENTS:
+        if name in scheduler:
+            events.add(scheduler[name], {"event": name})
+    if events.samples:
+        families.append(events)
+    link = MetricFamily(f"{PREFIX}_source_events", "counter",
+                        "the source's counters: log rows and bad rows, or link errors, resyncs and reconnects")
+    for name, value in sorted(runtime.source.counters().items()):
+        if name not in _NOT_COUNTERS and isinstance(value, int) and not isinstance(value, bool):
+            link.add(value, {"counter": name})
+    families.append(link)
+    return families
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 2**53):
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def format_text(families: Iterable[MetricFamily]) -> str:
+    """The Prometheus text exposition format, version 0.0.4 (what node-exporter's textfile collector reads)."""
+    lines: List[str] = []
+    for family in families:
+        name = family.name + ("_total" if family.kind == "counter" else "")
+        lines.append(f"# HELP {name} {family.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}")
+        lines.append(f"# TYPE {name} {family.kind}")
+        for sample_name, labels, value in family.samples:
+            label_text = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
+            lines.append(f"{sample_name}{{{label_text}}} {_number(value)}" if label_text
+                         else f"{sample_name} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: "str | Path", text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: a reader sees the old file or the new one, never half of one.
+
+    The temporary file does not end in ``.prom``, so node-exporter never reads it. The file is made
+    world-readable (the service's umask is 0077) so that node-exporter, another user, can read it.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            os.fchmod(handle.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class TextfileExporter:
+    """Rewrites the textfile every ``interval_s`` when :meth:`maybe_write` is called from the loop."""
+
+    def __init__(self, path: "str | Path", interval_s: float = DEFAULT_INTERVAL_S):
+        self.path = Path(path)
+        self.interval_ns = int(interval_s * 1e9)
+        self._next_ns: Optional[int] = None
+        if not self.path.parent.is_dir():
+            raise EdgeInferError(f"metrics textfile directory {self.path.parent} does not exist; create it or "
+                                 "point [metrics].textfile somewhere writable")
+
+    def maybe_write(self, now_ns: int, render: Callable[[], str]) -> bool:
+        """Write if the interval has passed since the last write (the first call writes); True if written."""
+        if self._next_ns is not None and now_ns < self._next_ns:
+            return False
+        self._next_ns = now_ns + self.interval_ns
+        self.write(render())
+        return True
+
+    def write(self, text: str) -> None:
+        try:
+            write_textfile(self.path, text)
+        except OSError as exc:  # a full disk must not stop the decision loop
+            log.warning("cannot write metrics textfile %s: %s", self.path, exc.strerror or exc)
+
+
+def _import_prometheus_client() -> None:
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError:
+        raise EdgeInferError("the metrics HTTP endpoint needs prometheus-client: "
+                             "pip install 'edge-infer[metrics]' (or use a metrics textfile)") from None
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port); the host defaults to 127.0.0.1."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host = DEFAULT_HTTP_HOST
+    host = host.strip("[]") or DEFAULT_HTTP_HOST
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"metrics address {text!r} must be PORT or HOST:PORT") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"metrics port {port} must be between 1 and 65535")
+    return host, port
+
+
+class HttpExporter:
+    """Serves the metrics over HTTP with prometheus-client, in its own thread (started by :meth:`start`)."""
+
+    def __init__(self, listen: str):
+        self.host, self.port = parse_listen(listen)
+        self._server: Any = None
+        _import_prometheus_client()  # fail at start, not once the model is loaded
+
+    def start(self, families: Callable[[], List[MetricFamily]]) -> None:
+        """Serve ``families()`` at ``/metrics``, from prometheus-client's own daemon thread."""
+        _import_prometheus_client()
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.metrics_core import Metric
+
+        class _Collector:
+            def collect(self) -> Iterable[Any]:
+                for family in families():
+                    metric = Metric(family.name, family.help, family.kind)
+                    for name, labels, value in family.samples:
+                        metric.add_sample(name, labels, value)
+                    yield metric
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector())
+        try:
+            self._server, _ = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as exc:
+            raise EdgeInferError(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}") from None
+        log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

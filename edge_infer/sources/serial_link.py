@@ -1,0 +1,384 @@
+"""The serial source: a sensor board's SENSOR frames, over the edge-link protocol, as runtime frames.
+
+The protocol is ``firmware_bridge/PROTOCOL.md``; this module is the host's
+side of its section 7 ("Link behaviour") on top of a :class:`SerialPort`
+that reopens itself after an unplug:
+
+* After every open it sends a delimiter and a HEARTBEAT (opening the port
+  discarded what the device had sent; a host that speaks makes the device say
+  HELLO) and ignores SENSOR frames until a HELLO has passed the schema check
+  against the model's channels. A mismatch is fatal: :class:`SchemaMismatch`,
+  one line naming both sides, and the device never gets an ACTION.
+* A device answers HELLO only when the host *comes back* after a silence. If
+  no HELLO arrives within ``HELLO_WAIT_S`` of speaking (it was lost to noise,
+  or the previous host left a moment ago), the source stays quiet long enough
+  for the device to time out, then speaks again: 0.75 s, doubling up to 66 s
+  (the longest safe timeout a HELLO can announce).
+* While connected it sends a HEARTBEAT whenever nothing else went out for a
+  quarter of the device's safe timeout (HELLO carries it), so the device
+  stays out of its safe state between decisions.
+* SENSOR values are multiplied by the HELLO's scales into float32 physical
+  values. The schema hash covers the channel names in order, so the
+  device's order is the model's order.
+* When the port disappears, ``recv`` keeps returning None on time, so the
+  loop keeps deciding (``no_data``), and the port is reopened with backoff.
+
+A reconnect, or a HELLO whose sequence number does not continue the stream
+(the device rebooted), starts a new *epoch*: frames on either side are not
+contiguous, so ``restart_listeners`` are told (the runtime resets its window:
+the first decision after a reconnect needs a whole window of fresh frames),
+device sequence numbers of older frames are forgotten (no ACTION answers a
+frame of an earlier boot), and ``Frame.t`` carries on from the last frame
+plus the host time in between, so it never goes back across the outage.
+Within an epoch ``Frame.t`` is the device's clock (``t_us``, unwrapped).
+
+The decision sink (:mod:`edge_infer.sinks.device`) writes ACTION frames
+through :meth:`SerialSource.send_action`, so heartbeats and actions share
+one sequence numbering, as the protocol requires.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from array import array
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from firmware_bridge.protocol import (Action, ActionSource, ErrorReport, FrameEncoder, Heartbeat, Hello,
+                                      LinkFrame, SchemaMismatch, Sensor, check_hello)
+from firmware_bridge.stream import FrameDecoder
+
+from ..clock import Clock
+from ..errors import SourceError
+from ..frame import Frame
+from . import DEFAULT_BAUD
+from .base import Source
+from .serial_port import SerialPort
+
+log = logging.getLogger(__name__)
+
+HELLO_WAIT_S = 1.0  #: how long to wait for a HELLO after speaking before going quiet
+QUIET_FIRST_S = 0.75  #: the first quiet period: longer than the default 500 ms safe timeout
+QUIET_MAX_S = 66.0  #: longer than the largest safe timeout a HELLO can announce (65.535 s)
+DEFAULT_HEARTBEAT_S = 0.125  #: a quarter of the default safe timeout, until a HELLO says otherwise
+#: Recent frames whose device sequence numbers are kept, for the ACTION that answers them.
+SEQ_RING = 256
+
+
+class SerialSource(Source):
+    """SENSOR frames from the edge-link device at ``path``; ACTION frames back through :meth:`send_action`.
+
+    ``channels``: the model's channel names; the device's HELLO must carry
+    their schema hash. ``None`` accepts the first device schema that has
+    ``channel_count`` channels (any count if that is None too), and takes
+    the channel names from its HELLO: for a bare model, or for recording
+    without a model.
+    """
+
+    def __init__(self, path: str, baud: int = DEFAULT_BAUD, channels: Optional[Sequence[str]] = None,
+                 channel_count: Optional[int] = None, *, clock: Optional[Clock] = None,
+                 port: Optional[SerialPort] = None, name: Optional[str] = None):
+        self.port = port or SerialPort(path, baud)
+        self.name = name or f"serial:{path}"
+        self._expected = list(channels) if channels is not None else None
+        self._count = len(channels) if channels is not None else channel_count
+        #: The model's names; without them, ch0.. for a known count, else the device's (from its first HELLO).
+        self.channels: List[str] = (list(channels) if channels is not None
+                                    else [f"ch{i}" for i in range(channel_count or 0)])
+        self._clock = clock or Clock()
+        self._decoder = FrameDecoder()
+        self._encoder = FrameEncoder()
+        self._pending: Deque[Frame] = collections.deque()
+        self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
+        #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
+        self.hello_listeners: List[Callable[[Hello, int], None]] = []
+        #: Called when the sample stream restarts (reconnect, device reboot): older frames are not contiguous.
+        self.restart_listeners: List[Callable[[], None]] = []
+        self._scales = np.ones(self._count or 1, dtype=np.float32)
+        self._ready = False  # a HELLO was accepted since the port opened
+        self._greeted = False  # a HELLO arrived in this connection (a later one may be a reboot)
+        self._need_delimiter = True
+        self._last_tx = 0.0
+        self._heartbeat_s = DEFAULT_HEARTBEAT_S
+        self._hello_due: Optional[float] = None
+        self._quiet_until: Optional[float] = None
+        self._quiet_s = QUIET_FIRST_S
+        self._hello_requests_here = 0
+        self._last_rx_seq = -1
+        self._last_rx_ns = 0
+        # frames: our numbering, the device's numbering of recent ones, the time line
+        self._seq = 0
+        self._epoch_first_seq = 0
+        self._device_seqs = array("l", [0] * SEQ_RING)
+        self._t_last_us: Optional[int] = None
+        self._t_last: Optional[float] = None
+        self._t_last_recv_ns = 0
+        self._n: Dict[str, int] = dict.fromkeys(
+            ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
+             "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
+             "actions_unsent"), 0)
+
+    # --- Source -----------------------------------------------------------------------------
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        while not self._pending:
+            if not self._step(end):
+                break
+        return self._pending.popleft() if self._pending else None
+
+    def wait_for_hello(self, timeout: float) -> Hello:
+        """Serve the link until a HELLO is accepted (SENSOR frames meanwhile are kept for ``recv``).
+
+        For callers that need the device's channel names before the first
+        frame (a recording without a model). Raises :class:`SourceError`
+        if none comes within ``timeout`` seconds.
+        """
+        end = time.monotonic() + timeout
+        while not self._ready:
+            if not self._step(end) and not self._ready:
+                seen = ", ".join(f"{k} {v}" for k, v in self._decoder.counters.as_dict().items() if v)
+                raise SourceError(
+                    f"no HELLO from the device on {self.port.path} within {timeout:g} s "
+                    f"({'port open, received: ' + (seen or 'nothing') if self.port.connected else 'port not open'})"
+                    f": is it powered, at {self.port.baud} baud, and running edge-link firmware "
+                    "(firmware_bridge/PROTOCOL.md)?")
+        assert self.hello is not None
+        return self.hello
+
+    def counters(self) -> Dict[str, Union[int, bool, str, None]]:
+        """The link's counters for the summary: decoder (PROTOCOL.md section 8), session, port; see docs/serial.md."""
+        port = self.port
+        out: Dict[str, Union[int, bool, str, None]] = {"port": port.path, "low_latency": port.low_latency}
+        out.update(self._decoder.counters.as_dict())
+        out.update(self._n)
+        out.update(reconnects=port.reconnects, disconnects=port.disconnects, write_timeouts=port.write_timeouts,
+                   disconnected_ms=port.disconnected_ms)
+        return out
+
+    def close(self) -> None:
+        self._ready = False
+        self.port.close()
+
+    # --- the sink's side ----------------------------------------------------------------------
+
+    def send_action(self, action: int, source: ActionSource, reason: int, frame_seq: int, name: str) -> bool:
+        """Send the ACTION that answers frame ``frame_seq`` (a :class:`Frame` seq); False if it could not go out.
+
+        It cannot when the device is not there or not greeted, or when the
+        frame came from an earlier epoch (the device rebooted since, so its
+        sequence number means nothing now): counted in ``actions_unsent``.
+        """
+        answers = self.device_seq_of(frame_seq)
+        sent = (answers is not None and self._ready
+                and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                    name=name)))
+        self._n["actions_sent" if sent else "actions_unsent"] += 1
+        return sent
+
+    def device_seq_of(self, frame_seq: int) -> Optional[int]:
+        """The device's sequence number of a recent frame of the current epoch, else None."""
+        if not self._epoch_first_seq <= frame_seq < self._seq or self._seq - frame_seq > SEQ_RING:
+            return None
+        return self._device_seqs[frame_seq % SEQ_RING]
+
+    # --- serving the link -------------------------------------------------------------------
+
+    def _step(self, end: float) -> bool:
+        """(Re)connect, keep the device's host-alive timer fed, read and decode until ``end`` or some input.
+
+        Returns False once ``end`` has passed.
+        """
+        now = time.monotonic()
+        if not self.port.connected:  # never opened, or lost (in a read or a write)
+            self._ready = False
+            if not self.port.open_if_due():
+                wake = min(end, self.port.retry_at)
+                if wake > now:
+                    time.sleep(wake - now)
+                return time.monotonic() < end
+            self._on_connect(now)
+        self._keep_alive(now)
+        data = self.port.read(min(end, self._next_keep_alive()) - now)
+        if data:
+            self._feed(data, self._clock.now_ns())
+        return time.monotonic() < end
+
+    def _on_connect(self, now: float) -> None:
+        self._ready = self._greeted = False
+        self._decoder.reset()
+        self._need_delimiter = True
+        self._quiet_until = None
+        self._quiet_s = QUIET_FIRST_S
+        self._hello_requests_here = 0
+        self._new_epoch()
+        log.info("serial port %s open at %d baud: asking the device for its HELLO", self.port.path, self.port.baud)
+        self._speak(now)
+
+    def _speak(self, now: float) -> None:
+        """A HEARTBEAT that a device which thinks the host is absent answers with HELLO."""
+        self._hello_due = now + HELLO_WAIT_S
+        self._send_heartbeat()
+
+    def _keep_alive(self, now: float) -> None:
+        if self._quiet_until is not None:
+            if now >= self._quiet_until:
+                self._quiet_until = None
+                self._speak(now)
+        elif not self._ready and self._hello_due is not None and now >= self._hello_due:
+            self._go_quiet(now)
+        elif now - self._last_tx >= self._heartbeat_s:
+            self._send_heartbeat()
+
+    def _next_keep_alive(self) -> float:
+        if self._quiet_until is not None:
+            return self._quiet_until
+        due = self._last_tx + self._heartbeat_s
+        if not self._ready and self._hello_due is not None:
+            due = min(due, self._hello_due)
+        return due
+
+    def _go_quiet(self, now: float) -> None:
+        """No HELLO came: fall silent past the device's safe timeout, so that it greets us when we speak again."""
+        self._quiet_until = now + self._quiet_s
+        self._n["hello_requests"] += 1
+        self._hello_requests_here += 1
+        c = self._decoder.counters
+        detail = (f"{self._n['ignored_before_hello']} SENSOR frames ignored, {c.rejected} chunks rejected so far")
+        if self._hello_requests_here == 3:
+            log.warning("still no HELLO from the device on %s (%s): wrong baud rate (%d), or firmware that does not "
+                        "speak edge-link? Staying quiet %g s at a time so that it greets us when we speak again",
+                        self.port.path, detail, self.port.baud, self._quiet_s)
+        else:
+            log.info("no HELLO from the device on %s yet (%s): quiet for %g s, then asking again",
+                     self.port.path, detail, self._quiet_s)
+        self._quiet_s = min(self._quiet_s * 2, QUIET_MAX_S)
+
+    def _send_heartbeat(self) -> None:
+        if self._send(self._encoder.heartbeat()):
+            self._n["heartbeats_sent"] += 1
+
+    def _send(self, wire: bytes) -> bool:
+        if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
+            wire = b"\x00" + wire
+        sent = self.port.write(wire)
+        self._need_delimiter = not sent
+        self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
+        return sent
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def _feed(self, data: bytes, recv_ns: int) -> None:
+        for frame in self._decoder.feed(data):
+            if isinstance(frame, Sensor):
+                self._on_sensor(frame, recv_ns)
+            elif isinstance(frame, Hello):
+                self._on_hello(frame, recv_ns)
+            else:
+                self._on_other(frame)
+            self._last_rx_seq, self._last_rx_ns = frame.seq, recv_ns
+
+    def _on_hello(self, hello: Hello, recv_ns: int) -> None:
+        log.debug("HELLO seq %d from %s (last frame seq %d)", hello.seq, self.port.path, self._last_rx_seq)
+        self._check(hello)
+        if self._greeted and not self._continues(hello, recv_ns):
+            self._n["device_restarts"] += 1  # its numbering restarted: it rebooted, the stream is cut
+            self._new_epoch()
+        self._greeted = self._ready = True
+        self._hello_due = self._quiet_until = None
+        self._quiet_s = QUIET_FIRST_S
+        if self.hello is None or hello.channels != self.hello.channels or hello.scales != self.hello.scales:
+            log.info("device on %s: firmware %s, %d %s channels [%s] at %g Hz, safe timeout %d ms",
+                     self.port.path, ".".join(map(str, hello.fw_version)), hello.channel_count,
+                     hello.sample_type.label, ",".join(self.channels), hello.sample_rate_hz, hello.safe_timeout_ms)
+        self.hello = hello
+        self._n["hellos"] += 1
+        self._scales = np.asarray(hello.scales, dtype=np.float32)
+        self._heartbeat_s = hello.safe_timeout_ms / 4000.0 if hello.safe_timeout_ms else DEFAULT_HEARTBEAT_S
+        for listener in self.hello_listeners:
+            listener(hello, recv_ns)
+
+    def _continues(self, hello: Hello, recv_ns: int) -> bool:
+        """Does a HELLO continue the device's numbering (it greets a host back), or restart it (a reboot)?
+
+        Frames may have been lost before it, so "continues" means at most as far
+        ahead as the device can have counted since the last frame we saw:
+        its samples and heartbeats (4/s), twice over, plus a margin.
+        """
+        ahead = (hello.seq - self._last_rx_seq - 1) & 0xFFFF
+        elapsed_s = max(0, recv_ns - self._last_rx_ns) / 1e9
+        return ahead <= 16 + 2 * (hello.sample_rate_hz or 1000.0) * elapsed_s + 8 * elapsed_s
+
+    def _check(self, hello: Hello) -> None:
+        """Refuse a device that does not send the model's channels (or, without a model, changed its own)."""
+        self._ready = False  # a refused device gets no ACTION, not even the shutdown one
+        if self._expected is not None:
+            check_hello(hello, self._expected)
+            return
+        first = self.hello
+        if first is not None and (hello.schema_hash, hello.channel_count) != (first.schema_hash, first.channel_count):
+            raise SchemaMismatch(
+                f"the device on {self.port.path} changed its schema mid-run (was {first.channel_count} channels "
+                f"[{','.join(self.channels)}], hash 0x{first.schema_hash:08x}; now {hello.channel_count} "
+                f"[{','.join(hello.channels) or 'names not sent'}], hash 0x{hello.schema_hash:08x}); restart to take it")
+        if self._count is not None and hello.channel_count != self._count:
+            raise SchemaMismatch(
+                f"the device on {self.port.path} sends {hello.channel_count} channels "
+                f"[{','.join(hello.channels) or 'names not sent'}] but the model takes {self._count}; "
+                "flash firmware built for this model, or run the model made for this device")
+        if not self.channels:
+            self.channels = list(hello.channels) or [f"ch{i}" for i in range(hello.channel_count)]
+
+    def _on_sensor(self, sensor: Sensor, recv_ns: int) -> None:
+        hello = self.hello
+        if not self._ready or hello is None:
+            self._n["ignored_before_hello"] += 1
+            return
+        if len(sensor.values) != hello.channel_count or sensor.sample_type != hello.sample_type:
+            self._n["sensor_mismatch"] += 1
+            log.warning("device on %s: SENSOR frame seq %d has %d %s values, its HELLO announced %d %s channels; "
+                        "dropped", self.port.path, sensor.seq, len(sensor.values), sensor.sample_type.label,
+                        hello.channel_count, hello.sample_type.label)
+            return
+        values = np.array(sensor.values, dtype=np.float32)
+        values *= self._scales
+        seq = self._seq
+        self._seq = seq + 1
+        self._device_seqs[seq % SEQ_RING] = sensor.seq
+        self._n["sensor_frames"] += 1
+        self._pending.append(Frame(seq=seq, t=self._device_time(sensor.t_us, recv_ns), recv_ns=recv_ns,
+                                   values=values, label=None, device_seq=sensor.seq))
+
+    def _on_other(self, frame: LinkFrame) -> None:
+        if isinstance(frame, Heartbeat):
+            self._n["heartbeats_received"] += 1
+        elif isinstance(frame, ErrorReport):
+            self._n["device_errors"] += 1
+            log.warning("device on %s reports error %d: %s", self.port.path, frame.code, frame.text)
+        elif isinstance(frame, Action):  # a host-to-device frame coming back: a loopback, or two hosts
+            log.warning("an ACTION frame arrived from %s: is the port looped back or shared with another host?",
+                        self.port.path)
+
+    # --- the time line ------------------------------------------------------------------------
+
+    def _new_epoch(self) -> None:
+        self._epoch_first_seq = self._seq
+        self._t_last_us = None
+        for listener in self.restart_listeners:
+            listener()
+
+    def _device_time(self, t_us: int, recv_ns: int) -> float:
+        """The frame's time in seconds: the device clock unwrapped; across epochs, the host time in between."""
+        if self._t_last_us is not None:
+            delta = (t_us - self._t_last_us) & 0xFFFFFFFF
+            t = self._t_last + (delta - (1 << 32) if delta >= 1 << 31 else delta) / 1e6  # type: ignore[operator]
+        elif self._t_last is None:
+            t = t_us / 1e6
+        else:
+            t = self._t_last + max(0, recv_ns - self._t_last_recv_ns) / 1e9
+        self._t_last_us, self._t_last, self._t_last_recv_ns = t_us, t, recv_ns
+        return t

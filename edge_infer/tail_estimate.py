@@ -1,0 +1,40 @@
+"""An online estimate of the model's tail latency, for admission control.
+
+A budget is a promise about the tail, so the question "can this invoke still
+finish by its deadline?" is answered with the p99 of *recent* invokes, not
+the mean and not the whole run's history: the estimate follows the machine
+when another process starts hogging the CPU, and recovers when it stops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+
+class TailEstimate:
+    """The ``percentile`` of the last ``size`` durations, refreshed every ``every`` records.
+
+    ``value_ns`` is None until ``min_samples`` durations were recorded.
+    Recording is an array store; the percentile (a partial sort of ``size``
+    numbers) is computed only every ``every`` records.
+    """
+
+    def __init__(self, size: int = 100, every: int = 10, percentile: float = 99.0, min_samples: int = 10):
+        self._ring = np.zeros(size, dtype=np.int64)
+        self._count = 0
+        self._every = every
+        self._min_samples = min_samples
+        self._rank = percentile / 100.0
+        self.value_ns: Optional[int] = None
+
+    def record(self, duration_ns: int) -> None:
+        count = self._count
+        self._ring[count % len(self._ring)] = duration_ns
+        self._count = count = count + 1
+        if count >= self._min_samples and (count % self._every == 0 or count == self._min_samples):
+            samples = self._ring[:min(count, len(self._ring))]
+            k = max(0, math.ceil(self._rank * len(samples)) - 1)
+            self.value_ns = int(np.partition(samples, k)[k])
