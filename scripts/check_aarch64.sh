@@ -43,7 +43,7 @@ for pair in litert:litert tflite:tflite-runtime; do
     PI=$pi EMU_PYTHONPATH="$WORK/site/proj:$WORK/site/deps" "$TOOLS/run.sh" "$WORK" "$site" -- \
       -m edge_infer replay "$LOG" --model "$SPEC" --backend "$backend" --budget-ms 10000 \
       --decisions "$out.jsonl" --json > "$out.json"
-    summary=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"accuracy {s[\"accuracy\"]} decisions {s[\"decisions\"]} fallbacks {s[\"fallback_decisions\"]} backend {s[\"backend\"]} {s[\"backend_version\"]}")' "$out.json")
+    summary=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("accuracy %(accuracy)s decisions %(decisions)s fallbacks %(fallback_decisions)s backend %(backend)s %(backend_version)s" % s)' "$out.json")
     verdict=$(python3 "$ROOT/scripts/compare_decisions.py" "$WORK/x86_$site.jsonl" "$out.jsonl" \
       --tolerance "$OUTPUT_SCALE") || status=1
     echo "pi$pi $backend: $summary"
