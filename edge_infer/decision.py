@@ -19,9 +19,10 @@ class Decision:
     plain model decision, else a :class:`Reason` code. ``latency_us`` runs
     from the receipt of the window's last frame to the hand-off to the sinks.
     ``output`` is the dequantized output vector (None when the model gave none).
+    ``ood_score`` is not a constructor argument: the input guard sets it on windows it scored.
     """
 
-    __slots__ = ("seq", "t", "action", "source", "reason", "latency_us", "invoke_us", "output", "label")
+    __slots__ = ("seq", "t", "action", "source", "reason", "latency_us", "invoke_us", "output", "label", "ood_score")
 
     seq: int
     t: float
@@ -32,6 +33,10 @@ class Decision:
     invoke_us: Optional[float]
     output: Optional[List[float]]
     label: Optional[str]
+
+    def __post_init__(self) -> None:
+        #: the window's out-of-distribution score, set by the input guard (edge_infer/checks) where it scores
+        self.ood_score: Optional[float] = None
 
     @property
     def is_fallback(self) -> bool:
@@ -49,6 +54,7 @@ class Decision:
             "invoke_us": None if self.invoke_us is None else round(self.invoke_us, 1),
             "output": self.output,
             "label": self.label,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 3),
         }
 
 

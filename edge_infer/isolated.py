@@ -246,7 +246,7 @@ class ProcessScheduler(WorkerScheduler):
                     os.kill(process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            process.join(timeout=5.0)
+            process.join(timeout=1.0)  # after SIGKILL the forkserver reports the exit within a few ms
             self.exits.append(f"{why}, {_describe_exit(process.exitcode)}")
             del self.exits[:-5]  # the last few, for the summary
         self._process = None

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+from .checks.guard import build_guard
 from .clock import Clock
 from .deadline_options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
 from .decision import Decision, DecisionRule
@@ -53,6 +54,7 @@ class Runtime:
         self.fallback = fallback or build_fallback(spec)
         self.scheduler = scheduler or self._build_scheduler()  # last: it may start a thread or a process
         self.rule = DecisionRule(spec)
+        self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self.sinks: List[Sink] = [self.stats, *sinks]
@@ -194,10 +196,12 @@ class Runtime:
             self._silence.on_frame(frame.recv_ns)
         for sink in self.sinks:
             sink.on_frame(frame)
+        self.guard.on_frame(frame)
         if not self.window.push(frame.values):
             return None
-        answer = self.scheduler.run(self.window.view(), frame.recv_ns + self._budget_ns)
-        decision = self._decide(frame, answer)
+        answer = (self.guard.check_window(self.window.view())  # a failed input check: no invoke, fall back
+                  or self.scheduler.run(self.window.view(), frame.recv_ns + self._budget_ns))
+        decision = self.guard.review(self._decide(frame, answer))
         for sink in self.sinks:
             sink.on_decision(decision)
         if self._gc.active:  # the slack after a decision: the next window is a hop away
@@ -237,6 +241,7 @@ class Runtime:
     def summary(self) -> Dict[str, Any]:
         """The JSON summary (README: "JSON summary")."""
         out = self.stats.to_dict()
+        out["input_checks"] = self.guard.summary()
         out.update({
             "elapsed_s": round(self.elapsed_s, 3),
             "model": self.spec.name or self.spec.model_path.name,

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .checks.config import parse_checks
 from .errors import SpecError
 
 if sys.version_info >= (3, 11):
@@ -174,6 +175,7 @@ class _SpecParser:
         )
         self._output(out, spec)
         self._decision(decision, spec)
+        parse_checks(spec)  # [checks], [ood]: wrong keys fail at load, not when the loop starts
         return spec
 
     def _sha256(self, model: Dict[str, Any]) -> Optional[str]:

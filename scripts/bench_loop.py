@@ -25,6 +25,7 @@ usage: python scripts/bench_loop.py [--windows N] [--windows-1ms N] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -151,22 +152,45 @@ def hand_written_loop(case: Case, windows: int) -> np.ndarray:
     return np.diff(stamps[:decided])
 
 
+class GcPauses:
+    """Garbage collections of the loop process once deciding started: count and duration per generation."""
+
+    def __init__(self) -> None:
+        self.pauses: Dict[int, List[int]] = {0: [], 1: [], 2: []}
+        self.deciding: Callable[[], bool] = lambda: False
+        self._start = 0
+
+    def __call__(self, phase: str, info: Dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter_ns()
+        elif self.deciding():
+            self.pauses[info["generation"]].append(time.perf_counter_ns() - self._start)
+
+
 def edge_infer_loop(mode: str, gc_control: bool = True, realtime: bool = False) -> Callable[[Case, int], np.ndarray]:
     """(c): the Runtime, fed by a LogSource at full speed, in ``mode``.
 
     The budget is set to 1 s: the hand-written loop has none, and a stall of the shared machine must
     not turn windows into (cheaper) fallbacks.
     """
+    pauses = GcPauses()
+
     def run(case: Case, windows: int) -> np.ndarray:
         log = case.tiled_log(windows)
         source = LogSource(log, case.columns, case.spec.channels, speed=None)
         sink = StampSink(windows + 1)
         runtime = Runtime(replace(case.spec, budget_ms=1000.0), case.engine, source, [sink],
                           options=DeadlineOptions(mode=mode, gc_control=gc_control, realtime=realtime))
-        runtime.run()
+        pauses.deciding = lambda: sink.count > 0
+        gc.callbacks.append(pauses)
+        try:
+            runtime.run()
+        finally:
+            gc.callbacks.remove(pauses)
         if sink.fallbacks:
             print(f"  note: {case.name} {mode}: {sink.fallbacks} fallbacks", file=sys.stderr)
         return np.diff(sink.stamps[:sink.count])
+    run.pauses = pauses  # type: ignore[attr-defined]
     return run
 
 
@@ -200,6 +224,20 @@ def stats(ns: np.ndarray) -> Dict[str, float]:
     return out
 
 
+def gc_table(case_name: str, windows: int) -> str:
+    """Collections while each (c) variant decided, and the longest pause, by generation (then reset)."""
+    lines = [f"**garbage collections while deciding ({case_name}, {windows} windows per variant)**", "",
+             "| variant | gen 0: n, max µs | gen 1: n, max µs | gen 2: n, max µs |", "|---|---|---|---|"]
+    for name, variant in VARIANTS.items():
+        pauses = getattr(variant, "pauses", None)
+        if pauses is None:
+            continue
+        cells = [f"{len(p)}, {max(p) / 1000:.0f}" if p else "0" for p in pauses.pauses.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        pauses.pauses = {0: [], 1: [], 2: []}
+    return "\n".join(lines)
+
+
 def table(case_name: str, results: Dict[str, Dict[str, float]]) -> str:
     base = results[BASELINE]
     lines = [f"**{case_name}** — per-window cost in µs (ratios against {BASELINE})", "",
@@ -213,6 +251,30 @@ def table(case_name: str, results: Dict[str, Dict[str, float]]) -> str:
     lines += ["", f"isolated (process) mode extra cost over the thread mode: p50 "
                   f"{process['p50'] - thread['p50']:+.1f} µs, mean {process['mean'] - thread['mean']:+.1f} µs"]
     return "\n".join(lines)
+
+
+def full_collection_table(repeats: int = 5) -> "tuple[str, Dict[str, Any]]":
+    """What one full garbage collection costs in this process (numpy, the backend, edge-infer loaded),
+    before and after ``gc.freeze()`` — the pause the loop's GC control keeps out of the hot path."""
+    def timed() -> float:
+        start = time.perf_counter_ns()
+        gc.collect()
+        return (time.perf_counter_ns() - start) / 1000.0
+
+    tracked = len(gc.get_objects())
+    before = sorted(timed() for _ in range(repeats))
+    gc.freeze()
+    try:
+        after = sorted(timed() for _ in range(repeats))
+    finally:
+        gc.unfreeze()
+    results = {"tracked_objects": tracked, "full_collection_us": before, "after_freeze_us": after}
+    text = "\n".join([
+        f"**one full garbage collection in the benchmark process** ({tracked} tracked objects; "
+        f"median of {repeats})", "", "| | µs |", "|---|---:|",
+        f"| `gc.collect()` | {before[repeats // 2]:.0f} |",
+        f"| `gc.collect()` after `gc.freeze()` | {after[repeats // 2]:.0f} |"])
+    return text, results
 
 
 # --- the thread hand-off primitives ---------------------------------------------------------------------------
@@ -379,8 +441,13 @@ def main() -> int:
             report["cases"][case.name] = results
             print()
             print(table(case.name, results))
+            print()
+            print(gc_table(case.name, windows))
         text, results = handoff_table(first, args.windows, args.rounds)
         report["handoff"] = results
+        print()
+        print(text)
+        text, report["full_collection"] = full_collection_table()
         print()
         print(text)
     report["loadavg_after"] = open("/proc/loadavg").read().split()[:3]

@@ -85,7 +85,8 @@ def loop_cost(frames: int, hz: float, channels: int, hop: int, directory: Path) 
     values = rng.normal(size=(frames, channels)).astype(np.float32)
     output = [0.1, 0.2, 0.3, 0.4]
     timings: Dict[str, List[int]] = {"none": [], "record": []}
-    sinks = {"none": _Nothing(), "record": _TimedSink(directory / "bench.mcap", [f"c{i}" for i in range(channels)], {})}
+    path = directory / f"bench-{'paced' if hz else 'back-to-back'}.mcap"
+    sinks = {"none": _Nothing(), "record": _TimedSink(path, [f"c{i}" for i in range(channels)], {})}
     _TimedSink.flushes_ns, _TimedSink.syncs_ns = [], []
     period_ns = int(1e9 / hz) if hz else 0
     start = time.perf_counter_ns()
@@ -102,7 +103,7 @@ def loop_cost(frames: int, hz: float, channels: int, hop: int, directory: Path) 
                 sinks[name].on_decision(decision)
             timings[name].append(time.perf_counter_ns() - began)
     sinks["record"].close()
-    size = (directory / "bench.mcap").stat().st_size
+    size = path.stat().st_size
     return {"per_frame_us": {name: percentiles(t) for name, t in timings.items()},
             "chunk_flush_in_loop_us": percentiles(_TimedSink.flushes_ns),
             "fsync_in_thread_us": percentiles(_TimedSink.syncs_ns),

@@ -48,7 +48,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+try:  # only training needs TensorFlow: scripts/calibrate_checks.py reuses the data loader below without it
+    import tensorflow as tf  # noqa: E402
+except ImportError:
+    tf = None
 
 SEED = 20240601
 CHANNELS = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
@@ -425,6 +429,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Train, convert, write the outputs and evaluate on the TEST log."""
     args = parse_args()
+    if tf is None:
+        sys.exit("train_model.py needs TensorFlow: pip install 'edge-infer[train]'")
     started = time.monotonic()
     tf.keras.utils.set_random_seed(SEED)  # python, numpy and tensorflow seeds
     tf.config.experimental.enable_op_determinism()
@@ -450,6 +456,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{MODEL_STEM}.tflite").write_bytes(tflite)
     write_spec(out / f"{MODEL_STEM}.toml", tflite, offset, scale, labels)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # edge_infer from this checkout
+    from edge_infer.checks.calibrate import calibrate_spec  # input checks and OOD score, from TRAIN only
+    calibrate_spec(out / f"{MODEL_STEM}.toml", list(train.x), train.y, source="the BasicMotions TRAIN split")
     log_path = out / f"{MODEL_STEM}_test.csv"
     write_log(log_path, test)
 

@@ -84,5 +84,7 @@ def test_bare_model_fallback_flag_sets_the_safe_action(tmp_path):
     proc = run_cli("replay", str(tmp_path / "log.csv"), "--model", str(model), "--budget-ms", "0.000001",
                    "--fallback", "9", "--decisions", str(tmp_path / "d.jsonl"), "--json", check=True)
     records = read_jsonl(tmp_path / "d.jsonl")
-    assert {(r["action"], r["source"], r["reason"]) for r in records} == {(9, "fallback", "deadline")}
-    assert json.loads(proc.stdout)["fallback_reasons"] == {"deadline": len(records)}
+    assert {(r["action"], r["source"]) for r in records} == {(9, "fallback")}
+    # each window either timed out waiting (deadline) or found the model still on an earlier one (busy)
+    reasons = json.loads(proc.stdout)["fallback_reasons"]
+    assert set(reasons) <= {"deadline", "busy"} and sum(reasons.values()) == len(records)

@@ -159,3 +159,42 @@ def test_without_the_mcap_package_the_message_says_what_to_install(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("edge-infer: error: MCAP recordings need the 'mcap' package: "
                                    "pip install 'edge-infer[record]'")
+
+
+def test_record_from_a_serial_device_keeps_its_hello_and_every_frame(tmp_path):
+    """``record --source serial:...`` against the simulated device on a real pty."""
+    import serial_helpers  # noqa: F401 - puts the firmware_bridge test helpers (fb_helpers) on the path
+    from fb_helpers import CHANNELS, log_values, start_sim
+    from fb_helpers import write_log as write_device_log
+
+    rows = 40
+    log = write_device_log(tmp_path / "device.csv", rows)
+    link = tmp_path / "dev"
+    sim = start_sim(log, link, "--speed", "5", "--wait-host", "--linger", "600")
+    out = tmp_path / "device.mcap"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_infer", "record", "--source", f"serial:{link}", "--out",
+                             str(out), "--json"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a safety net: the device needs 40 / 50 s here
+        while time.monotonic() < deadline and not (_has_frames(out) and len(read_mcap(out).frames) >= rows):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        for p in (proc, sim):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["frames"] >= rows
+    recording = read_mcap(out)
+    assert recording.cut_off is None  # SIGTERM closes the file properly
+    assert recording.frames.channels == list(CHANNELS)
+    np.testing.assert_array_equal(recording.frames.values[:rows], np.array(log_values(rows), dtype=np.float32))
+    hello = recording.hellos[0][2]
+    assert hello["channels"] == list(CHANNELS) and hello["sample_type"] == "float32"
+    assert len(hello["scales"]) == len(CHANNELS) and "fw_version" in hello
+    assert recording.metadata["edge_infer"]["source"] == f"serial:{link}"

@@ -151,10 +151,14 @@ def test_without_matplotlib_the_report_fails_before_the_replay(lab, tmp_path):
     assert not (tmp_path / "d.jsonl").exists() and not (tmp_path / "r.html").exists()
 
 
-def test_a_report_must_be_named_html(lab, tmp_path):
+@pytest.mark.parametrize("option,value,message", [("--report", "r.png", "name it with .html"),
+                                                  ("--baseline", "missing.toml", "no such file")])
+def test_bad_analysis_options_fail_before_the_replay(lab, tmp_path, option, value, message):
     root, candidate, _ = lab
-    proc = run_cli("replay", str(root / "log.csv"), "--model", str(candidate), "--report", str(tmp_path / "r.png"))
-    assert proc.returncode == 2 and "name it with .html" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("replay", str(root / "log.csv"), "--model", str(candidate), option, str(tmp_path / value),
+                   "--decisions", str(tmp_path / "d.jsonl"))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d.jsonl").exists()
 
 
 def test_the_progress_bar_draws_in_place_and_ends_its_line():

@@ -16,7 +16,7 @@ from edge_infer.errors import SourceError
 from edge_infer import sources
 from edge_infer.sources import DEFAULT_BAUD, SerialAddress, parse_source_uri
 from edge_infer.sources.serial_link import SEQ_RING, SerialSource
-from edge_infer.sources.serial_port import Backoff, by_id_tip
+from edge_infer.sources.serial_port import Backoff, SerialPort, by_id_tip
 from firmware_bridge.protocol import (Action, ActionSource, ErrorReport, Heartbeat, Hello, SampleType, SchemaMismatch, Sensor,
                                       encode)
 from serial_helpers import CHANNELS, ScriptedDevice, hello_for, pump_until, wait_for
@@ -331,3 +331,17 @@ def test_a_port_held_by_another_program_is_refused_with_a_hint(source, device):
     other = SerialSource(str(device.link), channels=list(CHANNELS))
     with pytest.raises(SourceError, match="in use by another program"):
         other.recv(0.05)
+
+
+def test_a_missing_port_is_opened_as_soon_as_it_reappears_not_at_the_next_backoff_step(tmp_path):
+    clock = [100.0]  # the retry schedule's clock stands still: only the path's return can let the open through
+    link = tmp_path / "dev"
+    port = SerialPort(str(link), DEFAULT_BAUD, now=lambda: clock[0])
+    assert not port.open_if_due() and port.retry_at == 100.1
+    assert not port.open_if_due()  # still missing: no attempt before the backoff step
+    device = ScriptedDevice(link)
+    try:
+        assert port.open_if_due() and port.connected
+    finally:
+        port.close()
+        device.close()

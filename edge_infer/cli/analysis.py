@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..compare import compare_runs, format_comparison
@@ -37,6 +38,8 @@ def check_analysis_options(args: argparse.Namespace) -> None:
         if not args.report.lower().endswith((".html", ".htm")):
             raise EdgeInferError(f"--report {args.report}: the report is an HTML file; name it with .html")
         require_matplotlib()
+    if args.baseline and not Path(args.baseline).is_file():
+        raise EdgeInferError(f"--baseline {args.baseline}: no such file (a model spec .toml or a .tflite)")
 
 
 class Analysis:

@@ -5,9 +5,11 @@ read raises ``SerialException`` ("device reports readiness to read but
 returned no data") or ``OSError``/``termios.error``, and the port object is
 dead. :class:`SerialPort` turns every such failure into "not connected",
 closes the dead port and tries to open the path again: after 0.1 s, then
-doubling up to 2 s between attempts, so a board that comes back is picked
-up within about two seconds without spinning on a missing device. The
-caller (the serial source) keeps the decision loop running meanwhile.
+doubling up to 2 s between attempts, so a port that keeps failing is not
+hammered. While the path is missing, each call also checks (one ``stat``)
+whether it is back, so a device that reappears is opened at once rather than
+at the next backoff step. The caller (the serial source) keeps the decision
+loop running meanwhile.
 
 A device that comes back often does so under another name (``ttyUSB0``
 becomes ``ttyUSB1``); ``/dev/serial/by-id/...`` names stay put, which is why
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import select
 import termios
@@ -109,7 +112,7 @@ class SerialPort:
         user's to fix and raises :class:`SourceError`.
         """
         now = self._now()
-        if self._ser is not None or now < self.retry_at:
+        if self._ser is not None or (now < self.retry_at and not self._reappeared()):
             return False
         try:
             ser = serial.Serial(self.path, self.baud, timeout=0, write_timeout=0, exclusive=True)
@@ -129,6 +132,10 @@ class SerialPort:
         self.opened_once = True
         return True
 
+    def _reappeared(self) -> bool:
+        """The path was missing and is back (udev made the node, a sim its link): try at once, not at the backoff."""
+        return self._outage_error == "absent" and os.path.exists(self.path)
+
     def _open_failed(self, exc: BaseException, now: float) -> None:
         code = getattr(exc, "errno", None)
         absent = code in _ABSENT
@@ -140,8 +147,8 @@ class SerialPort:
         if repeated or (absent and self.opened_once):  # the "lost" warning already said we keep trying
             log.debug("serial port %s: cannot open it yet: %s", self.path, exc)
         elif absent:
-            log.warning("serial port %s does not exist (yet): waiting for the device, retrying every %g s%s",
-                        self.path, self._backoff.maximum, by_id_tip(self.path))
+            log.warning("serial port %s does not exist (yet): waiting for the device, deciding without it%s",
+                        self.path, by_id_tip(self.path))
         else:
             log.warning("serial port %s cannot be opened yet: %s; retrying", self.path, exc)
 
