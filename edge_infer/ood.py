@@ -2,24 +2,24 @@
 
 A classifier answers every window, including ones unlike anything it was
 trained on (a sensor strapped on upside down, a different activity, a
-drifting offset), often with high confidence. This module gives a cheap
-second opinion: per channel, a window's mean, mean square, minimum and
-maximum (4 x channels features), and their Mahalanobis distance to the
-training windows' features. The distance accounts for the features'
-correlations (mean and extremes move together), so a window is far when its
+drifting offset, a noisy cable), often with high confidence. This module
+gives a cheap second opinion: per channel, a window's mean and variance
+(2 x channels features), and their Mahalanobis distance to the training
+windows' features. The distance accounts for the features' correlations
+(the channels of one sensor move together), so a window is far when its
 *combination* of statistics is unusual, not only when one is.
 
 The training statistics live in the spec's ``[ood]`` table: the features'
 mean and scale and the inverse of their (shrunk) correlation matrix, plus a
 threshold on the distance calibrated on held-out clean windows at a stated
-false-alarm rate (:mod:`edge_infer.checks.calibrate`). At run time the
-distance is one matrix-vector product over sums the input checks compute
-anyway (:class:`edge_infer.checks.stats.WindowStats`); see ``raw_projection``.
+false-alarm rate (:mod:`edge_infer.checks.calibrate`).
 
-Why these features: each is one reduction over the window (the mean square
-rather than the standard deviation keeps them linear in ``x`` and ``x**2``,
-so the run-time cost stays one matrix product), and together they describe
-level, energy and range of every channel.
+Why these features: both are linear in the sums of ``x`` and ``x**2`` (and
+the square of the first), so at run time the distance is one matrix-vector
+product over sums the input checks compute anyway
+(:class:`edge_infer.checks.stats.WindowStats`, :meth:`OodModel.whitening`);
+minimum and maximum would each cost a reduction along an axis, more than the
+rest together. The range checks watch the extremes.
 """
 
 from __future__ import annotations
@@ -31,20 +31,20 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 #: Feature names in the order the spec's vectors hold them; each has one entry per channel.
-FEATURES = ("mean", "mean_square", "min", "max")
+FEATURES = ("mean", "variance")
 #: Shrinkage of the correlation matrix towards the identity: keeps its inverse well conditioned
-#: when features are nearly collinear (a channel's mean and its mean square, say).
+#: when features are nearly collinear (two axes of one sensor, say).
 DEFAULT_SHRINKAGE = 0.05
 
 
 def window_features(windows: np.ndarray) -> np.ndarray:
-    """Features of a batch of windows ``(n, window, channels)`` as ``(n, 4 * channels)`` float64.
+    """Features of a batch of windows ``(n, window, channels)`` as ``(n, 2 * channels)`` float64.
 
     This is the reference definition (used to fit and to test); the run-time
     path computes the same numbers from :class:`~edge_infer.checks.stats.WindowStats`.
     """
     x = np.asarray(windows, dtype=np.float64)
-    return np.concatenate([x.mean(axis=1), (x * x).mean(axis=1), x.min(axis=1), x.max(axis=1)], axis=1)
+    return np.concatenate([x.mean(axis=1), x.var(axis=1)], axis=1)
 
 
 @dataclass
@@ -73,27 +73,14 @@ class OodModel:
         z = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
         return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", z, self.inv_cov, z), 0.0))
 
-    def raw_projection(self, window: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(A, b)`` with ``distance = |A @ raw - b|`` for the raw sums of one window.
+    def whitening(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(w, w0)`` with ``distance(f) = |w @ f - w0|``: standardisation and a Cholesky factor of ``inv_cov``.
 
-        ``raw`` is laid out as :class:`~edge_infer.checks.stats.WindowStats`
-        fills it: per channel the sum of squares, the sum, the maximum and the
-        negated minimum. ``A`` folds in the division by the window length,
-        the negation, the standardisation and a Cholesky factor of
-        ``inv_cov``, so the run-time score is one product and one dot.
-        Raises ``numpy.linalg.LinAlgError`` if ``inv_cov`` is not positive definite.
+        The guard folds ``w`` into its one matrix product over the window's
+        sums. Raises ``numpy.linalg.LinAlgError`` if ``inv_cov`` is not positive definite.
         """
-        c = self.channels
-        to_features = np.zeros((4 * c, 4 * c))
-        eye = np.eye(c)
-        to_features[0:c, c:2 * c] = eye / window          # mean        <- sum
-        to_features[c:2 * c, 0:c] = eye / window          # mean_square <- sum of squares
-        to_features[2 * c:3 * c, 3 * c:4 * c] = -eye      # min         <- -(negated min)
-        to_features[3 * c:4 * c, 2 * c:3 * c] = eye       # max         <- max
         upper = np.linalg.cholesky(self.inv_cov).T        # inv_cov = upper.T @ upper
-        a = upper @ (to_features / self.scale[:, None])
-        b = upper @ (self.mean / self.scale)
-        return np.ascontiguousarray(a), b
+        return upper / self.scale[None, :], upper @ (self.mean / self.scale)
 
     def to_table(self) -> Dict[str, Any]:
         """The spec's ``[ood]`` table (plain lists, ready for TOML)."""

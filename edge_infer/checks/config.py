@@ -180,7 +180,7 @@ class _Parser:
             raise self.fail("[ood].calibration", "must be a string (a note on how the table was made)")
         model = OodModel(mean=mean, scale=scale, inv_cov=inv_cov, threshold=threshold, false_alarm_rate=rate)
         try:
-            model.raw_projection(self.spec.window)
+            model.whitening()
         except np.linalg.LinAlgError:
             raise self.fail("[ood].inv_cov", "is not positive definite (re-run scripts/calibrate_checks.py)") \
                 from None

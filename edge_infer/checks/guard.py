@@ -23,6 +23,7 @@ decision carries the first, in the order of :data:`~.config.WINDOW_REASONS`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 _NEVER = -(1 << 62)  # "no faulty frame yet": older than any window
+# NaN and Inf are what the checks look for: numpy's "invalid value" warnings on them are not news. A filter
+# costs nothing per window; np.errstate around each window would cost about as much as a check.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"edge_infer\.checks\.(guard|stats)$")
 
 
 class InputGuard:
@@ -48,26 +52,34 @@ class InputGuard:
         self.config = config
         window, channels = config.window, config.channels
         self.window = window
-        self._stats = WindowStats(window, channels, config.stuck_frames or window)
         self._answers = {reason: ModelAnswer(output=None, reason=reason, invoke_ns=None) for reason in Reason}
-        self._scratch = np.empty(2 * channels)
-        self._range_gate = np.full(2 * channels, math.inf)  # max and -min above these: look closer
+        center = half_gate = None
         if config.range_min is not None:
-            span = config.range_max - config.range_min
-            margin = config.saturation_tolerance * span
-            self._limits = np.concatenate([config.range_max, -config.range_min])
-            self._range_gate = self._limits - np.concatenate([margin, margin])
-        self._stuck_limit: Optional[np.ndarray] = None
-        if config.stuck_min_spread is not None:  # k * sum(x^2) - sum(x)^2 = k^2 * variance
-            k = self._stats.tail
-            self._stuck_limit = (k * config.stuck_min_spread) ** 2
-            self._stuck_var = np.empty(channels)
-            self._stuck_square = np.empty(channels)
+            # in float32, as the samples are: a sample written as the limit's decimal is at it, not beyond
+            self._high = config.range_max.astype(np.float32)  # type: ignore[union-attr]
+            self._low = config.range_min.astype(np.float32)
+            span = config.range_max - config.range_min  # type: ignore[operator]
+            center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
+            half_gate = span / 2.0 - config.saturation_tolerance * span
+        stats = WindowStats(window, channels, config.stuck_frames or window, center, half_gate)
+        self._stats = stats
+        # One product turns the window's sums into [whitened OOD features..., beyond gate, stuck per channel...]
+        rows, self._ood_rows = [], 0
         self._ood = config.ood
         if config.ood is not None:
-            self._ood_a, self._ood_b = config.ood.raw_projection(window)
-            self._ood_y = np.empty(len(self._ood_b))
+            w, w0 = config.ood.whitening()
+            ood_rows = w @ stats.mean_and_variance()
+            ood_rows[:, -1] -= w0
+            rows.append(ood_rows)
+            self._ood_rows = len(ood_rows)
             self._ood_limit2 = config.ood.threshold ** 2
+        rows.append(stats.beyond_gate()[None, :])
+        if config.stuck_min_spread is not None:
+            rows.append(stats.stuck(config.stuck_min_spread))
+        self._matrix = np.ascontiguousarray(np.concatenate(rows))
+        self._checks = np.empty(len(self._matrix))
+        self._ood_part = self._checks[:self._ood_rows]
+        self._gate_part = self._checks[self._ood_rows:]
         # per-frame state
         self._count = 0                 # frames seen
         self._last_t = math.nan
@@ -79,6 +91,7 @@ class InputGuard:
         self._repeats = 0
         fresh = config.min_fresh_fraction
         self._max_repeats = window if fresh is None else window - math.ceil(fresh * window - 1e-9)
+        self._track_repeats = self._max_repeats < window
         # per-window state, read by review()
         self._distance: Optional[float] = None
         self._flag: Optional[Reason] = None
@@ -98,11 +111,11 @@ class InputGuard:
         n = self._count
         self._count = n + 1
         if self.config.check_time:
-            step = frame.t - self._last_t
-            self._last_t = frame.t
-            if not 0.0 < step <= self._max_dt and n > 0:  # also catches a NaN step
+            t = frame.t
+            if not 0.0 < t - self._last_t <= self._max_dt and n:  # also catches a NaN step
                 self._gap_at = n
-        if self._max_repeats < self.window:
+            self._last_t = t
+        if self._track_repeats:
             sample = frame.values.tobytes()
             repeated = sample == self._previous
             self._previous = sample
@@ -119,76 +132,58 @@ class InputGuard:
         (the model decides; :meth:`review` adds any flag).
         """
         self.windows += 1
-        stats = self._stats
-        stats.update(view)
+        self._stats.update(view)
+        np.dot(self._matrix, self._stats.sums, out=self._checks)
+        gate = max(self._gate_part.tolist())  # the beyond-gate row comes first: NaN there stays the result
         newest = self._count - 1
-        suspect = False
-        scratch = self._scratch
-        np.subtract(stats.extremes, self._range_gate, out=scratch)
-        gate = float(scratch.max())
-        if not gate <= 0.0:  # near a range limit, beyond it, or NaN/Inf somewhere
-            suspect = True
-        if self._stuck_limit is not None and self._stuck_found():
-            self._stuck_at = newest
-        if newest - self._stuck_at < self.window or newest - self._gap_at <= self.window - 2 \
-                or self._repeats > self._max_repeats:
-            suspect = True
+        suspect = not gate <= 0.0 or newest - self._gap_at <= self.window - 2 \
+            or newest - self._stuck_at < self.window or self._repeats > self._max_repeats
         distance = None
-        if self._ood is not None:
-            y = self._ood_y
-            np.dot(self._ood_a, stats.raw, out=y)
-            y -= self._ood_b
-            d2 = float(y.dot(y))
-            if not d2 <= self._ood_limit2:
+        if self._ood_rows:
+            part = self._ood_part
+            d2 = float(part.dot(part))
+            if d2 <= self._ood_limit2:
+                distance = math.sqrt(d2)
+            else:
                 suspect = True
-            distance = math.sqrt(d2) if d2 < math.inf else None  # NaN and Inf: no score
+                distance = math.sqrt(d2) if d2 < math.inf else None  # NaN and Inf: no score
             if distance is not None and distance > self._ood_max:
                 self._ood_max = distance
         self._distance = distance
         self._flag = None
         if not suspect:
             return None
-        return self._judge(self._failing(newest, distance))
+        return self._judge(self._failing(view, newest, distance))
 
-    def _stuck_found(self) -> bool:
-        """True if some channel's spread over the last ``stuck_frames`` frames is below its minimum."""
-        k, sums, var, square = self._stats.tail, self._stats.tail_sums, self._stuck_var, self._stuck_square
-        c = self.config.channels
-        np.multiply(sums[:c], k, out=var)
-        np.multiply(sums[c:], sums[c:], out=square)
-        var -= square
-        return bool((var < self._stuck_limit).any())
-
-    def _failing(self, newest: int, distance: Optional[float]) -> List[Reason]:
+    def _failing(self, view: np.ndarray, newest: int, distance: Optional[float]) -> List[Reason]:
         """Every reason that applies to the current window (the slow path: exact checks)."""
-        config, stats = self.config, self._stats
+        config = self.config
         failing = []
-        extremes = stats.extremes
-        finite = bool(np.isfinite(extremes).all())
+        finite = bool(np.isfinite(view).all())
         if not finite:
             failing.append(Reason.NON_FINITE)
         if config.range_min is not None:
-            if bool((extremes > self._limits).any()):
+            if bool((view > self._high).any() or (view < self._low).any()):
                 failing.append(Reason.OUT_OF_RANGE)
-            if self._saturated_samples() >= config.saturated_min_samples:
+            if self._saturated_samples(view) >= config.saturated_min_samples:
                 failing.append(Reason.SATURATED)
         if newest - self._gap_at <= self.window - 2:
             failing.append(Reason.GAP)
         if self._repeats > self._max_repeats:
             failing.append(Reason.STALE)
+        if config.stuck_min_spread is not None and finite and bool((self._gate_part[1:] > 0.0).any()):
+            self._stuck_at = newest
         if newest - self._stuck_at < self.window:
             failing.append(Reason.STUCK)
         if finite and distance is not None and distance > self._ood.threshold:  # type: ignore[union-attr]
             failing.append(Reason.OUT_OF_DISTRIBUTION)
         return failing
 
-    def _saturated_samples(self) -> int:
+    def _saturated_samples(self, view: np.ndarray) -> int:
         """Samples within the saturation tolerance of a range limit, but not beyond it."""
-        config, values = self.config, self._stats.values
-        high, low = config.range_max[:, None], config.range_min[:, None]  # type: ignore[index]
-        margin = config.saturation_tolerance * (high - low)
-        at_high = (values >= high - margin) & (values <= high)
-        at_low = (values <= low + margin) & (values >= low)
+        margin = (self.config.saturation_tolerance * (self._high - self._low)).astype(np.float32)
+        at_high = (view >= self._high - margin) & (view <= self._high)
+        at_low = (view <= self._low + margin) & (view >= self._low)
         return int(np.count_nonzero(at_high | at_low))
 
     def _judge(self, failing: List[Reason]) -> Optional[ModelAnswer]:
