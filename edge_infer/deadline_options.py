@@ -24,7 +24,9 @@ OVERLOAD_POLICIES = ("busy", "latest")
 #: Windows run through the model at start to warm it up and measure it.
 DEFAULT_WARMUP = 20
 #: Time kept back from the budget for deciding and handing the decision to the sinks (capped at budget/4).
-DEFAULT_RESERVE_MS = 0.5
+#: It must cover the loop thread waking up late: up to ~0.9 ms measured here under SCHED_FIFO, ~1.2 ms
+#: max on a stock Raspberry Pi kernel (cyclictest; docs/performance.md).
+DEFAULT_RESERVE_MS = 1.0
 #: An invoke running this long (or 10 budgets, if longer) counts as hung.
 DEFAULT_HANG_LIMIT_MS = 1000.0
 #: Without frames for this many hop periods the source counts as silent.
@@ -140,8 +142,8 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
                        help="pin the process (and the model's worker) to these CPUs")
     group.add_argument("--realtime", action="store_true",
                        help=f"run the decision loop's thread under SCHED_FIFO priority {REALTIME_PRIORITY}, so it "
-                            "wakes at its deadlines on a loaded machine (needs CAP_SYS_NICE; the model stays "
-                            "under the normal scheduler)")
+                            "wakes at its deadlines on a loaded machine, and the model's worker at nice -10 "
+                            "(needs CAP_SYS_NICE)")
 
 
 def options_from_args(base: DeadlineOptions, args: argparse.Namespace) -> DeadlineOptions:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .backends import Backend, backend_version, resolve_backend
 from .errors import ModelError
+from .model_probe import probe
 from .quantize import SUPPORTED_DTYPES, InputConverter, OutputConverter, QuantParams
 
 #: The flatbuffer file identifier of a TFLite model, at byte offset 4.
@@ -121,16 +122,18 @@ class Engine:
         self.backend: Backend
         self.backend, interpreter_class = resolve_backend(backend)
         self.backend_version = backend_version(self.backend)
+        probe(interpreter_class, self.model_bytes, self.path, self.backend.name)  # a crash there is a ModelError
         try:
             with _native_stderr_filtered():
                 self._interpreter = interpreter_class(model_content=self.model_bytes, num_threads=num_threads)
                 self._interpreter.allocate_tensors()
+            # in the try too: a corrupt model can have tensor names that are not UTF-8 (UnicodeDecodeError)
+            inputs = self._interpreter.get_input_details()
+            outputs = self._interpreter.get_output_details()
         except (ValueError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {self.path} cannot be loaded by {self.backend.name} "
                              f"(truncated or corrupt?): {reason}") from None
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"model {self.path} has {len(inputs)} inputs and {len(outputs)} outputs; "
                              "edge-infer runs models with one input window and one output vector")

@@ -71,9 +71,9 @@ class ChildConfig:
     channels: int
     output_size: int
     warmup: int = CHILD_WARMUP
-    #: CPUs and SCHED_FIFO priority for the child (``--cpu-affinity``, ``--realtime``); None: inherit.
+    #: CPUs and nice value for the child (``--cpu-affinity``, ``--realtime``); None: inherit.
     cpu_affinity: Optional[Tuple[int, ...]] = None
-    fifo_priority: Optional[int] = None
+    nice: Optional[int] = None
 
     @classmethod
     def of(cls, engine: Engine, warmup: int = CHILD_WARMUP) -> "ChildConfig":
@@ -154,8 +154,8 @@ def _set_scheduling(pid: int, config: ChildConfig) -> None:
     try:
         if config.cpu_affinity:
             os.sched_setaffinity(pid, config.cpu_affinity)
-        if config.fifo_priority:
-            os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(config.fifo_priority))
+        if config.nice is not None:
+            os.setpriority(os.PRIO_PROCESS, pid, config.nice)
     except OSError:
         pass
 
@@ -322,11 +322,11 @@ class ProcessScheduler(WorkerScheduler):
         if self._process is not None:
             os.sched_setaffinity(self._process.pid, cpus)
 
-    def set_worker_priority(self, fifo_priority: int) -> None:
-        """SCHED_FIFO for the model's child process, now and after every restart."""
+    def set_worker_nice(self, nice: int) -> None:
+        """The nice value of the model's child process, now and after every restart."""
         if self._process is not None:
-            os.sched_setscheduler(self._process.pid, os.SCHED_FIFO, os.sched_param(fifo_priority))
-        self._config = replace(self._config, fifo_priority=fifo_priority)
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, nice)
+        self._config = replace(self._config, nice=nice)
 
     def counters(self) -> Dict[str, Any]:
         out = super().counters()

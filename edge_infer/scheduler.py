@@ -72,8 +72,8 @@ class Scheduler(abc.ABC):
         """True while an invoke has been running for longer than the hang limit."""
         return False
 
-    def set_worker_priority(self, fifo_priority: int) -> None:
-        """SCHED_FIFO at ``fifo_priority`` for the thread or process that invokes the model (``--realtime``).
+    def set_worker_nice(self, nice: int) -> None:
+        """The nice value of the thread or process that invokes the model (``--realtime``).
 
         Raises OSError if not permitted. Inline, the loop thread is the worker: nothing to do.
         """
@@ -369,8 +369,8 @@ class ThreadedScheduler(WorkerScheduler):
             self._report = (request, reason, now() - start)
             self._done.release()
 
-    def set_worker_priority(self, fifo_priority: int) -> None:
-        os.sched_setscheduler(self._thread.native_id, os.SCHED_FIFO, os.sched_param(fifo_priority))
+    def set_worker_nice(self, nice: int) -> None:
+        os.setpriority(os.PRIO_PROCESS, self._thread.native_id, nice)  # Linux: per thread
 
     def close(self) -> None:
         """Ask the worker to exit after its current invoke; do not wait for a hung one."""

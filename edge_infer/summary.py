@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, Optional
 
+from .checks.guard import format_input_checks
 from .decision import Decision
 from .frame import Frame
 from .histogram import Histogram
@@ -95,6 +96,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(f"  accuracy {summary['accuracy']:.3f} over {summary['labelled_windows']} labelled windows")
     if summary.get("flagged_reasons"):
         lines.append(f"  flagged model decisions: {summary['flagged_reasons']}")
+    if summary.get("input_checks"):
+        lines.append(format_input_checks(summary["input_checks"]))
     if summary.get("scheduler"):
         lines.append(describe_counters(summary["scheduler"]))
     bad = summary.get("source", {}).get("bad_rows", 0)

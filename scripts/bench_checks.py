@@ -9,7 +9,9 @@ machine's load drifts over all of them alike:
       decision (edge_infer/checks/guard.py), with the spec's ``[checks]`` and ``[ood]``;
   (b) ``checks, none configured``: the same with a spec without those tables (the non-finite check only);
   (c) ``model``: ``Engine.infer`` — normalise and quantize, ``invoke``, dequantize;
-  (d) ``invoke``: the interpreter's ``invoke()`` alone.
+  (d) ``invoke``: the interpreter's ``invoke()`` alone;
+  (e) the whole decision loop per window (``Runtime``, inline mode, from scripts/bench_loop.py), with the
+      spec as it is and without its ``[checks]`` and ``[ood]`` tables: what the checks add in context.
 
 A second part times (a) on a corrupted copy of the log (``scripts/corrupt_log.py``): the windows
 that fail a check take the slow path, which finds every reason that applies.
@@ -27,54 +29,38 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_loop import machine  # noqa: E402  (scripts/: the same machine description as the loop benchmark)
+from bench_loop import Case, bundled_case, edge_infer_loop, machine  # noqa: E402  (scripts/: the loop benchmark)
 
 from edge_infer.checks.guard import InputGuard, build_guard  # noqa: E402
 from edge_infer.decision import Decision, DecisionRule  # noqa: E402
 from edge_infer.engine import Engine  # noqa: E402
 from edge_infer.frame import Frame  # noqa: E402
-from edge_infer.io import read_log  # noqa: E402
-from edge_infer.loader import bundled_log, bundled_spec, open_model  # noqa: E402
-from edge_infer.sources.log_replay import channel_columns  # noqa: E402
 from edge_infer.spec import ModelSpec  # noqa: E402
 from edge_infer.window import WindowBuffer  # noqa: E402
 
 PERCENTILES = (50, 90, 99)
 
 
-class Replay:
-    """A log's frames, pushed through a window buffer as the runtime does, one window at a time."""
-
-    def __init__(self, spec: ModelSpec, log_path: str, windows: int):
-        log = read_log(log_path)
-        columns = channel_columns(log, spec.channels, len(spec.channels), log_path)
-        values = np.ascontiguousarray(log.values[:, columns], dtype=np.float32)
-        needed = spec.window + windows * spec.hop
-        reps = -(-needed // len(values))
-        self.values = np.concatenate([values] * reps)[:needed]
-        period = 1.0 / spec.sample_rate_hz if spec.sample_rate_hz else 0.1
-        times = np.concatenate([log.t + k * (log.t[-1] - log.t[0] + period) for k in range(reps)])[:needed]
-        self.frames = [Frame(seq=i, t=float(times[i]), recv_ns=0, values=self.values[i], label=None, device_seq=None)
-                       for i in range(needed)]
-        self.spec = spec
-
-    def windows(self) -> "list[tuple[List[Frame], np.ndarray]]":
-        """(the frames of each hop, a copy of the window they complete)."""
-        buffer = WindowBuffer(self.spec.window, len(self.spec.channels), self.spec.hop)
-        out, pending = [], []
-        for frame in self.frames:
-            pending.append(frame)
-            if buffer.push(frame.values):
-                out.append((pending, buffer.view().copy()))
-                pending = []
-        return out
+def windows_of(case: Case, count: int) -> "list[tuple[List[Frame], np.ndarray]]":
+    """(the frames of each hop, a copy of the window they complete), over the case's log tiled to ``count``."""
+    log = case.tiled_log(count)
+    values = np.ascontiguousarray(log.values[:, case.columns], dtype=np.float32)
+    spec = case.spec
+    buffer = WindowBuffer(spec.window, len(spec.channels), spec.hop)
+    out, pending = [], []
+    for i, row in enumerate(values):
+        pending.append(Frame(seq=i, t=float(log.t[i]), recv_ns=0, values=row, label=None, device_seq=None))
+        if buffer.push(row):
+            out.append((pending, buffer.view().copy()))
+            pending = []
+    return out
 
 
 def time_checks(guard: InputGuard, windows: "list[tuple[List[Frame], np.ndarray]]", decision: Decision) -> np.ndarray:
@@ -159,15 +145,17 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
-    spec, engine = open_model(args.model or str(bundled_spec()))
-    bare = replace(spec, extra={})  # the same model without [checks] and [ood]
-    clean = Replay(spec, args.log or str(bundled_log()), args.windows).windows()
+    case = bundled_case(args.model, args.log)
+    spec, engine = case.spec, case.engine
+    bare = Case(case.name + " without checks", replace(spec, extra={}), engine, case.log, case.columns)
+    clean = windows_of(case, args.windows)
     decision = Decision(seq=0, t=0.0, action="x", source="model", reason=None, latency_us=0.0, invoke_us=None,
                         output=[0.9, 0.1], label=None)
 
     def checks_run(model_spec: ModelSpec, windows: "list[tuple[List[Frame], np.ndarray]]") -> Callable[[], np.ndarray]:
         return lambda: time_checks(build_guard(model_spec, DecisionRule(model_spec)), windows, decision)
 
+    loop = edge_infer_loop("inline")
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, Python {info['python']}, "
           f"{info['versions']}, load average {' '.join(info['loadavg'])}")
@@ -175,15 +163,18 @@ def main() -> int:
           f"backend {engine.backend.name} {engine.backend_version}; {args.windows} windows x {args.rounds} rounds\n")
     results = measure({
         "checks": checks_run(spec, clean),
-        "checks, none configured": checks_run(bare, clean),
+        "checks, none configured": checks_run(bare.spec, clean),
         "model (quantize + invoke + dequantize)": lambda: time_model(engine, clean),
         "invoke": lambda: time_invoke(engine, clean),
         "clock read (included in each)": lambda: time_clock(clean),
+        "decision loop, inline, with the checks": lambda: loop(case, args.windows),
+        "decision loop, inline, without [checks] and [ood]": lambda: loop(bare, args.windows),
     }, args.rounds)
     report: Dict[str, Any] = {"machine": info, "command": " ".join(sys.argv), "clean": results}
     print(table("Clean log", results, "invoke"))
     if args.corrupted:
-        corrupted = Replay(spec, args.corrupted, args.windows).windows()
+        corrupted_case = bundled_case(args.model, args.corrupted)
+        corrupted = windows_of(corrupted_case, args.windows)
         guard = build_guard(spec)
         time_checks(guard, corrupted, decision)
         failing = sum(guard.failed.values())

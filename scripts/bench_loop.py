@@ -8,9 +8,10 @@ In one process and one run, on the same recorded log (repeated to get enough win
       array, every hop frames normalise, quantize, ``set_tensor``, ``invoke``, ``get_tensor``,
       dequantize, argmax (see :func:`hand_written_loop`);
   (c) edge-infer's loop (``Runtime`` on a ``LogSource`` at full speed, with its statistics sink) in
-      each mode: ``inline``, ``thread`` (the default), ``process``; plus ``thread, gc on`` (the
-      thread mode without the loop's garbage-collector control) and ``thread, SCHED_FIFO``
-      (``--realtime``), to measure that hygiene.
+      each mode: ``inline``, ``thread`` (the default), ``process``, with the spec's input checks
+      (``[checks]``, ``[ood]``) as shipped and without them; plus ``thread, gc on`` (the
+      thread mode without the loop's garbage-collector control), ``thread, SCHED_FIFO``
+      (``--realtime``) and ``thread, one CPU`` (``--cpu-affinity 0``), to measure that hygiene.
 
 Per-window cost is the time from one decision to the next (reading ``hop`` frames and deciding a
 window); for (a) it is one invoke. Variants run interleaved in rounds so that drift in the machine's
@@ -167,11 +168,13 @@ class GcPauses:
             self.pauses[info["generation"]].append(time.perf_counter_ns() - self._start)
 
 
-def edge_infer_loop(mode: str, gc_control: bool = True, realtime: bool = False) -> Callable[[Case, int], np.ndarray]:
+def edge_infer_loop(mode: str, gc_control: bool = True, realtime: bool = False,
+                    cpus: Optional[List[int]] = None, checks: bool = True) -> Callable[[Case, int], np.ndarray]:
     """(c): the Runtime, fed by a LogSource at full speed, in ``mode``.
 
     The budget is set to 1 s: the hand-written loop has none, and a stall of the shared machine must
-    not turn windows into (cheaper) fallbacks.
+    not turn windows into (cheaper) fallbacks. ``checks=False`` drops the spec's ``[checks]`` and
+    ``[ood]`` tables (input validation, which the hand-written loop does not do), leaving the loop alone.
     """
     pauses = GcPauses()
 
@@ -179,8 +182,10 @@ def edge_infer_loop(mode: str, gc_control: bool = True, realtime: bool = False) 
         log = case.tiled_log(windows)
         source = LogSource(log, case.columns, case.spec.channels, speed=None)
         sink = StampSink(windows + 1)
-        runtime = Runtime(replace(case.spec, budget_ms=1000.0), case.engine, source, [sink],
-                          options=DeadlineOptions(mode=mode, gc_control=gc_control, realtime=realtime))
+        extra = case.spec.extra if checks else {k: v for k, v in case.spec.extra.items() if k not in ("checks", "ood")}
+        runtime = Runtime(replace(case.spec, budget_ms=1000.0, extra=extra), case.engine, source, [sink],
+                          options=DeadlineOptions(mode=mode, gc_control=gc_control, realtime=realtime,
+                                                  cpu_affinity=cpus))
         pauses.deciding = lambda: sink.count > 0
         gc.callbacks.append(pauses)
         try:
@@ -200,8 +205,12 @@ VARIANTS: Dict[str, Callable[[Case, int], np.ndarray]] = {
     "(c) inline": edge_infer_loop("inline"),
     "(c) thread": edge_infer_loop("thread"),
     "(c) process": edge_infer_loop("process"),
+    "(c) inline, no input checks": edge_infer_loop("inline", checks=False),
+    "(c) thread, no input checks": edge_infer_loop("thread", checks=False),
+    "(c) process, no input checks": edge_infer_loop("process", checks=False),
     "(c) thread, gc on": edge_infer_loop("thread", gc_control=False),
     "(c) thread, SCHED_FIFO": edge_infer_loop("thread", realtime=True),
+    "(c) thread, one CPU": edge_infer_loop("thread", cpus=[0]),
 }
 BASELINE = "(b) hand-written"
 
@@ -247,9 +256,11 @@ def table(case_name: str, results: Dict[str, Dict[str, float]]) -> str:
         lines.append(f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p99']:.1f} | {s['p99.9']:.1f} | {s['max']:.0f} | "
                      f"{s['mean']:.1f} | {s['mean'] / base['mean']:.2f} | {s['p50'] / base['p50']:.2f} | "
                      f"{s['p99'] / base['p99']:.2f} |")
-    process, thread = results["(c) process"], results["(c) thread"]
-    lines += ["", f"isolated (process) mode extra cost over the thread mode: p50 "
-                  f"{process['p50'] - thread['p50']:+.1f} µs, mean {process['mean'] - thread['mean']:+.1f} µs"]
+    lines.append("")
+    for suffix in ("", ", no input checks"):
+        process, thread = results[f"(c) process{suffix}"], results[f"(c) thread{suffix}"]
+        lines.append(f"isolated (process) mode extra cost over the thread mode{suffix}: p50 "
+                     f"{process['p50'] - thread['p50']:+.1f} µs, mean {process['mean'] - thread['mean']:+.1f} µs  ")
     return "\n".join(lines)
 
 

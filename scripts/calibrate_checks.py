@@ -31,15 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_infer.checks.calibrate import (DEFAULT_FALSE_ALARM_RATE, calibrate_spec,  # noqa: E402
-                                         describe, render_tables)
+                                         describe, render_tables, spec_without_checks)
 from edge_infer.errors import EdgeInferError  # noqa: E402
 from edge_infer.io import read_log  # noqa: E402
 from edge_infer.sources.log_replay import channel_columns  # noqa: E402
-from edge_infer.spec import load_spec  # noqa: E402
 
 LOG_SUFFIXES = (".csv", ".mcap")
-#: A recorded log without labels or time jumps is cut into this many series, so folds can hold some out.
-UNLABELLED_SERIES = 20
+#: A log cut into fewer series (by labels or time jumps) is cut into about this many pieces, so that the
+#: folds can hold some out.
+MIN_SERIES = 20
 
 
 def load_basic_motions_train(path: Optional[str]) -> Tuple[List[np.ndarray], List[str]]:
@@ -59,7 +59,7 @@ def load_basic_motions_train(path: Optional[str]) -> Tuple[List[np.ndarray], Lis
 
 def load_log_series(path: str, spec_path: str) -> Tuple[List[np.ndarray], Optional[List[str]]]:
     """A recorded log's frames in the spec's channel order, cut into series at label changes or time jumps."""
-    spec = load_spec(spec_path)
+    spec = spec_without_checks(spec_path)
     log = read_log(path)
     if log.bad_rows:
         print(f"warning: {len(log.bad_rows)} bad rows skipped (first at line {log.bad_rows[0][0]}); "
@@ -71,12 +71,14 @@ def load_log_series(path: str, spec_path: str) -> Tuple[List[np.ndarray], Option
         cuts[1:] |= np.array(log.labels[1:]) != np.array(log.labels[:-1])
     if period is not None:
         cuts[1:] |= np.diff(log.t) > 1.5 * period
-    if not cuts.any():
-        cuts[np.linspace(0, len(values), UNLABELLED_SERIES, endpoint=False).astype(int)[1:]] = True
+    if cuts.sum() + 1 < MIN_SERIES:  # too few recordings to hold some out: cut them into pieces
+        piece = max(2 * spec.window, len(values) // MIN_SERIES)
+        cuts[np.arange(piece, len(values) - piece + 1, piece)] = True
     starts = [0, *np.flatnonzero(cuts)]
     ends = [*starts[1:], len(values)]
-    series = [values[a:b] for a, b in zip(starts, ends) if b - a >= spec.window]
-    labels = None if log.labels is None else [log.labels[a] for a, b in zip(starts, ends) if b - a >= spec.window]
+    kept = [(a, b) for a, b in zip(starts, ends) if b - a >= spec.window]
+    series = [values[a:b] for a, b in kept]
+    labels = None if log.labels is None else [log.labels[a] for a, _ in kept]
     return series, labels
 
 

@@ -22,13 +22,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .. import ood
 from ..errors import SpecError
 from .config import DEFAULT_GAP_PERIODS, DEFAULT_SATURATED_MIN_SAMPLES, DEFAULT_SATURATION_TOLERANCE, POLICY_REASONS
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 DEFAULT_FALSE_ALARM_RATE = 0.005
 #: The physical range is the training envelope widened by this share of its span on each side
@@ -116,14 +119,15 @@ def calibrate_spec(spec_path: "str | Path", series: Sequence[np.ndarray], labels
                    source: str = "clean training data", write: bool = True, **options: Any) -> Calibration:
     """Calibrate the spec at ``spec_path`` on ``series`` and (unless ``write`` is False) write the tables into it.
 
-    ``options`` are :func:`calibrate`'s keyword arguments; ``source`` names the data in the spec's comment.
+    The spec's current ``[checks]``/``[ood]`` tables are ignored (they may be
+    from an older version, or wrong). ``options`` are :func:`calibrate`'s
+    keyword arguments; ``source`` names the data in the spec's comment.
     """
-    from ..spec import load_spec  # here: spec.py imports this package's config at load
-
-    spec = load_spec(spec_path)
+    path = Path(spec_path)
+    spec = spec_without_checks(path)
     result = calibrate(series, spec.window, spec.sample_rate_hz, labels, **options)
     if write:
-        write_tables(spec_path, result, note=describe(result, source))
+        write_tables(path, result, note=describe(result, source))
     return result
 
 
@@ -208,21 +212,31 @@ def write_tables(spec_path: "str | Path", calibration: Calibration, note: str = 
     names the same model); the result is parsed back and compared before the
     file is replaced, and a spec that would not load is never written.
     """
-    from ..spec import load_spec  # here: spec.py imports this package's config at load
-
     path = Path(spec_path)
     kept = strip_tables(path.read_text(encoding="utf-8")).rstrip("\n")
     text = kept + "\n\n" + render_tables(calibration, note)
+    spec = _load_text(path, text)
+    if spec.extra.get("checks") != calibration.checks or spec.extra.get("ood") != calibration.ood:
+        raise SpecError(f"spec {path}: the calibrated tables did not read back as written")
+    path.write_text(text, encoding="utf-8")
+
+
+def spec_without_checks(spec_path: "str | Path") -> "ModelSpec":
+    """The spec at ``spec_path`` as if it had no ``[checks]``/``[ood]`` tables (they may be old, or wrong)."""
+    path = Path(spec_path)
+    return _load_text(path, strip_tables(path.read_text(encoding="utf-8")))
+
+
+def _load_text(path: Path, text: str) -> "ModelSpec":
+    """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way)."""
+    from ..spec import load_spec  # here: spec.py imports this package's config at load
+
     candidate = path.with_name(path.name + ".calibrating")
     candidate.write_text(text, encoding="utf-8")
     try:
-        spec = load_spec(candidate)
-        if spec.extra.get("checks") != calibration.checks or spec.extra.get("ood") != calibration.ood:
-            raise SpecError(f"spec {path}: the calibrated tables did not read back as written")
-    except BaseException:
+        return load_spec(candidate)
+    finally:
         candidate.unlink()
-        raise
-    candidate.replace(path)
 
 
 def strip_tables(text: str) -> str:

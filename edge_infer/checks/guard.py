@@ -13,11 +13,13 @@ Three calls, each one line in ``runtime.py``:
 Frame-level faults are kept as the index of the last faulty frame, so a
 window knows in O(1) whether it contains one, and a window after the fault
 has left it is judged on its own: recovery needs no reset. The common case,
-a clean window, costs one :class:`~.stats.WindowStats` update, a few
-operations on channel-sized vectors and one matrix-vector product (the OOD
-distance); only a window that trips the cheap gates gets the exact checks,
-which find every reason that applies (all are counted in the summary; the
-decision carries the first, in the order of :data:`~.config.WINDOW_REASONS`).
+a clean window, costs one :class:`~.stats.WindowStats` update and one
+matrix-vector product that yields the OOD features, the range gate and the
+stuck test at once (:func:`check_matrix`), about 4 microseconds (docs/robustness.md);
+only a window that trips a gate or holds a faulty frame gets the exact
+checks, which find every reason that applies (all are counted in the
+summary; the decision carries the first, in the order of
+:data:`~.config.WINDOW_REASONS`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -61,27 +63,19 @@ class InputGuard:
             span = config.range_max - config.range_min  # type: ignore[operator]
             center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
             half_gate = span / 2.0 - config.saturation_tolerance * span
-        stats = WindowStats(window, channels, config.stuck_frames or window, center, half_gate)
-        self._stats = stats
-        # One product turns the window's sums into [whitened OOD features..., beyond gate, stuck per channel...]
-        rows, self._ood_rows = [], 0
+        self._stats = WindowStats(window, channels, config.stuck_frames or window, center, half_gate)
+        self._matrix, self._ood_rows = check_matrix(config, self._stats)
         self._ood = config.ood
-        if config.ood is not None:
-            w, w0 = config.ood.whitening()
-            ood_rows = w @ stats.mean_and_variance()
-            ood_rows[:, -1] -= w0
-            rows.append(ood_rows)
-            self._ood_rows = len(ood_rows)
-            self._ood_limit2 = config.ood.threshold ** 2
-        rows.append(stats.beyond_gate()[None, :])
-        if config.stuck_min_spread is not None:
-            rows.append(stats.stuck(config.stuck_min_spread))
-        self._matrix = np.ascontiguousarray(np.concatenate(rows))
+        self._ood_limit2 = math.inf if config.ood is None else config.ood.threshold ** 2
+        self._window_check = self._all_checks
+        if config.ood is None and config.range_min is None and config.stuck_min_spread is None:
+            self._window_check = self._finite_only  # nothing to compute but "is every sample finite?"
         self._checks = np.empty(len(self._matrix))
         self._ood_part = self._checks[:self._ood_rows]
         self._gate_part = self._checks[self._ood_rows:]
         # per-frame state
         self._count = 0                 # frames seen
+        self._check_time = config.check_time
         self._last_t = math.nan
         self._max_dt = config.max_gap_s if config.max_gap_s is not None else math.inf
         self._gap_at = _NEVER           # index of the last frame that came after a bad timestamp step
@@ -110,7 +104,7 @@ class InputGuard:
         """Note the frame's timestamp step and whether it repeats the frame before."""
         n = self._count
         self._count = n + 1
-        if self.config.check_time:
+        if self._check_time:
             t = frame.t
             if not 0.0 < t - self._last_t <= self._max_dt and n:  # also catches a NaN step
                 self._gap_at = n
@@ -132,12 +126,20 @@ class InputGuard:
         (the model decides; :meth:`review` adds any flag).
         """
         self.windows += 1
+        self._flag = None
+        newest = self._count - 1
+        if (self._window_check(view) and newest - self._gap_at > self.window - 2
+                and newest - self._stuck_at >= self.window and self._repeats <= self._max_repeats):
+            return None
+        return self._judge(self._failing(view, newest))
+
+    def _all_checks(self, view: np.ndarray) -> bool:
+        """The fast path over the window's values: True if they pass every gate (else the exact checks
+        run). Sets the window's OOD distance for :meth:`review`."""
         self._stats.update(view)
         np.dot(self._matrix, self._stats.sums, out=self._checks)
         gate = max(self._gate_part.tolist())  # the beyond-gate row comes first: NaN there stays the result
-        newest = self._count - 1
-        suspect = not gate <= 0.0 or newest - self._gap_at <= self.window - 2 \
-            or newest - self._stuck_at < self.window or self._repeats > self._max_repeats
+        passed = gate <= 0.0
         distance = None
         if self._ood_rows:
             part = self._ood_part
@@ -145,25 +147,28 @@ class InputGuard:
             if d2 <= self._ood_limit2:
                 distance = math.sqrt(d2)
             else:
-                suspect = True
+                passed = False
                 distance = math.sqrt(d2) if d2 < math.inf else None  # NaN and Inf: no score
             if distance is not None and distance > self._ood_max:
                 self._ood_max = distance
         self._distance = distance
-        self._flag = None
-        if not suspect:
-            return None
-        return self._judge(self._failing(view, newest, distance))
+        return passed
 
-    def _failing(self, view: np.ndarray, newest: int, distance: Optional[float]) -> List[Reason]:
+    def _finite_only(self, view: np.ndarray) -> bool:
+        """The fast path without range, stuck or OOD checks: a sum is finite unless a sample is not
+        (or the float32 sum overflows, which the exact check then clears)."""
+        return math.isfinite(np.add.reduce(view, axis=None))
+
+    def _failing(self, view: np.ndarray, newest: int) -> List[Reason]:
         """Every reason that applies to the current window (the slow path: exact checks)."""
-        config = self.config
+        config, distance = self.config, self._distance
         failing = []
-        finite = bool(np.isfinite(view).all())
+        finite_samples = np.isfinite(view)
+        finite = bool(finite_samples.all())
         if not finite:
             failing.append(Reason.NON_FINITE)
-        if config.range_min is not None:
-            if bool((view > self._high).any() or (view < self._low).any()):
+        if config.range_min is not None:  # +-Inf is non-finite only, not also out of range
+            if bool((((view > self._high) | (view < self._low)) & finite_samples).any()):
                 failing.append(Reason.OUT_OF_RANGE)
             if self._saturated_samples(view) >= config.saturated_min_samples:
                 failing.append(Reason.SATURATED)
@@ -220,6 +225,35 @@ class InputGuard:
         return out
 
 
+def check_matrix(config: ChecksConfig, stats: WindowStats) -> Tuple[np.ndarray, int]:
+    """The rows that turn a window's sums into every value the fast path needs, and how many are OOD rows.
+
+    In order: the whitened OOD features (their squared norm is the squared distance), the beyond-gate
+    value (positive if a sample lies beyond the saturation gate, NaN if one is not finite), then one
+    value per channel that is positive where the channel is stuck.
+    """
+    rows = []
+    if config.ood is not None:
+        w, w0 = config.ood.whitening()
+        ood_rows = w @ stats.mean_and_variance()
+        ood_rows[:, -1] -= w0
+        rows.append(ood_rows)
+    rows.append(stats.beyond_gate()[None, :])
+    if config.stuck_min_spread is not None:
+        rows.append(stats.stuck(config.stuck_min_spread))
+    return np.ascontiguousarray(np.concatenate(rows)), len(rows[0]) if config.ood is not None else 0
+
+
 def build_guard(spec: "ModelSpec", rule: Optional[DecisionRule] = None) -> InputGuard:
     """The guard the spec's ``[checks]``/``[ood]`` tables describe (non-finite values only without them)."""
     return InputGuard(parse_checks(spec), rule)
+
+
+def format_input_checks(part: Dict[str, Any]) -> str:
+    """The bad-input line of the human summary, from :meth:`InputGuard.summary`."""
+    failed = ", ".join(f"{code} {count}" for code, count in part["failed"].items()) or "none"
+    line = f"  input checks: {part['windows']} windows, failed: {failed}"
+    ood = part.get("ood")
+    if ood:
+        line += f"; ood score max {ood['max_score']:g} (threshold {ood['threshold']:g})"
+    return line

@@ -96,7 +96,8 @@ def _read_rows(reader: "csv._reader", header: List[str], path: Path, strict: boo
             continue
         if label_col is not None:
             labels.append(row[label_col].strip())
-    values = np.array(rows, dtype=np.float32).reshape(len(rows), len(channel_cols))
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf: a sensor fault for the checks to judge
+        values = np.array(rows, dtype=np.float32).reshape(len(rows), len(channel_cols))
     return RecordedLog(
         t=np.array(times, dtype=np.float64),
         values=values,

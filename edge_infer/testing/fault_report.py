@@ -6,7 +6,8 @@ For every fault type: the windows that hold at least ``min_overlap`` of the
 fault's frames, and how many of them got the expected reason (as a fallback,
 or flagged on a model decision, whichever the spec's policy says). Windows
 that hold a fault's frames but fewer than ``min_overlap`` are not scored
-either way (the fault is not visible in them yet). Windows that hold no
+(the fault is not visible in them yet); they are listed as ``partial``, with
+how many got the reason anyway (``caught``). Windows that hold no
 fault frame are clean: any fallback there is a false fallback. ``junk_line``
 faults expect no reason: their windows count as clean.
 """
@@ -27,6 +28,7 @@ class TypeScore:
     detected: int = 0
     wrong: Dict[str, int] = field(default_factory=dict)  # reason given instead -> count
     partial: int = 0  # windows with fewer than min_overlap of the fault's frames
+    partial_detected: int = 0  # ... that got the fault's reason anyway
 
     @property
     def rate(self) -> Optional[float]:
@@ -48,7 +50,8 @@ class FaultScore:
         return {
             "types": {kind: {"windows": s.windows, "detected": s.detected,
                              "rate": None if s.rate is None else round(s.rate, 4), "wrong": s.wrong,
-                             "partial_windows": s.partial} for kind, s in self.types.items()},
+                             "partial_windows": s.partial, "partial_detected": s.partial_detected}
+                      for kind, s in self.types.items()},
             "clean_windows": self.clean_windows, "false_fallbacks": self.false_fallbacks,
             "false_fallback_rate": round(self.false_fallback_rate, 4), "false_flags": self.false_flags,
         }
@@ -75,6 +78,7 @@ def score(side: Dict[str, Any], records: List[Dict[str, Any]]) -> FaultScore:
         kind = types.setdefault(fault["type"], TypeScore())
         if overlap < fault["min_overlap"]:
             kind.partial += 1
+            kind.partial_detected += record["reason"] == fault["reason"]
             continue
         kind.windows += 1
         if record["reason"] == fault["reason"]:
@@ -86,10 +90,12 @@ def score(side: Dict[str, Any], records: List[Dict[str, Any]]) -> FaultScore:
 
 
 def format_score(result: FaultScore) -> str:
-    lines = [f"{'fault type':<16} {'windows':>7} {'detected':>8} {'rate':>7}  other reasons"]
+    lines = [f"{'fault type':<16} {'windows':>7} {'detected':>8} {'rate':>7}  {'partial':>7} {'caught':>6}"
+             "  other reasons"]
     for kind, s in result.types.items():
         rate = "-" if s.rate is None else f"{s.rate:.1%}"
-        lines.append(f"{kind:<16} {s.windows:>7} {s.detected:>8} {rate:>7}  {s.wrong or ''}")
+        lines.append(f"{kind:<16} {s.windows:>7} {s.detected:>8} {rate:>7}  {s.partial:>7} {s.partial_detected:>6}"
+                     f"  {s.wrong or ''}")
     lines.append(f"clean windows {result.clean_windows}: {result.false_fallbacks} fell back "
                  f"({result.false_fallback_rate:.2%}), {result.false_flags} flagged")
     return "\n".join(lines)
