@@ -165,7 +165,13 @@ class CDevice:
                                      stderr=subprocess.PIPE, text=True)
 
     def summary(self) -> dict:
-        """Stop the device (SIGTERM) and return its JSON summary (stderr, in its stdio mode)."""
+        """Stop the device (SIGTERM) and return its JSON summary (stderr, in its stdio mode).
+
+        What the host wrote last is first let through the relay; the device reads what is pending on its
+        input before it answers the signal.
+        """
+        if self.relay is not None:
+            self.relay.wait_idle()
         self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=TIMEOUT)
         assert self.proc.returncode == 0, err
@@ -199,18 +205,28 @@ class FaultRelay:
             os.set_blocking(fd, False)
         os.symlink(os.ttyname(self._host_slave), link)
         self._stop = threading.Event()
+        self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         ends = {self._device_master: self._host_master, self._host_master: self._device_master}
         while not self._stop.is_set():
-            for fd in select.select(list(ends), [], [], 0.05)[0]:
+            self._idle.clear()
+            ready = select.select(list(ends), [], [], 0.05)[0]
+            for fd in ready:
                 try:
                     data = os.read(fd, 4096)
                     os.write(ends[fd], self.faults.apply(data) if fd == self._device_master else data)
                 except (BlockingIOError, OSError):
                     pass  # no room (the host is not reading) or nothing after all: the bytes are lost
+            if not ready:
+                self._idle.set()  # a whole select period with nothing to copy either way
+
+    def wait_idle(self) -> None:
+        """Until nothing is left to copy (the host's last bytes have reached the device)."""
+        self._idle.clear()
+        assert self._idle.wait(TIMEOUT), "the relay never went idle"
 
     def close(self) -> None:
         self._stop.set()

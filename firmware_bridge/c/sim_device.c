@@ -282,6 +282,21 @@ static int pump(double timeout)
     return 1;
 }
 
+/* Decodes what the host already sent and nobody read yet, without waiting: a stop right after the host's
+ * last write must still count that write (bounded, so a host that never stops talking cannot hold us). */
+static void drain_input(void)
+{
+    struct pollfd p;
+    int rounds;
+    for (rounds = 0; rounds < 64 && !input_closed; rounds++) {
+        p.fd = in_fd;
+        p.events = POLLIN;
+        if (poll(&p, 1, 0) <= 0 || !pump(0.0)) {
+            return;
+        }
+    }
+}
+
 /* Waits until `until` (monotonic seconds), serving the host meanwhile. Returns 0 to stop. */
 static int idle_until(double until)
 {
@@ -502,6 +517,7 @@ int main(int argc, char **argv)
         idle_until(now_s() + 0.05 < t ? now_s() + 0.05 : t);
     }
     if (stop_signal) {
+        drain_input();
         end = "signal";
     } else if (link_lost) {
         end = "link_lost";
