@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -114,11 +114,16 @@ def _quant_params(detail: Dict[str, Any], role: str, path: Path) -> QuantParams:
 class Engine:
     """One loaded model on one backend, with its conversion buffers."""
 
-    def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1):
+    def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1,
+                 check_sha256: Optional[Callable[[str], None]] = None):
+        """``check_sha256`` (a spec's :meth:`~edge_infer.spec.ModelSpec.check_hash`) may refuse the file by
+        its hash before the native interpreter parses it."""
         self.path = Path(model_path)
         self.num_threads = num_threads
         self.model_bytes = read_model_bytes(self.path)
         self.sha256 = sha256_hex(self.model_bytes)
+        if check_sha256 is not None:
+            check_sha256(self.sha256)
         self.backend: Backend
         self.backend, interpreter_class = resolve_backend(backend)
         self.backend_version = backend_version(self.backend)

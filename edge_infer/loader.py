@@ -59,19 +59,19 @@ def open_model(model: Optional[str], channels: Optional[List[str]] = None, *, ba
 
     ``channels`` names the source's channels; a bare model takes them in order.
     """
+    if hop is not None and hop < 1:
+        raise SpecError(f"--hop must be at least 1, not {hop}")
+    if budget_ms is not None and not budget_ms > 0:
+        raise SpecError(f"--budget-ms must be greater than 0, not {budget_ms}")
     path = Path(model) if model else bundled_spec()
     if path.suffix.lower() == ".toml":
         spec = load_spec(path)
-        engine = Engine(spec.model_path, backend=backend, num_threads=num_threads)
+        engine = Engine(spec.model_path, backend=backend, num_threads=num_threads, check_sha256=spec.check_hash)
         spec.check_against(engine.window, engine.channels, engine.output_size, engine.sha256)
     else:
         engine = Engine(path, backend=backend, num_threads=num_threads)
         names = list(channels) if channels else [f"ch{i}" for i in range(engine.channels)]
         spec = spec_for_bare_model(path, engine.window, names, hop, budget_ms, parse_action(fallback))
-    if hop is not None and hop < 1:
-        raise SpecError(f"--hop must be at least 1, not {hop}")
-    if budget_ms is not None and not budget_ms > 0:
-        raise SpecError(f"--budget-ms must be greater than 0, not {budget_ms}")
     spec = replace(
         spec,
         hop=hop or spec.hop,

@@ -80,13 +80,17 @@ class ModelSpec:
         """The action the model's output index ``index`` stands for."""
         return self.labels[index] if self.labels else index
 
+    def check_hash(self, sha256: str) -> None:
+        """Refuse a model file whose hash is not the spec's (checked before any native code reads the file)."""
+        if self.sha256 is not None and self.sha256.lower() != sha256:
+            raise SpecError(f"{self.spec_path or self.model_path}: model {self.model_path.name} has sha256 {sha256}, "
+                            f"but the spec expects {self.sha256}; the model file changed — re-run the training "
+                            "script or update [model].sha256 if the new model is intended")
+
     def check_against(self, window: int, channels: int, output_size: int, sha256: str) -> None:
         """Refuse a spec that disagrees with the model it names."""
         where = self.spec_path or self.model_path
-        if self.sha256 is not None and self.sha256.lower() != sha256:
-            raise SpecError(f"{where}: model {self.model_path.name} has sha256 {sha256}, but the spec expects "
-                            f"{self.sha256}; the model file changed — re-run the training script or update "
-                            "[model].sha256 if the new model is intended")
+        self.check_hash(sha256)
         if window != self.window:
             raise SpecError(f"{where}: [input].window is {self.window} but the model's input takes {window} frames")
         if channels != len(self.channels):
