@@ -219,7 +219,8 @@ def load_config(path: "str | Path", supported: Optional[Sequence[str]] = None) -
         with path.open("rb") as handle:
             doc = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config {path} not found; write one (see docs/operations.md) or pass --config PATH") \
+        raise ConfigError(f"config {path} not found; check the path, or start from systemd/config.toml "
+                          "(see docs/operations.md)") \
             from None
     except IsADirectoryError:
         raise ConfigError(f"config {path} is a directory, not a TOML file") from None

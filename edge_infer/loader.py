@@ -7,7 +7,7 @@ Also finds the bundled model and log, which ``pip install .`` puts under
 from __future__ import annotations
 
 import os
-import sys
+import sysconfig
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -25,13 +25,25 @@ def models_dir() -> Path:
     candidates = [
         Path(os.environ["EDGE_INFER_MODELS"]) if os.environ.get("EDGE_INFER_MODELS") else None,
         Path(__file__).resolve().parent.parent / "models",
-        Path(sys.prefix) / "share" / "edge-infer" / "models",
+        # where pip put setup.cfg's data_files: the environment's prefix, or the user scheme (pip install --user)
+        *(Path(sysconfig.get_path("data", scheme)) / "share" / "edge-infer" / "models" for scheme in _schemes()),
     ]
     for candidate in candidates:
         if candidate is not None and (candidate / BUNDLED_SPEC).is_file():
             return candidate
-    raise EdgeInferError("the bundled model is not installed; install edge-infer with 'pip install .' "
-                         "from its source tree, or name a model with --model")
+    looked = ", ".join(str(c) for c in candidates if c is not None)
+    raise EdgeInferError(f"the bundled model is not where pip installs it (looked in {looked}); set "
+                         "EDGE_INFER_MODELS to the folder holding basic_motions/, or name a model with --model")
+
+
+def _schemes() -> List[str]:
+    """The install schemes whose data folder may hold the bundled models: this one first, then the user's."""
+    schemes = [sysconfig.get_default_scheme() if hasattr(sysconfig, "get_default_scheme")
+               else sysconfig._get_default_scheme()]  # type: ignore[attr-defined]  # Python 3.9
+    user = f"{os.name}_user"
+    if user in sysconfig.get_scheme_names() and user not in schemes:
+        schemes.append(user)
+    return schemes
 
 
 def bundled_spec() -> Path:

@@ -24,6 +24,7 @@ import logging
 import time
 from typing import Any, List, Optional
 
+from .cli.argtypes import positive_float
 from .config import add_config_option
 from .logs import DEFAULT_REPEAT_INTERVAL_S, LEVELS, setup_logging
 from .metrics import DEFAULT_INTERVAL_S, HttpExporter, MetricFamily, TextfileExporter, collect, format_text
@@ -40,24 +41,14 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     add_config_option(parser)
     group = parser.add_argument_group("service (logging, metrics; systemd notify is automatic under systemd)")
     group.add_argument("--log-level", choices=LEVELS, default="info", help="log to stderr from this level up")
-    group.add_argument("--log-repeat-interval", type=_seconds, default=DEFAULT_REPEAT_INTERVAL_S, metavar="S",
+    group.add_argument("--log-repeat-interval", type=positive_float, default=DEFAULT_REPEAT_INTERVAL_S, metavar="S",
                        help="let a repeated warning through at most once per S seconds")
     group.add_argument("--metrics-textfile", metavar="FILE",
                        help="write Prometheus metrics to FILE (node-exporter textfile collector), atomically")
     group.add_argument("--metrics-http", metavar="[HOST:]PORT",
                        help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given; needs prometheus-client)")
-    group.add_argument("--metrics-interval", type=_seconds, default=DEFAULT_INTERVAL_S, metavar="S",
+    group.add_argument("--metrics-interval", type=positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
                        help="rewrite the metrics textfile every S seconds")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
 
 
 class ServiceHooks:

@@ -120,5 +120,12 @@ def test_missing_log(tmp_path):
     assert_one_line_error(run_cli("replay", str(tmp_path / "none.csv")), "cannot read log")
 
 
-def test_bad_budget():
-    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), "--budget-ms", "0"), "--budget-ms must be greater than 0")
+@pytest.mark.parametrize("args,fragment", [
+    (["--budget-ms", "0"], "argument --budget-ms: must be greater than 0"),
+    (["--speed", "fast"], "argument --speed: must be a number, not 'fast'"),
+    (["--duration", "-1"], "argument --duration: must be 0 or more"),
+    (["--fallback", ""], "argument --fallback: must name an action"),
+    (["--hop", "x"], "argument --hop: invalid int value"),
+])
+def test_bad_options_are_one_line_usage_errors(args, fragment):
+    assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), *args), fragment, "see 'edge-infer replay --help'")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from .. import __version__
 from ..config import apply_config
@@ -20,8 +20,19 @@ from . import bench, check_config, convert, inspect_model, record, replay, run
 COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage mistakes reported like every other error: one line, exit code 2.
+
+    (argparse's own style prints the whole usage block first; sub-parsers are made of this class too.)
+    """
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"edge-infer: error: {self.prog.split(' ', 1)[-1] if ' ' in self.prog else 'usage'}: "
+                     f"{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-infer", description=(
+    parser = _Parser(prog="edge-infer", description=(
         "Run a quantized TFLite model on sensor frames within a time budget, "
         "falling back to a safe action when it cannot answer in time."))
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 from ..config import is_source_uri
 from ..deadline_options import add_deadline_options, runtime_options
 from ..errors import EdgeInferError
-from ..io import read_log
+from ..io import RecordedLog, read_log
 from ..loader import bundled_log, open_model
 from ..runtime import Runtime
 from ..sinks.base import Sink
@@ -22,6 +22,7 @@ from ..sources import open_live_source
 from ..sources.base import Source
 from ..sources.log_replay import LogSource, channel_columns
 from ..summary import format_summary
+from . import argtypes
 from .recording import add_record_options
 
 
@@ -29,17 +30,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="SPEC_OR_TFLITE",
                         help="model spec (.toml) or bare .tflite (default: the bundled model)")
     parser.add_argument("--backend", help="litert, tflite-runtime or tensorflow (default: first installed)")
-    parser.add_argument("--budget-ms", type=float, help="time budget per decision (overrides the spec)")
-    parser.add_argument("--fallback", metavar="ACTION", help="safe default action (overrides the spec)")
+    parser.add_argument("--budget-ms", type=argtypes.positive_float,
+                        help="time budget per decision (overrides the spec)")
+    parser.add_argument("--fallback", metavar="ACTION", type=argtypes.action,
+                        help="safe default action (overrides the spec)")
     parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--speed", default="max", type=parse_speed, metavar="max|FACTOR",
+    parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",
                         help="replay pace: 'max' (default) or a factor of real time, e.g. 1.0")
     parser.add_argument("--decisions", metavar="FILE", help="write every decision record to FILE (JSON lines)")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=argtypes.positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--show", choices=SHOW_MODES, default=None,
@@ -47,18 +50,6 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                              "(default: changes; none with --json)")
     add_record_options(parser)
     add_deadline_options(parser)
-
-
-def parse_speed(text: str) -> Optional[float]:
-    if text == "max":
-        return None
-    try:
-        speed = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speed must be 'max' or a number, not {text!r}") from None
-    if not speed > 0:
-        raise argparse.ArgumentTypeError(f"speed must be greater than 0, not {text}")
-    return speed
 
 
 def build_sinks(args: argparse.Namespace) -> List[Sink]:
@@ -69,12 +60,18 @@ def build_sinks(args: argparse.Namespace) -> List[Sink]:
     return sinks
 
 
+def read_usable_log(path: str, strict: bool) -> RecordedLog:
+    """A recorded log with at least one good row."""
+    log = read_log(path, strict=strict)
+    if len(log) == 0:
+        raise EdgeInferError(f"log {path} has no usable rows")
+    return log
+
+
 def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
     """A runtime replaying ``log_path`` (the bundled log if None) through the model the options name."""
     path = log_path or str(bundled_log())
-    log = read_log(path, strict=args.strict)
-    if len(log) == 0:
-        raise EdgeInferError(f"log {path} has no usable rows")
+    log = read_usable_log(path, args.strict)
     spec, engine = open_model(args.model, log.channels, backend=args.backend, hop=args.hop,
                               budget_ms=args.budget_ms, fallback=args.fallback)
     has_spec = spec.spec_path is not None
@@ -93,9 +90,7 @@ def open_source(text: Optional[str], channels: Optional[List[str]] = None, *, sp
     if text is not None and is_source_uri(text):  # serial:PORT[?baud=N]: a device (docs/serial.md)
         return open_live_source(text, channels)
     path = text or str(bundled_log())
-    log = read_log(path, strict=strict)
-    if len(log) == 0:
-        raise EdgeInferError(f"log {path} has no usable rows")
+    log = read_usable_log(path, strict)
     names = list(channels) if channels is not None else log.channels
     return LogSource(log, channel_columns(log, names, len(names), path), names, speed=speed, name=path)
 
