@@ -8,7 +8,7 @@ which already runs on each board. Two ways out, both from the same numbers:
   in the same directory, then ``rename``), and node-exporter's
   ``--collector.textfile.directory`` serves it with the node's own metrics;
 * an **HTTP endpoint** bound to 127.0.0.1 by default, through the optional
-  ``prometheus-client`` package (``pip install 'edge-infer[metrics]'``).
+  ``prometheus-client`` package (``pip install prometheus-client (the 'metrics' extra)``).
 
 Every number is read from what the loop already keeps (the run statistics,
 the source's link counters, the scheduler's restart count): nothing grows
@@ -209,7 +209,7 @@ def _import_prometheus_client() -> None:
         importlib.import_module("prometheus_client")
     except ImportError:
         raise EdgeInferError("the metrics HTTP endpoint needs prometheus-client: "
-                             "pip install 'edge-infer[metrics]' (or use a metrics textfile)") from None
+                             "pip install prometheus-client (the 'metrics' extra) (or use a metrics textfile)") from None
 
 
 def parse_listen(text: str) -> Tuple[str, int]:

@@ -7,7 +7,7 @@ where a candidate model departs from the one in the field. Every plot is a
 PNG embedded as base64, so the file can be mailed or attached to a review
 and opened anywhere without the data or edge-infer.
 
-matplotlib is an optional extra (``pip install 'edge-infer[report]'``),
+matplotlib is an optional extra (``pip install matplotlib (the 'report' extra)``),
 imported only here and only when a report is asked for; the figures are
 drawn with the object API on the Agg canvas (no display, no pyplot state).
 """
@@ -42,7 +42,7 @@ def require_matplotlib() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise EdgeInferError("--report needs matplotlib: pip install 'edge-infer[report]'") from None
+        raise EdgeInferError("--report needs matplotlib: pip install matplotlib (the 'report' extra)") from None
     return Figure
 
 

@@ -158,7 +158,7 @@ def test_without_the_mcap_package_the_message_says_what_to_install(tmp_path):
                    env={"PYTHONPATH": f"{tmp_path / 'blocker'}{os.pathsep}{ROOT}"})
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("edge-infer: error: MCAP recordings need the 'mcap' package: "
-                                   "pip install 'edge-infer[record]'")
+                                   "pip install mcap (the 'record' extra)")
 
 
 def test_record_from_a_serial_device_keeps_its_hello_and_every_frame(tmp_path):

@@ -146,7 +146,7 @@ def test_http_endpoint_serves_the_same_numbers_on_localhost(model):
 
 def test_http_endpoint_without_prometheus_client_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
-    with pytest.raises(EdgeInferError, match=r"pip install 'edge-infer\[metrics\]'"):
+    with pytest.raises(EdgeInferError, match=r"pip install prometheus-client \(the 'metrics' extra\)"):
         HttpExporter("9464")
 
 

@@ -147,7 +147,7 @@ def test_without_matplotlib_the_report_fails_before_the_replay(lab, tmp_path):
                    "--decisions", str(tmp_path / "d.jsonl"),
                    env={"PYTHONPATH": f"{tmp_path / 'blocker'}{os.pathsep}{ROOT}"})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "edge-infer: error: --report needs matplotlib: pip install 'edge-infer[report]'"
+    assert proc.stderr.strip() == "edge-infer: error: --report needs matplotlib: pip install matplotlib (the 'report' extra)"
     assert not (tmp_path / "d.jsonl").exists() and not (tmp_path / "r.html").exists()
 
 

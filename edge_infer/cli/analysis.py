@@ -24,7 +24,7 @@ from .common import log_runtime, run_until_stopped
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="FILE.html",
-                        help="write an HTML report with plots (needs matplotlib: pip install 'edge-infer[report]')")
+                        help="write an HTML report with plots (needs matplotlib: pip install matplotlib (the 'report' extra))")
     parser.add_argument("--baseline", metavar="SPEC_OR_TFLITE",
                         help="also replay this model (the one in the field) with the same options and report "
                              "where --model disagrees with it; the exit code stays 0")

@@ -103,7 +103,7 @@ def _mcap() -> Any:
         import mcap.stream_reader
         import mcap.writer
     except ImportError:
-        raise EdgeInferError("MCAP recordings need the 'mcap' package: pip install 'edge-infer[record]'") from None
+        raise EdgeInferError("MCAP recordings need the 'mcap' package: pip install mcap (the 'record' extra)") from None
     return mcap
 
 
