@@ -87,7 +87,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
         f"{summary['decisions']} decisions on {summary['frames']} frames in {summary.get('elapsed_s', 0):.2f} s "
         f"— model {summary.get('model', '?')} on {summary.get('backend', '?')}",
         f"  model: {summary['model_decisions']}  fallback: {summary['fallback_decisions']}"
-        + (f" {summary['fallback_reasons']}" if summary["fallback_reasons"] else "")
+        + (f" ({_counts(summary['fallback_reasons'])})" if summary["fallback_reasons"] else "")
         + f"  late: {summary['late_decisions']} (budget {summary['budget_ms']:g} ms)",
         f"  latency us p50 {lat['p50']}  p99 {lat['p99']}  max {lat['max']}"
         f"   invoke us p50 {inv['p50']}  p99 {inv['p99']}  max {inv['max']}",
@@ -95,7 +95,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
     if summary["accuracy"] is not None:
         lines.append(f"  accuracy {summary['accuracy']:.3f} over {summary['labelled_windows']} labelled windows")
     if summary.get("flagged_reasons"):
-        lines.append(f"  flagged model decisions: {summary['flagged_reasons']}")
+        lines.append(f"  flagged model decisions: {_counts(summary['flagged_reasons'])}")
     if summary.get("input_checks"):
         lines.append(format_input_checks(summary["input_checks"]))
     if summary.get("scheduler"):
@@ -104,3 +104,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
     if bad:
         lines.append(f"  skipped {bad} bad log rows (first at line {summary['source'].get('first_bad_line')})")
     return "\n".join(lines)
+
+
+def _counts(counts: Dict[str, int]) -> str:
+    """``deadline 3, busy 1``: reason counts for a person to read."""
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
