@@ -377,7 +377,8 @@ class ThreadedScheduler(WorkerScheduler):
         if self._closing:
             return
         self._closing = True
-        self._todo.release()
+        if self._todo.locked():  # unlocked: a request is still pending, and taking it the worker sees _closing
+            self._todo.release()
         self._thread.join(timeout=1.0)
         if self._in_flight is not None:
             self._receive(0.0)  # count an answer that came in after the last window

@@ -227,3 +227,4 @@ def test_inline_scheduler_discards_a_late_answer(clock):
     scheduler = InlineScheduler(FakeEngine(clock, [8]), clock)
     answer = scheduler.run(window(1), clock.now_ns() + BUDGET)
     assert answer.reason is Reason.DEADLINE and answer.invoke_ns == 8 * MS
+
