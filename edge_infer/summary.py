@@ -54,7 +54,7 @@ class RunStats(Sink):
         self.last_latency_us = decision.latency_us
         if decision.invoke_us is not None:
             self.invoke_us.record(decision.invoke_us)
-        if decision.label is not None:
+        if decision.label is not None and _comparable(decision.action, decision.label):
             self.labelled += 1
             self.correct += str(decision.action) == decision.label
 
@@ -109,3 +109,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
 def _counts(counts: Dict[str, int]) -> str:
     """``deadline 3, busy 1``: reason counts for a person to read."""
     return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _comparable(action: object, label: str) -> bool:
+    """Whether an action and a label can be compared: a bare model's class index cannot be scored against a
+    class name (its accuracy would read 0 instead of unknown); a name or a numeric label can."""
+    return not isinstance(action, int) or label.lstrip("-").isdigit()
