@@ -1,8 +1,9 @@
 """Measure a model's invoke latency on this device and recommend a budget.
 
 The budget is a promise about the tail, not the mean: the recommendation is
-the p99.9 of the measured invoke time with head-room (x1.5, plus 0.5 ms for
-the loop and the scheduler), rounded up to a tenth of a millisecond.
+the p99.9 of the measured invoke time with head-room (x1.5), plus the time the
+scheduler keeps back to hand over a fallback (its reserve, 1 ms by default),
+rounded up to a tenth of a millisecond.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .deadline_options import DEFAULT_RESERVE_MS
 from .engine import Engine
 from .histogram import Histogram
 
 HEADROOM_FACTOR = 1.5
-HEADROOM_MS = 0.5
 
 
 def recommended_budget_ms(p999_us: float) -> float:
-    return math.ceil((p999_us * HEADROOM_FACTOR / 1000.0 + HEADROOM_MS) * 10) / 10
+    return math.ceil((p999_us * HEADROOM_FACTOR / 1000.0 + DEFAULT_RESERVE_MS) * 10) / 10
 
 
 def bench_invoke(engine: Engine, runs: int = 2000, warmup: int = 50, seed: int = 0,

@@ -15,6 +15,7 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
+from .argtypes import non_negative_float, positive_float
 from .errors import SpecError
 from .fallback import build_fallback
 from .spec import ModelSpec
@@ -127,12 +128,12 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
                             "(busy, default) or wait for the model if it can still finish in time (latest)")
     group.add_argument("--admission", action="store_true", default=None,
                        help="fall back at once when the model's recent p99 does not fit in the time left")
-    group.add_argument("--hang-limit-ms", type=_positive_float, metavar="N",
+    group.add_argument("--hang-limit-ms", type=positive_float, metavar="N",
                        help="an invoke running longer is hung; the process mode kills and restarts the model")
-    group.add_argument("--no-data-ms", type=_non_negative_float, metavar="N",
+    group.add_argument("--no-data-ms", type=non_negative_float, metavar="N",
                        help="after N ms without frames, decide 'no_data' every hop period (0: off; "
                             "default: 3 hop periods when the sample rate is known)")
-    group.add_argument("--hold-ms", type=_positive_float, metavar="N",
+    group.add_argument("--hold-ms", type=positive_float, metavar="N",
                        help="fall back to the last model action while it is at most N ms old, then to the "
                             "safe action (fallback strategy hold_last)")
     group.add_argument("--warmup", type=int, metavar="N", help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
@@ -158,23 +159,6 @@ def options_from_args(base: DeadlineOptions, args: argparse.Namespace) -> Deadli
     if getattr(args, "realtime", False):
         changes["realtime"] = True
     return replace(base, **changes)
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
-    return value
 
 
 def _cpu_list(text: str) -> List[int]:

@@ -22,7 +22,7 @@ from ..sources import open_live_source
 from ..sources.base import Source
 from ..sources.log_replay import LogSource, channel_columns
 from ..summary import format_summary
-from . import argtypes
+from .. import argtypes
 from .recording import add_record_options
 
 
