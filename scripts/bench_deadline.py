@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_loop import machine  # noqa: E402
+from bench_loop import start_report  # noqa: E402
 from edge_infer import isolated  # noqa: E402
 from edge_infer.deadline_options import DeadlineOptions  # noqa: E402
 from edge_infer.decision import Decision  # noqa: E402
@@ -199,10 +199,7 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=10, help="segfaults per start method in part 3")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    info = machine()
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, Python {info['python']}, "
-          f"{info['versions']}, load average {' '.join(info['loadavg'])}")
-    report: Dict[str, Any] = {"machine": info, "command": " ".join(sys.argv)}
+    report: Dict[str, Any] = start_report()
     with tempfile.TemporaryDirectory() as tmp:
         text, report["slow"] = part_slow(Path(tmp), args.seconds)
         print("\n" + text)

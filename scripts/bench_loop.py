@@ -396,6 +396,14 @@ def handoff_table(case: Case, n: int, rounds: int) -> "tuple[str, Dict[str, Any]
 
 # --- setup --------------------------------------------------------------------------------------------------
 
+def start_report() -> Dict[str, Any]:
+    """Print what machine this is (a benchmark's numbers mean nothing without it) and start the JSON report."""
+    info = machine()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, Python {info['python']}, "
+          f"{info['versions']}, load average {' '.join(info['loadavg'])}")
+    return {"machine": info, "command": " ".join(sys.argv)}
+
+
 def machine() -> Dict[str, Any]:
     cpu = "?"
     try:
@@ -440,10 +448,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    info = machine()
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, Python {info['python']}, "
-          f"{info['versions']}, load average {' '.join(info['loadavg'])}")
-    report: Dict[str, Any] = {"machine": info, "command": " ".join(sys.argv), "cases": {}}
+    report: Dict[str, Any] = dict(start_report(), cases={})
     with tempfile.TemporaryDirectory() as tmp:
         first = bundled_case(args.model, args.log)
         cases = [(first, args.windows), (one_ms_case(args.log, first.spec.hop, Path(tmp)), args.windows_1ms)]
