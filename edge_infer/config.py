@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -25,11 +24,7 @@ from .errors import ConfigError
 from .logs import LEVELS
 from .metrics import parse_listen
 from .sinks.console import SHOW_MODES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.9/3.10 only
-    import tomli as tomllib
+from .toml_file import read_toml
 
 DEFAULT_CONFIG = Path("/etc/edge-infer/config.toml")
 #: "serial:/dev/ttyUSB0?baud=115200" — a source named by a scheme, not a file path.
@@ -215,19 +210,8 @@ def parse_config(path: Path, doc: Dict[str, Any], supported: Optional[Sequence[s
 def load_config(path: "str | Path", supported: Optional[Sequence[str]] = None) -> ServiceConfig:
     """Read and validate a config file; any problem is a :class:`ConfigError` naming the file and the key."""
     path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            doc = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} not found; check the path, or start from systemd/config.toml "
-                          "(see docs/operations.md)") \
-            from None
-    except IsADirectoryError:
-        raise ConfigError(f"config {path} is a directory, not a TOML file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    doc = read_toml(path, "config", ConfigError,
+                    "; check the path, or start from systemd/config.toml (see docs/operations.md)")
     return parse_config(path, doc, supported)
 
 

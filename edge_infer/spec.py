@@ -13,7 +13,6 @@ model's shape implies and takes the rest from the command line.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -22,11 +21,7 @@ import numpy as np
 
 from .checks.config import parse_checks
 from .errors import SpecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.9/3.10 only
-    import tomli as tomllib
+from .toml_file import read_toml
 
 Action = Union[str, int]
 
@@ -103,15 +98,7 @@ class ModelSpec:
 def load_spec(path: "str | Path") -> ModelSpec:
     """Parse and validate a spec file (not yet against its model: see :meth:`ModelSpec.check_against`)."""
     path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            doc = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SpecError(f"spec {path} not found") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"spec {path} is not valid TOML: {exc}") from None
+    doc = read_toml(path, "spec", SpecError)
     return _SpecParser(path, doc).parse()
 
 

@@ -23,7 +23,6 @@ usage: python scripts/bench_deadline.py [--seconds S] [--json FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_loop import start_report  # noqa: E402
+from bench_loop import finish_report, start_report  # noqa: E402
 from edge_infer import isolated  # noqa: E402
 from edge_infer.deadline_options import DeadlineOptions  # noqa: E402
 from edge_infer.decision import Decision  # noqa: E402
@@ -207,10 +206,7 @@ def main() -> int:
     print("\n" + text)
     text, report["restart"] = part_restart(args.model, args.restarts)
     print("\n" + text)
-    report["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
-    print(f"\nload average after: {' '.join(report['loadavg_after'])}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

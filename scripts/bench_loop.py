@@ -404,6 +404,14 @@ def start_report() -> Dict[str, Any]:
     return {"machine": info, "command": " ".join(sys.argv)}
 
 
+def finish_report(report: Dict[str, Any], json_path: Optional[str]) -> None:
+    """Note the load after the run (a busy machine explains odd numbers) and write the JSON report."""
+    report["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
+    print(f"\nload average after: {' '.join(report['loadavg_after'])}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+
+
 def machine() -> Dict[str, Any]:
     cpu = "?"
     try:
@@ -466,10 +474,7 @@ def main() -> int:
         text, report["full_collection"] = full_collection_table()
         print()
         print(text)
-    report["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
-    print(f"\nload average after: {' '.join(report['loadavg_after'])}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

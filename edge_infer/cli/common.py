@@ -37,6 +37,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
 
 
+def add_source_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", metavar="LOG|serial:PORT",
+                        help="where frames come from: a recorded log path, or a device on a serial port, "
+                             "serial:PORT[?baud=N] (default: the bundled log)")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",

@@ -19,7 +19,7 @@ from ..runtime import POLL_S
 from ..sinks.recorder import RecordingSink
 from ..sources.base import EndOfStream, Source
 from .. import argtypes
-from .common import open_source
+from .common import add_source_option, open_source
 from .recording import add_rotation_option, check_mcap_path, max_bytes, source_metadata, subscribe_hello
 
 
@@ -27,9 +27,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser = sub.add_parser("record", help="record a source's frames to MCAP, without a model",
                             description="Record raw frames (and the device's HELLO) from a source to an MCAP "
                                         "file until the source ends, --duration passes, or SIGINT/SIGTERM.")
-    parser.add_argument("--source", metavar="LOG|serial:PORT",
-                        help="where frames come from: a recorded log path, or a device on a serial port, "
-                             "serial:PORT[?baud=N] (default: the bundled log)")
+    add_source_option(parser)
     parser.add_argument("--out", required=True, metavar="FILE.mcap", help="the recording to write")
     parser.add_argument("--duration", type=argtypes.positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",

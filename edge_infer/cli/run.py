@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..service import ServiceHooks, add_service_options
-from .common import add_run_options, log_runtime, print_summary, run_until_stopped
+from .common import add_run_options, add_source_option, log_runtime, print_summary, run_until_stopped
 from .live import is_live_source, live_runtime
 from .recording import attach_recorder
 
@@ -17,9 +17,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser = sub.add_parser("run", help="run the decision loop (default: bundled model on the bundled log)",
                             description="Run the decision loop on a source until it ends, --duration "
                                         "passes, or SIGINT/SIGTERM; then print the summary.")
-    parser.add_argument("--source", metavar="LOG|serial:PORT",
-                        help="where frames come from: a recorded log path, or a device on a serial port, "
-                             "serial:PORT[?baud=N] (default: the bundled log)")
+    add_source_option(parser)
     add_run_options(parser)
     add_service_options(parser)
     parser.set_defaults(handler=main)
