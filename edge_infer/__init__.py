@@ -10,13 +10,13 @@ The data path, one module per stage::
 
 __version__ = "0.1.0"
 
-from .decision import Decision  # noqa: E402
-from .engine import Engine  # noqa: E402
+from .decide.decision import Decision  # noqa: E402
+from .model.engine import Engine  # noqa: E402
 from .errors import EdgeInferError  # noqa: E402
-from .loader import open_model  # noqa: E402
-from .reasons import Reason  # noqa: E402
+from .model.loader import open_model  # noqa: E402
+from .decide.reasons import Reason  # noqa: E402
 from .runtime import Runtime  # noqa: E402
-from .spec import ModelSpec, load_spec  # noqa: E402
+from .model.spec import ModelSpec, load_spec  # noqa: E402
 
 __all__ = ["Decision", "EdgeInferError", "Engine", "ModelSpec", "Reason", "Runtime", "load_spec", "open_model",
            "__version__"]

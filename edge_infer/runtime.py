@@ -16,25 +16,25 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .checks.guard import build_guard
-from .clock import Clock
-from .deadline_options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
-from .decision import Decision, DecisionRule
-from .engine import Engine
-from .fallback import ConstantFallback, build_fallback
+from .deadline.clock import Clock
+from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
+from .decide.decision import Decision, DecisionRule
+from .model.engine import Engine
+from .decide.fallback import ConstantFallback, build_fallback
 from .frame import Frame
-from .reasons import Reason
-from .realtime import GcPacer, LoopScheduling
-from .scheduler import ModelAnswer, Scheduler, build_scheduler
-from .silence import SilenceTimer
+from .decide.reasons import Reason
+from .deadline.hygiene import GcPacer, LoopScheduling
+from .deadline.scheduler import ModelAnswer, Scheduler, build_scheduler
+from .deadline.silence import SilenceTimer
 from .sinks.base import Sink
 from .sources.base import EndOfStream, Source
-from .spec import ModelSpec
-from .startup import StartupReport, check_budget, warm_up
-from .summary import RunStats
+from .model.spec import ModelSpec
+from .deadline.startup import StartupReport, check_budget, warm_up
+from .sinks.stats import RunStats
 from .window import WindowBuffer
 
 if TYPE_CHECKING:  # the service module imports metrics and config; the loop only calls its hooks
-    from .service import ServiceHooks
+    from .service.hooks import ServiceHooks
 
 #: How often a blocked source read wakes up to check for a stop request.
 POLL_S = 0.1
@@ -79,7 +79,7 @@ class Runtime:
             hooks: Optional["ServiceHooks"] = None) -> Dict[str, Any]:
         """Decide until the source ends, ``duration_s`` passes or ``stop`` is set; return the summary.
 
-        ``hooks`` (:mod:`edge_infer.service`: systemd notify, metrics) hear when the loop is ready, a tick
+        ``hooks`` (:mod:`edge_infer.service.hooks`: systemd notify, metrics) hear when the loop is ready, a tick
         at least every ``POLL_S`` whether frames come or not, and when it stops. Unless the source ended,
         the sinks get a last safe decision (:meth:`shutdown`) before they are flushed.
         """
@@ -122,7 +122,7 @@ class Runtime:
     def start(self) -> None:
         """Before the first frame (once): warm-up and budget check, CPU pinning/SCHED_FIFO, GC control, no_data.
 
-        Raises :class:`~edge_infer.startup.BudgetError` if the warm-up p99 does not fit the budget and
+        Raises :class:`~edge_infer.deadline.startup.BudgetError` if the warm-up p99 does not fit the budget and
         ``strict_budget`` is set.
         """
         if self._started:

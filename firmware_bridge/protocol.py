@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Optional, Sequence, Tuple, Union
 
 from edge_infer.errors import SourceError
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 
 from .cobs import cobs_decode, cobs_encode, max_encoded_len
 from .crc import crc16_ccitt_false, crc32_iso_hdlc
@@ -185,7 +185,7 @@ class Action:
 
     ``action`` indexes the model's output labels; :data:`SAFE_ACTION` (-1)
     means "your own safe default". ``reason`` is an
-    :class:`edge_infer.reasons.Reason` value (a plain int if this side does
+    :class:`edge_infer.decide.reasons.Reason` value (a plain int if this side does
     not know it yet: reasons are appended over time). ``name`` is the
     action's label, for logs on the device; the encoder cuts it to
     :data:`MAX_ACTION_NAME` bytes at a character boundary.

@@ -52,7 +52,7 @@ import numpy as np
 
 from edge_infer.errors import EdgeInferError, LogError
 from edge_infer.io import read_log
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 
 from .faults import FaultInjector
 from .protocol import (HELLO_FIXED, MAX_CHANNELS, MAX_PAYLOAD, SAFE_ACTION, Action, FrameEncoder, Heartbeat, Hello,

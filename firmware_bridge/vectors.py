@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 
 from .cobs import cobs_encode
 from .crc import crc16_ccitt_false, crc32_iso_hdlc

@@ -36,11 +36,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_loop import finish_report, start_report  # noqa: E402
-from edge_infer import isolated  # noqa: E402
-from edge_infer.deadline_options import DeadlineOptions  # noqa: E402
-from edge_infer.decision import Decision  # noqa: E402
+from edge_infer.deadline import isolated  # noqa: E402
+from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
+from edge_infer.decide.decision import Decision  # noqa: E402
 from edge_infer.io import RecordedLog, read_log  # noqa: E402
-from edge_infer.loader import bundled_log, bundled_spec, open_model  # noqa: E402
+from edge_infer.model.loader import bundled_log, bundled_spec, open_model  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.sinks.base import Sink  # noqa: E402
 from edge_infer.sources.log_replay import LogSource, channel_columns  # noqa: E402

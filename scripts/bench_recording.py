@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_infer.decision import Decision  # noqa: E402
+from edge_infer.decide.decision import Decision  # noqa: E402
 from edge_infer.frame import Frame  # noqa: E402
 from edge_infer.io.mcap_log import read_mcap  # noqa: E402
 from edge_infer.sinks.recorder import RecordingSink  # noqa: E402

@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from edge_infer.checks.config import ChecksConfig, parse_checks  # noqa: E402
 from edge_infer.errors import EdgeInferError  # noqa: E402
-from edge_infer.loader import bundled_spec  # noqa: E402
-from edge_infer.spec import ModelSpec, load_spec  # noqa: E402
+from edge_infer.model.loader import bundled_spec  # noqa: E402
+from edge_infer.model.spec import ModelSpec, load_spec  # noqa: E402
 
 #: fault type -> the reason code a window holding it should get (None: it must stay a model decision)
 EXPECTED = {

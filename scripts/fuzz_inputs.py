@@ -48,7 +48,7 @@ SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gette
 
 def seeds(target: str) -> List[bytes]:
     """Valid inputs to start from: mutations of these reach far deeper than random bytes."""
-    from edge_infer.loader import bundled_log, bundled_spec
+    from edge_infer.model.loader import bundled_log, bundled_spec
     from edge_infer.testing.tflite_builder import dense_model
 
     if target == "csv":
@@ -84,7 +84,7 @@ def target_function(target: str, workdir: Path) -> Callable[[bytes], bool]:
         return open_input
 
     if target == "spec":
-        from edge_infer.loader import bundled_spec, open_model
+        from edge_infer.model.loader import bundled_spec, open_model
         path = workdir / "fuzz.toml"
         model = workdir / "basic_motions.tflite"
         model.write_bytes((bundled_spec().parent / "basic_motions.tflite").read_bytes())
@@ -100,7 +100,7 @@ def target_function(target: str, workdir: Path) -> Callable[[bytes], bool]:
 
     import numpy as np
 
-    from edge_infer.engine import Engine
+    from edge_infer.model.engine import Engine
     path = workdir / "fuzz.tflite"
 
     def open_input(data: bytes) -> bool:
@@ -170,10 +170,10 @@ def fuzz_atheris_child(target: str, runs: int, seed: int) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["edge_infer"]):
-        import edge_infer.engine  # noqa: F401
+        import edge_infer.model.engine  # noqa: F401
         import edge_infer.io.csv_log  # noqa: F401
-        import edge_infer.loader  # noqa: F401
-        import edge_infer.spec  # noqa: F401
+        import edge_infer.model.loader  # noqa: F401
+        import edge_infer.model.spec  # noqa: F401
     workdir = Path(tempfile.mkdtemp(dir=SCRATCH))
     corpus = workdir / "corpus"
     corpus.mkdir()

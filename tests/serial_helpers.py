@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "firmware_bridge"))
 
-from edge_infer.deadline_options import DeadlineOptions  # noqa: E402
+from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.sinks.collect import CollectSink  # noqa: E402
 from edge_infer.sinks.device import attach_device  # noqa: E402

@@ -16,7 +16,7 @@ import pytest
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, read_jsonl, run_cli
 from edge_infer.checks.config import parse_checks
 from edge_infer.io import read_log
-from edge_infer.spec import load_spec
+from edge_infer.model.spec import load_spec
 from edge_infer.testing.fault_report import score
 
 SCRIPT = ROOT / "scripts" / "corrupt_log.py"

@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import BUNDLED_SPEC, ROOT, run_cli
 from edge_infer.checks.config import WINDOW_REASONS
 from edge_infer.checks.guard import build_guard
-from edge_infer.engine import Engine
+from edge_infer.model.engine import Engine
 from edge_infer.errors import LogError, ModelError, SpecError
 from edge_infer.frame import Frame
 from edge_infer.io.csv_log import read_csv_log
-from edge_infer.loader import open_model
-from edge_infer.reasons import Reason
-from edge_infer.spec import load_spec
+from edge_infer.model.loader import open_model
+from edge_infer.decide.reasons import Reason
+from edge_infer.model.spec import load_spec
 from edge_infer.testing.tflite_builder import dense_model
 from edge_infer.window import WindowBuffer
 
@@ -175,7 +175,7 @@ SEGFAULTING_MODEL = Path(__file__).parent / "data" / "segfaulting_model.tflite"
 def test_a_model_that_crashes_the_interpreter_is_refused_with_one_line():
     """A 624-byte mutation of a builder model (found by scripts/fuzz_inputs.py) that kills LiteRT 2.3.0 with
     SIGSEGV inside Interpreter(model_content=...): the load probe turns that into a ModelError."""
-    raw = subprocess.run([sys.executable, "-c", "import sys; from edge_infer.backends import resolve_backend; "
+    raw = subprocess.run([sys.executable, "-c", "import sys; from edge_infer.model.backends import resolve_backend; "
                           "_, cls = resolve_backend(None); cls(model_content=open(sys.argv[1], 'rb').read())",
                           str(SEGFAULTING_MODEL)], capture_output=True, timeout=300, cwd=ROOT)
     result = run_cli("inspect", str(SEGFAULTING_MODEL))

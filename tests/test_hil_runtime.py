@@ -20,7 +20,7 @@ import signal
 import numpy as np
 import pytest
 
-from edge_infer.loader import open_model
+from edge_infer.model.loader import open_model
 from serial_helpers import (CHANNELS, WINDOW, CDevice, LiveRun, RuntimeProcess, seeded_faults, wait_for,
                             write_spec)
 from fb_helpers import finish, hil_board, log_values, start_sim, write_log

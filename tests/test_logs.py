@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from edge_infer.logs import JournalFormatter, RepeatFilter, setup_logging, stream_is_journal
+from edge_infer.service.logs import JournalFormatter, RepeatFilter, setup_logging, stream_is_journal
 
 
 class FakeTime:

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import run_cli
 from edge_infer.errors import ConfigError, EdgeInferError
 from edge_infer.io import read_log
-from edge_infer.loader import open_model
-from edge_infer.metrics import (HttpExporter, MetricFamily, TextfileExporter, collect, format_text, parse_listen,
+from edge_infer.model.loader import open_model
+from edge_infer.service.metrics import (HttpExporter, MetricFamily, TextfileExporter, collect, format_text, parse_listen,
                                 write_textfile)
 from edge_infer.runtime import Runtime
 from edge_infer.sources.log_replay import LogSource, channel_columns

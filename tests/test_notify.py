@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from edge_infer.clock import FakeClock
-from edge_infer.notify import Notifier, format_message, socket_address, watchdog_interval_ns
+from edge_infer.deadline.clock import FakeClock
+from edge_infer.service.notify import Notifier, format_message, socket_address, watchdog_interval_ns
 
 MS = 1_000_000
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import BUNDLED_SPEC, ROOT
-from edge_infer import ood
+from edge_infer.checks import ood
 from edge_infer.checks.calibrate import calibrate, calibrate_spec, strip_tables
 from edge_infer.checks.config import parse_checks
-from edge_infer.loader import open_model
-from edge_infer.spec import load_spec
+from edge_infer.model.loader import open_model
+from edge_infer.model.spec import load_spec
 from edge_infer.testing.tflite_builder import dense_model, write_model
 
 WINDOW = 16

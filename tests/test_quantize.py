@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge_infer.quantize import InputConverter, OutputConverter, QuantParams, dequantize, quantize
+from edge_infer.model.quantize import InputConverter, OutputConverter, QuantParams, dequantize, quantize
 
 INT8 = QuantParams(np.int8, 0.05, -3)
 UINT8 = QuantParams(np.uint8, 0.1, 128)

@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from edge_infer.decision import Decision
-from edge_infer.loader import open_model
-from edge_infer.reasons import Reason
+from edge_infer.decide.decision import Decision
+from edge_infer.model.loader import open_model
+from edge_infer.decide.reasons import Reason
 from edge_infer.sinks.device import DeviceSink
 from edge_infer.sources.serial_link import SerialSource
 from firmware_bridge.protocol import SAFE_ACTION, Action, ActionSource, Heartbeat

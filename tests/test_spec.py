@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge_infer.errors import SpecError
-from edge_infer.spec import load_spec, spec_for_bare_model
+from edge_infer.model.spec import load_spec, spec_for_bare_model
 
 GOOD = """
 [model]

@@ -1,6 +1,6 @@
-from edge_infer.decision import Decision
-from edge_infer.reasons import Reason
-from edge_infer.summary import RunStats, format_summary
+from edge_infer.decide.decision import Decision
+from edge_infer.decide.reasons import Reason
+from edge_infer.sinks.stats import RunStats, format_summary
 
 
 def decision(action, label, source="model", reason=None, latency_us=100.0):

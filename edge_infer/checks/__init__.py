@@ -3,7 +3,7 @@
 Per frame (timestamps, repeated samples) and per window (non-finite values,
 physical range, saturation, stuck channels, too few fresh samples, distance
 from the training data), each failing check is a reason code from
-:mod:`edge_infer.reasons` and the spec says, per reason, whether the window
+:mod:`edge_infer.decide.reasons` and the spec says, per reason, whether the window
 falls back or is decided by the model and flagged. Submodules:
 
 * :mod:`.config` - the spec's ``[checks]``, ``[checks.policy]`` and ``[ood]`` tables, validated at load;

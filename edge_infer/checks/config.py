@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 import numpy as np
 
 from ..errors import SpecError
-from ..ood import FEATURES, OodModel
-from ..reasons import Reason
+from .ood import FEATURES, OodModel
+from ..decide.reasons import Reason
 
 if TYPE_CHECKING:  # spec.py imports this module at load
-    from ..spec import ModelSpec
+    from ..model.spec import ModelSpec
 
 POLICIES = ("fallback", "flag")
 #: The reasons a window check can give, in the order they are reported when several fail at once:

@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..decision import Decision, DecisionRule
+from ..decide.decision import Decision, DecisionRule
 from ..frame import Frame
-from ..reasons import Reason
-from ..scheduler import ModelAnswer
+from ..decide.reasons import Reason
+from ..deadline.scheduler import ModelAnswer
 from .config import WINDOW_REASONS, ChecksConfig, parse_checks
 from .stats import WindowStats
 
 if TYPE_CHECKING:
-    from ..spec import ModelSpec
+    from ..model.spec import ModelSpec
 
 _NEVER = -(1 << 62)  # "no faulty frame yet": older than any window
 # NaN and Inf are what the checks look for: numpy's "invalid value" warnings on them are not news. A filter

@@ -13,7 +13,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from .. import __version__
-from ..config import apply_config
+from ..service.config import apply_config
 from ..errors import EdgeInferError
 from . import bench, check_config, convert, inspect_model, record, replay, run
 

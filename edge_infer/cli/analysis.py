@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..compare import compare_runs, format_comparison
+from ..lab.compare import compare_runs, format_comparison
 from ..errors import EdgeInferError
-from ..progress import ProgressBar, wanted
-from ..report import Baseline, require_matplotlib, write_report
+from ..sinks.progress import ProgressBar, wanted
+from ..lab.report import Baseline, require_matplotlib, write_report
 from ..sinks.collect import CollectSink
 from .common import log_runtime, run_until_stopped
 

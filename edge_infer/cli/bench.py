@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..bench import bench_invoke
+from ..model.bench import bench_invoke
 from ..errors import EdgeInferError
-from ..loader import open_model
+from ..model.loader import open_model
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

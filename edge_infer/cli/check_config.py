@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import DEFAULT_CONFIG, is_source_uri, load_config
+from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..io import read_log
-from ..loader import bundled_log, open_model
-from ..metrics import HttpExporter
+from ..model.loader import bundled_log, open_model
+from ..service.metrics import HttpExporter
 from ..sources.log_replay import channel_columns
 
 

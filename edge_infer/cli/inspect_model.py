@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..engine import Engine
-from ..loader import bundled_spec
-from ..spec import load_spec
+from ..model.engine import Engine
+from ..model.loader import bundled_spec
+from ..model.spec import load_spec
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from ..config import is_source_uri
-from ..deadline_options import runtime_options
-from ..loader import open_model
+from ..service.config import is_source_uri
+from ..deadline.options import runtime_options
+from ..model.loader import open_model
 from ..runtime import Runtime
 from ..sinks.device import attach_device
 from ..sources import open_live_source

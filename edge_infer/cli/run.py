@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..service import ServiceHooks, add_service_options
+from ..service.hooks import ServiceHooks, add_service_options
 from .common import add_run_options, add_source_option, log_runtime, print_summary, run_until_stopped
 from .live import is_live_source, live_runtime
 from .recording import attach_recorder

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 
-from ..decision import Decision
+from ..decide.decision import Decision
 from ..frame import Frame
 
 

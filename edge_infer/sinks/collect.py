@@ -1,6 +1,6 @@
 """A sink that keeps every decision (and, if asked, every frame) of a run, for the report and the comparison.
 
-:class:`~edge_infer.summary.RunStats` keeps constant memory for weeks of
+:class:`~edge_infer.sinks.stats.RunStats` keeps constant memory for weeks of
 service; a replay report and a model comparison need each window instead.
 They are kept column by column in typed ``array.array`` buffers (8 bytes per
 number, not a dict per decision), so a replay of millions of frames stays
@@ -15,9 +15,9 @@ from typing import Dict, Hashable, List, Optional
 
 import numpy as np
 
-from ..decision import Decision
+from ..decide.decision import Decision
 from ..frame import Frame
-from ..reasons import Reason
+from ..decide.reasons import Reason
 from .base import Sink
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from ..decision import Decision
+from ..decide.decision import Decision
 from .base import Sink
 
 SHOW_MODES = ("changes", "all", "none")

@@ -22,11 +22,11 @@ from typing import Any, Dict, Optional
 
 from firmware_bridge.protocol import SAFE_ACTION, ActionSource
 
-from ..decision import Decision
+from ..decide.decision import Decision
 from ..frame import Frame
-from ..reasons import Reason
+from ..decide.reasons import Reason
 from ..sources.serial_link import SerialSource
-from ..spec import Action, ModelSpec
+from ..model.spec import Action, ModelSpec
 from .base import Sink
 
 _MAX_ACTION = 0x7FFF  # the ACTION field is an i16

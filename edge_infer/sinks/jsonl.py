@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..decision import Decision
+from ..decide.decision import Decision
 from ..errors import EdgeInferError
 from .base import Sink
 

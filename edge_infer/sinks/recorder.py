@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..clock import Clock
-from ..decision import Decision
+from ..deadline.clock import Clock
+from ..decide.decision import Decision
 from ..frame import Frame
 from ..errors import EdgeInferError
 from ..io.mcap_log import McapLogWriter

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..clock import Clock
+from ..deadline.clock import Clock
 from ..errors import LogError
 from ..frame import Frame
 from ..io import RecordedLog

@@ -52,7 +52,7 @@ from firmware_bridge.protocol import (Action, ActionSource, ErrorReport, FrameEn
                                       LinkFrame, SchemaMismatch, Sensor, check_hello)
 from firmware_bridge.stream import FrameDecoder
 
-from ..clock import Clock
+from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
 from . import DEFAULT_BAUD

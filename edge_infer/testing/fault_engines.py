@@ -16,7 +16,7 @@ import ctypes
 
 import numpy as np
 
-from ..isolated import ChildConfig, load_engine
+from ..deadline.isolated import ChildConfig, load_engine
 
 #: A window containing this value segfaults the process that runs it.
 SEGFAULT_MARKER = 9999.0

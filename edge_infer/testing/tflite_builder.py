@@ -21,7 +21,7 @@ From the command line (prints the path and size)::
     python -m edge_infer.testing.tflite_builder slow OUT.tflite --preset 1ms
 
 The quantization arithmetic here is deliberately independent of
-:mod:`edge_infer.quantize`: these models are the oracle the runtime's
+:mod:`edge_infer.model.quantize`: these models are the oracle the runtime's
 quantization is tested against, so they must not share its bugs.
 """
 

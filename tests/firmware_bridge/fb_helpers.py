@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 import pytest
 import serial
 
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 from firmware_bridge.protocol import Action, ActionSource, FrameEncoder, LinkFrame, Sensor
 from firmware_bridge.stream import FrameDecoder
 

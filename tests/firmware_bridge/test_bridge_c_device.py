@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 from firmware_bridge.protocol import (Action, ActionSource, Flags, FrameEncoder, Heartbeat, Hello, Sensor,
                                       SampleType, check_hello, encode)
 from firmware_bridge.stream import FrameDecoder

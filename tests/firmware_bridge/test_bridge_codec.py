@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from edge_infer.errors import SourceError
-from edge_infer.reasons import Reason
+from edge_infer.decide.reasons import Reason
 from firmware_bridge import protocol as p
 from firmware_bridge.cobs import cobs_decode, cobs_encode, max_encoded_len
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc

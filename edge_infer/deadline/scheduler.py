@@ -1,6 +1,6 @@
 """The deadline scheduler: get the model's answer for a window, or a reason why not, by a deadline.
 
-A scheduler owns the :class:`~edge_infer.engine.Engine` (only it may call
+A scheduler owns the :class:`~edge_infer.model.engine.Engine` (only it may call
 the interpreter) and answers :meth:`Scheduler.run` with a
 :class:`ModelAnswer`: the output if it came in time, else the reason the
 decision stage must fall back.
@@ -9,7 +9,7 @@ A TFLite ``invoke()`` cannot be cancelled from Python, so a deadline can
 only be kept *outside* the call: :class:`ThreadedScheduler` (the default)
 runs the model in one worker thread (``invoke`` releases the GIL) and stops
 waiting at the deadline while the invoke goes on; the process mode
-(:mod:`edge_infer.isolated`) does the same with a child process that can be
+(:mod:`edge_infer.deadline.isolated`) does the same with a child process that can be
 killed. Requests carry an id, and an answer that comes back for a window
 that was already decided is dropped and counted, never acted on. The policy
 for a window that arrives while the model is still busy is described in
@@ -28,8 +28,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .clock import Clock
-from .engine import Engine
-from .reasons import Reason
+from ..model.engine import Engine
+from ..decide.reasons import Reason
 from .tail_estimate import TailEstimate
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from .backends import Backend, backend_version, resolve_backend
-from .errors import ModelError
-from .model_probe import probe
+from ..errors import ModelError
+from .probe import probe
 from .quantize import SUPPORTED_DTYPES, InputConverter, OutputConverter, QuantParams
 
 #: The flatbuffer file identifier of a TFLite model, at byte offset 4.
@@ -116,7 +116,7 @@ class Engine:
 
     def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1,
                  check_sha256: Optional[Callable[[str], None]] = None):
-        """``check_sha256`` (a spec's :meth:`~edge_infer.spec.ModelSpec.check_hash`) may refuse the file by
+        """``check_sha256`` (a spec's :meth:`~edge_infer.model.spec.ModelSpec.check_hash`) may refuse the file by
         its hash before the native interpreter parses it."""
         self.path = Path(model_path)
         self.num_threads = num_threads

@@ -40,9 +40,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .clock import Clock
-from .engine import Engine
-from .errors import ModelError
-from .reasons import Reason
+from ..model.engine import Engine
+from ..errors import ModelError
+from ..decide.reasons import Reason
 from .scheduler import WorkerScheduler
 
 log = logging.getLogger(__name__)

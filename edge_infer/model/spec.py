@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .checks.config import parse_checks
-from .errors import SpecError
-from .toml_file import read_toml
+from ..checks.config import parse_checks
+from ..errors import SpecError
+from ..settings.toml_file import read_toml
 
 Action = Union[str, int]
 

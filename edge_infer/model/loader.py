@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .engine import Engine
-from .errors import EdgeInferError, SpecError
+from ..errors import EdgeInferError, SpecError
 from .spec import Action, ModelSpec, load_spec, spec_for_bare_model
 
 BUNDLED_SPEC = "basic_motions/basic_motions.toml"
@@ -24,7 +24,7 @@ def models_dir() -> Path:
     """Where the bundled models are: $EDGE_INFER_MODELS, the source checkout, or the install prefix."""
     candidates = [
         Path(os.environ["EDGE_INFER_MODELS"]) if os.environ.get("EDGE_INFER_MODELS") else None,
-        Path(__file__).resolve().parent.parent / "models",
+        Path(__file__).resolve().parents[2] / "models",
         # where pip put setup.cfg's data_files: the environment's prefix, or the user scheme (pip install --user)
         *(Path(sysconfig.get_path("data", scheme)) / "share" / "edge-infer" / "models" for scheme in _schemes()),
     ]

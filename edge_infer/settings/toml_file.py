@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Type
 
-from .errors import EdgeInferError
+from ..errors import EdgeInferError
 
 if sys.version_info >= (3, 11):
     import tomllib

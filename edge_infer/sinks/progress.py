@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-from .decision import Decision
-from .frame import Frame
-from .sinks.base import Sink
+from ..decide.decision import Decision
+from ..frame import Frame
+from .base import Sink
 
 #: Seconds between redraws.
 REDRAW_S = 0.25

@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .sinks.collect import CollectSink
+from ..sinks.collect import CollectSink
 
 #: How many disagreeing windows are listed by seq.
 FIRST_DISAGREEMENTS = 10

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .reasons import Reason
-from .spec import Action, ModelSpec
+from ..model.spec import Action, ModelSpec
 
 
 @dataclass

@@ -9,7 +9,7 @@ crash-loop with nothing in the journal but "Segmentation fault". So before
 the runtime loads a model, a forked child loads it, allocates its tensors and
 reads its details, and exits; if the child dies from a signal the model is
 refused with one clear line. A child that merely raises is ignored: the
-parent's own load raises the same error, which :class:`~edge_infer.engine.Engine`
+parent's own load raises the same error, which :class:`~edge_infer.model.engine.Engine`
 already turns into a :class:`~edge_infer.errors.ModelError`.
 
 Forking costs a few milliseconds per load (measured in the test suite's many
@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ModelError
+from ..errors import ModelError
 
 #: A child that has not finished by then is stuck (say, on a lock another thread held when it forked), not
 #: crashed: it is killed and the model is loaded as usual.

@@ -78,7 +78,7 @@ class Notifier:
     """Sends notify messages to one socket; does nothing at all when there is none (not under systemd).
 
     Sending never blocks the decision loop (the socket is non-blocking) and never raises: a notify
-    message that cannot be delivered is logged (repeats are rate-limited by :mod:`edge_infer.logs`).
+    message that cannot be delivered is logged (repeats are rate-limited by :mod:`edge_infer.service.logs`).
     """
 
     def __init__(self, address: Optional[Address] = None, watchdog_ns: Optional[int] = None):

@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import BackendError
+from ..errors import BackendError
 
 
 @dataclass(frozen=True)

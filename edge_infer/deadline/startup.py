@@ -21,7 +21,7 @@ from typing import Any, Dict
 import numpy as np
 
 from .clock import Clock
-from .errors import EdgeInferError
+from ..errors import EdgeInferError
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .errors import SpecError
+from ..errors import SpecError
 from .reasons import Reason
-from .spec import Action, ModelSpec
+from ..model.spec import Action, ModelSpec
 
 STRATEGIES = ("constant", "hold_last")
 

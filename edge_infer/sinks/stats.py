@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, Optional
 
-from .checks.guard import format_input_checks
-from .decision import Decision
-from .frame import Frame
-from .histogram import Histogram
-from .scheduler import describe_counters
-from .sinks.base import Sink
+from ..checks.guard import format_input_checks
+from ..decide.decision import Decision
+from ..frame import Frame
+from ..histogram import Histogram
+from ..deadline.scheduler import describe_counters
+from .base import Sink
 
 
 class RunStats(Sink):

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any, List, Optional
 
-from .argtypes import positive_float
+from ..settings.argtypes import positive_float
 from .config import add_config_option
 from .logs import DEFAULT_REPEAT_INTERVAL_S, LEVELS, setup_logging
 from .metrics import DEFAULT_INTERVAL_S, HttpExporter, MetricFamily, TextfileExporter, collect, format_text

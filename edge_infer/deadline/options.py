@@ -1,6 +1,6 @@
 """How the loop keeps its deadlines: the ``[deadline]`` spec keys and their command-line overrides.
 
-The budget itself lives in :class:`~edge_infer.spec.ModelSpec`; everything
+The budget itself lives in :class:`~edge_infer.model.spec.ModelSpec`; everything
 about *how* the budget is enforced (which scheduler mode, what to do while
 the model is still busy, when a silent source counts as ``no_data``, the
 start-up check and the loop's tail-latency hygiene) is gathered here, so the
@@ -15,10 +15,10 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
-from .argtypes import non_negative_float, positive_float
-from .errors import SpecError
-from .fallback import build_fallback
-from .spec import ModelSpec
+from ..settings.argtypes import non_negative_float, positive_float
+from ..errors import SpecError
+from ..decide.fallback import build_fallback
+from ..model.spec import ModelSpec
 
 MODES = ("thread", "inline", "process")
 OVERLOAD_POLICIES = ("busy", "latest")

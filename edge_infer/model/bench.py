@@ -14,9 +14,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .deadline_options import DEFAULT_RESERVE_MS
+from ..deadline.options import DEFAULT_RESERVE_MS
 from .engine import Engine
-from .histogram import Histogram
+from ..histogram import Histogram
 
 HEADROOM_FACTOR = 1.5
 

@@ -1,0 +1,1 @@
+"""The decision stage: the model's answer or a fallback, always with a reason."""

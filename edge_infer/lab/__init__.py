@@ -1,0 +1,1 @@
+"""Lab tools over replays: the HTML report and model-to-model comparison."""

@@ -1,0 +1,1 @@
+"""The model stage: spec, interpreter backends, quantization, the engine, loading and benchmarking."""

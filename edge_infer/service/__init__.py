@@ -1,0 +1,1 @@
+"""Running as a service: config file, systemd notify, metrics, logs, and the loop's hooks."""
