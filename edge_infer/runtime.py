@@ -16,21 +16,22 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .checks.guard import build_guard
+from .deadline import build_scheduler
 from .deadline.clock import Clock
+from .deadline.hygiene import GcPacer, LoopPriority
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
-from .decide.decision import Decision, DecisionRule
-from .model.engine import Engine
-from .decide.fallback import ConstantFallback, build_fallback
-from .frame import Frame
-from .decide.reasons import Reason
-from .deadline.hygiene import GcPacer, LoopScheduling
-from .deadline.scheduler import ModelAnswer, Scheduler, build_scheduler
+from .deadline.scheduler import ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
-from .sinks.base import Sink
-from .sources.base import EndOfStream, Source
-from .model.spec import ModelSpec
 from .deadline.startup import StartupReport, check_budget, warm_up
+from .decide.decision import Decision, DecisionRule
+from .decide.fallback import ConstantFallback, build_fallback
+from .decide.reasons import Reason
+from .frame import Frame
+from .model.engine import Engine
+from .model.spec import ModelSpec
+from .sinks.base import Sink
 from .sinks.stats import RunStats
+from .sources.base import EndOfStream, Source
 from .window import WindowBuffer
 
 if TYPE_CHECKING:  # the service module imports metrics and config; the loop only calls its hooks
@@ -64,7 +65,7 @@ class Runtime:
         self.startup: Optional[StartupReport] = None
         self._started = False
         self._gc = GcPacer()
-        self._scheduling = LoopScheduling()
+        self._priority = LoopPriority()
         self._silence: Optional[SilenceTimer] = None  # armed by start() if no_data is on
 
     def _build_scheduler(self) -> Scheduler:
@@ -135,7 +136,7 @@ class Runtime:
                                    options.hang_limit_ns(budget_ns), self.clock)
             check_budget(self.startup, self.scheduler.mode, options.strict_budget)
         if options.cpu_affinity or options.realtime:
-            self._scheduling.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
+            self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                    self.scheduler)
         if options.gc_control:
             self._gc.start()
@@ -231,7 +232,7 @@ class Runtime:
     def close(self) -> None:
         """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""
         self._gc.stop()
-        self._scheduling.restore()
+        self._priority.restore()
         for closer in [self.scheduler.close, *(s.close for s in self.sinks), self.source.close]:
             try:
                 closer()

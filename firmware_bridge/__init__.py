@@ -23,9 +23,29 @@ A serial reader needs only this::
     dec.counters.as_dict()                     # crc_errors, seq_gaps, ... for the summary
 """
 
-from .protocol import (MAX_WIRE, SAFE_ACTION, Action, ActionSource, ErrorCode, ErrorReport, Flags, FrameEncoder,
-                       FrameType, Heartbeat, Hello, LinkFrame, Reject, SampleType, SchemaMismatch, Sensor,
-                       check_hello, decode_frame, encode, encode_action, schema_hash)
+from .protocol import (
+                       MAX_WIRE,
+                       SAFE_ACTION,
+                       Action,
+                       ActionSource,
+                       ErrorCode,
+                       ErrorReport,
+                       Flags,
+                       FrameEncoder,
+                       FrameType,
+                       Heartbeat,
+                       Hello,
+                       LinkFrame,
+                       Reject,
+                       SampleType,
+                       SchemaMismatch,
+                       Sensor,
+                       check_hello,
+                       decode_frame,
+                       encode,
+                       encode_action,
+                       schema_hash,
+)
 from .stream import FrameDecoder, LinkCounters
 
 __all__ = [

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Optional, Sequence, Tuple, Union
 
-from edge_infer.errors import SourceError
 from edge_infer.decide.reasons import Reason
+from edge_infer.errors import SourceError
 
 from .cobs import cobs_decode, cobs_encode, max_encoded_len
 from .crc import crc16_ccitt_false, crc32_iso_hdlc

@@ -50,13 +50,26 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Set
 
 import numpy as np
 
+from edge_infer.decide.reasons import Reason
 from edge_infer.errors import EdgeInferError, LogError
 from edge_infer.io import read_log
-from edge_infer.decide.reasons import Reason
 
 from .faults import FaultInjector
-from .protocol import (HELLO_FIXED, MAX_CHANNELS, MAX_PAYLOAD, SAFE_ACTION, Action, FrameEncoder, Heartbeat, Hello,
-                       LinkFrame, SampleType, Sensor, Flags, schema_hash)
+from .protocol import (
+    HELLO_FIXED,
+    MAX_CHANNELS,
+    MAX_PAYLOAD,
+    SAFE_ACTION,
+    Action,
+    Flags,
+    FrameEncoder,
+    Heartbeat,
+    Hello,
+    LinkFrame,
+    SampleType,
+    Sensor,
+    schema_hash,
+)
 from .pty_link import PtyLink
 from .stream import FrameDecoder
 

@@ -28,9 +28,27 @@ from edge_infer.decide.reasons import Reason
 
 from .cobs import cobs_encode
 from .crc import crc16_ccitt_false, crc32_iso_hdlc
-from .protocol import (ACTION_FIXED, CRC, ERROR_FIXED, HEADER, HELLO_FIXED, MAX_ENCODED, VERSION, Action,
-                       ActionSource, ErrorReport, FrameType, Heartbeat, Hello, LinkFrame, SampleType, Sensor,
-                       encode, schema_hash, schema_string)
+from .protocol import (
+    ACTION_FIXED,
+    CRC,
+    ERROR_FIXED,
+    HEADER,
+    HELLO_FIXED,
+    MAX_ENCODED,
+    VERSION,
+    Action,
+    ActionSource,
+    ErrorReport,
+    FrameType,
+    Heartbeat,
+    Hello,
+    LinkFrame,
+    SampleType,
+    Sensor,
+    encode,
+    schema_hash,
+    schema_string,
+)
 from .stream import COUNTER_NAMES, FrameDecoder
 
 DEFAULT_PATH = Path(__file__).with_name("test_vectors.txt")

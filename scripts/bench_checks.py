@@ -40,8 +40,8 @@ from bench_loop import Case, bundled_case, edge_infer_loop, machine  # noqa: E40
 
 from edge_infer.checks.guard import InputGuard, build_guard  # noqa: E402
 from edge_infer.decide.decision import Decision, DecisionRule  # noqa: E402
-from edge_infer.model.engine import Engine  # noqa: E402
 from edge_infer.frame import Frame  # noqa: E402
+from edge_infer.model.engine import Engine  # noqa: E402
 from edge_infer.model.spec import ModelSpec  # noqa: E402
 from edge_infer.window import WindowBuffer  # noqa: E402
 

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_loop import finish_report, start_report  # noqa: E402
+
 from edge_infer.deadline import isolated  # noqa: E402
 from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
 from edge_infer.decide.decision import Decision  # noqa: E402

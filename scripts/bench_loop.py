@@ -42,16 +42,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_infer.model.backends import resolve_backend  # noqa: E402
 from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
 from edge_infer.decide.decision import Decision  # noqa: E402
-from edge_infer.model.engine import Engine  # noqa: E402
 from edge_infer.io import RecordedLog, read_log  # noqa: E402
+from edge_infer.model.backends import resolve_backend  # noqa: E402
+from edge_infer.model.engine import Engine  # noqa: E402
 from edge_infer.model.loader import bundled_log, bundled_spec, open_model  # noqa: E402
+from edge_infer.model.spec import ModelSpec  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.sinks.base import Sink  # noqa: E402
 from edge_infer.sources.log_replay import LogSource, channel_columns  # noqa: E402
-from edge_infer.model.spec import ModelSpec  # noqa: E402
 
 PERCENTILES = (50, 99, 99.9)
 

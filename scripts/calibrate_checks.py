@@ -30,8 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_infer.checks.calibrate import (DEFAULT_FALSE_ALARM_RATE, calibrate_spec,  # noqa: E402
-                                         describe, render_tables, spec_without_checks)
+from edge_infer.checks.calibrate import (  # noqa: E402
+    DEFAULT_FALSE_ALARM_RATE,
+    calibrate_spec,
+    describe,
+    render_tables,
+    spec_without_checks,
+)
 from edge_infer.errors import EdgeInferError  # noqa: E402
 from edge_infer.io import read_log  # noqa: E402
 from edge_infer.sources.log_replay import channel_columns  # noqa: E402

@@ -120,7 +120,9 @@ def target_function(target: str, workdir: Path) -> Callable[[bytes], bool]:
 # --- hypothesis ------------------------------------------------------------------------------------
 
 def fuzz_hypothesis(target: str, runs: int, seed: int) -> Dict[str, int]:
-    from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis import strategies as st
 
     counts = {"runs": 0, "accepted": 0, "rejected": 0, "unexpected": 0}
     starts = seeds(target)
@@ -170,8 +172,8 @@ def fuzz_atheris_child(target: str, runs: int, seed: int) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["edge_infer"]):
-        import edge_infer.model.engine  # noqa: F401
         import edge_infer.io.csv_log  # noqa: F401
+        import edge_infer.model.engine  # noqa: F401
         import edge_infer.model.loader  # noqa: F401
         import edge_infer.model.spec  # noqa: F401
     workdir = Path(tempfile.mkdtemp(dir=SCRATCH))

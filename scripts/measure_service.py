@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 from edge_infer.histogram import Histogram  # noqa: E402
 from edge_infer.io import read_log  # noqa: E402
 from edge_infer.model.loader import bundled_log, open_model  # noqa: E402
-from edge_infer.service.metrics import TextfileExporter, write_textfile  # noqa: E402
-from edge_infer.service.notify import Notifier  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.service.hooks import ServiceHooks  # noqa: E402
+from edge_infer.service.metrics import TextfileExporter, write_textfile  # noqa: E402
+from edge_infer.service.notify import Notifier  # noqa: E402
 from edge_infer.sources.log_replay import LogSource, channel_columns  # noqa: E402
 
 WATCHDOG_USEC = 1_000_000

@@ -29,8 +29,8 @@ from edge_infer.checks import ood  # noqa: E402
 from edge_infer.checks.config import parse_checks  # noqa: E402
 from edge_infer.io import read_log  # noqa: E402
 from edge_infer.model.loader import bundled_log, bundled_spec  # noqa: E402
-from edge_infer.sources.log_replay import channel_columns  # noqa: E402
 from edge_infer.model.spec import load_spec  # noqa: E402
+from edge_infer.sources.log_replay import channel_columns  # noqa: E402
 
 
 def distortions(x: np.ndarray, channels: list) -> Dict[str, Callable[[], np.ndarray]]:

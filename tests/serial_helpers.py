@@ -21,6 +21,8 @@ from typing import Callable, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "firmware_bridge"))
 
+from fb_helpers import CHANNELS, ROOT, TIMEOUT, wait_for  # noqa: E402
+
 from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.sinks.collect import CollectSink  # noqa: E402
@@ -28,9 +30,8 @@ from edge_infer.sinks.device import attach_device  # noqa: E402
 from edge_infer.sources.serial_link import SerialSource  # noqa: E402
 from edge_infer.testing.tflite_builder import dense_model, write_model  # noqa: E402
 from firmware_bridge.faults import FaultInjector  # noqa: E402
-from firmware_bridge.protocol import (FrameEncoder, Hello, LinkFrame, SampleType, Sensor, schema_hash)  # noqa: E402
+from firmware_bridge.protocol import FrameEncoder, Hello, LinkFrame, SampleType, Sensor, schema_hash  # noqa: E402
 from firmware_bridge.stream import FrameDecoder  # noqa: E402
-from fb_helpers import CHANNELS, ROOT, TIMEOUT, wait_for  # noqa: E402
 
 LABELS = ("rest", "walk", "run")
 WINDOW, HOP = 16, 4

@@ -12,10 +12,10 @@ import sys
 import venv
 
 import pytest
-
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, read_jsonl, run_cli
-from edge_infer.model.backends import BACKENDS, available_backends, resolve_backend
+
 from edge_infer.errors import BackendError
+from edge_infer.model.backends import BACKENDS, available_backends, resolve_backend
 
 TFLITE_VENV = ROOT / ".cache" / "venv-tflite-runtime"
 

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-
 from conftest import read_jsonl, run_cli
+
 from edge_infer.testing.tflite_builder import dense_model
 
 CASES = [  # dtype, window, channels, outputs, hidden, hop

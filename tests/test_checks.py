@@ -14,23 +14,23 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from edge_infer.checks import ood
 from edge_infer.checks.config import WINDOW_REASONS, parse_checks
 from edge_infer.checks.guard import InputGuard, build_guard
 from edge_infer.checks.stats import WindowStats
+from edge_infer.deadline.scheduler import InlineScheduler
 from edge_infer.decide.decision import Decision, DecisionRule
+from edge_infer.decide.reasons import Reason
 from edge_infer.errors import SpecError
 from edge_infer.frame import Frame
 from edge_infer.io import read_log
 from edge_infer.model.loader import open_model
-from edge_infer.decide.reasons import Reason
+from edge_infer.model.spec import load_spec
 from edge_infer.runtime import Runtime
-from edge_infer.deadline.scheduler import InlineScheduler
 from edge_infer.sinks.base import Sink
 from edge_infer.sources.log_replay import LogSource
-from edge_infer.model.spec import load_spec
 from edge_infer.testing.tflite_builder import dense_model, write_model
 from edge_infer.window import WindowBuffer
 

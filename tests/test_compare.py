@@ -4,11 +4,12 @@ import json
 from collections import Counter
 
 from conftest import read_jsonl, run_cli
-from edge_infer.lab.compare import compare_runs, format_comparison
+from replay_helpers import CHANNELS, CLASSES, write_log, write_model
+
 from edge_infer.decide.decision import Decision
+from edge_infer.lab.compare import compare_runs, format_comparison
 from edge_infer.sinks.collect import CollectSink
 from edge_infer.testing.tflite_builder import dense_model
-from replay_helpers import CHANNELS, CLASSES, write_log, write_model
 
 OPTIONS = ["--hop", "4", "--budget-ms", "5000"]
 

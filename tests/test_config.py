@@ -4,12 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, read_jsonl, run_cli
-from edge_infer.cli import build_parser
-from edge_infer.service.config import DEFAULT_CONFIG, load_config
-from edge_infer.errors import ConfigError
 from service_model import make_service_model
+
+from edge_infer.cli import build_parser
+from edge_infer.errors import ConfigError
+from edge_infer.service.config import DEFAULT_CONFIG, load_config
 
 
 @pytest.fixture(scope="module")

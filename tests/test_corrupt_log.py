@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, read_jsonl, run_cli
+
 from edge_infer.checks.config import parse_checks
 from edge_infer.io import read_log
 from edge_infer.model.spec import load_spec

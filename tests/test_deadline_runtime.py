@@ -13,21 +13,21 @@ from typing import List
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from edge_infer.deadline.clock import FakeClock
 from edge_infer.deadline.options import DeadlineOptions, options_for_spec
+from edge_infer.deadline.silence import SilenceTimer
 from edge_infer.decide.decision import Decision
-from edge_infer.errors import SpecError
 from edge_infer.decide.fallback import ConstantFallback, HoldLastFallback, build_fallback
+from edge_infer.decide.reasons import Reason
+from edge_infer.errors import SpecError
 from edge_infer.io import read_log
 from edge_infer.model.loader import open_model
-from edge_infer.decide.reasons import Reason
+from edge_infer.model.spec import load_spec
 from edge_infer.runtime import Runtime
-from edge_infer.deadline.silence import SilenceTimer
 from edge_infer.sinks.base import Sink
 from edge_infer.sources.log_replay import LogSource
-from edge_infer.model.spec import load_spec
 from edge_infer.testing.tflite_builder import PRESET_SLOW, dense_model, slow_model, write_model
 
 MS = 1_000_000

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import BUNDLED_SPEC, ROOT, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from edge_infer.checks.config import WINDOW_REASONS
 from edge_infer.checks.guard import build_guard
-from edge_infer.model.engine import Engine
+from edge_infer.decide.reasons import Reason
 from edge_infer.errors import LogError, ModelError, SpecError
 from edge_infer.frame import Frame
 from edge_infer.io.csv_log import read_csv_log
+from edge_infer.model.engine import Engine
 from edge_infer.model.loader import open_model
-from edge_infer.decide.reasons import Reason
 from edge_infer.model.spec import load_spec
 from edge_infer.testing.tflite_builder import dense_model
 from edge_infer.window import WindowBuffer

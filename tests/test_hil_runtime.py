@@ -19,12 +19,10 @@ import signal
 
 import numpy as np
 import pytest
+from fb_helpers import c_build_dir, finish, hil_board, log_values, sim_device_exe, start_sim, write_log  # noqa: F401,F811  (fixtures)
+from serial_helpers import CHANNELS, WINDOW, CDevice, LiveRun, RuntimeProcess, seeded_faults, wait_for, write_spec
 
 from edge_infer.model.loader import open_model
-from serial_helpers import (CHANNELS, WINDOW, CDevice, LiveRun, RuntimeProcess, seeded_faults, wait_for,
-                            write_spec)
-from fb_helpers import finish, hil_board, log_values, start_sim, write_log
-from fb_helpers import c_build_dir, sim_device_exe  # noqa: F401,F811  (fixtures)
 
 ROWS = 3000  # longer than any run here: the devices never run out of log before the host stops
 BOARD = hil_board()

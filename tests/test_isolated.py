@@ -15,18 +15,17 @@ from typing import List, Optional
 import numpy as np
 import pytest
 
+from edge_infer.deadline.isolated import ProcessScheduler
 from edge_infer.deadline.options import DeadlineOptions
 from edge_infer.decide.decision import Decision
+from edge_infer.decide.reasons import Reason
 from edge_infer.errors import ModelError
 from edge_infer.io import read_log
-from edge_infer.deadline.isolated import ProcessScheduler
 from edge_infer.model.loader import open_model
-from edge_infer.decide.reasons import Reason
 from edge_infer.runtime import Runtime
 from edge_infer.sinks.base import Sink
 from edge_infer.sources.log_replay import LogSource
-from edge_infer.testing.fault_engines import (HANG_MARKER, RAISE_MARKER, SEGFAULT_MARKER, failing_engine,
-                                              faulty_engine)
+from edge_infer.testing.fault_engines import HANG_MARKER, RAISE_MARKER, SEGFAULT_MARKER, failing_engine, faulty_engine
 from edge_infer.testing.tflite_builder import dense_model, write_model
 
 WINDOW, CHANNELS = 8, 3

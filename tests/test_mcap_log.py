@@ -13,16 +13,16 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from edge_infer.deadline.clock import FakeClock
 from edge_infer.decide.decision import Decision
+from edge_infer.decide.reasons import Reason
 from edge_infer.errors import LogError
 from edge_infer.frame import Frame
 from edge_infer.io import read_log
 from edge_infer.io.convert import convert_log
 from edge_infer.io.mcap_log import TOPIC_DECISIONS, TOPIC_FRAMES, TOPIC_HELLO, McapLogWriter, read_mcap
-from edge_infer.decide.reasons import Reason
 from edge_infer.sinks.recorder import RecordingSink, part_path
 
 CHANNELS = ["acc_x", "acc_y", "gyro_z"]

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, read_jsonl, run_cli
+from replay_helpers import timing_free, write_log, write_model
+
 from edge_infer.io import read_log
 from edge_infer.io.mcap_log import read_mcap
 from edge_infer.sinks.recorder import part_path
-from replay_helpers import timing_free, write_log, write_model
 
 
 def replay_decisions(tmp_path, log, model_args, name):

@@ -9,17 +9,24 @@ import sys
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import run_cli
+from prometheus_client.parser import text_string_to_metric_families
+from service_model import make_service_model
+
 from edge_infer.errors import ConfigError, EdgeInferError
 from edge_infer.io import read_log
 from edge_infer.model.loader import open_model
-from edge_infer.service.metrics import (HttpExporter, MetricFamily, TextfileExporter, collect, format_text, parse_listen,
-                                write_textfile)
 from edge_infer.runtime import Runtime
+from edge_infer.service.metrics import (
+    HttpExporter,
+    MetricFamily,
+    TextfileExporter,
+    collect,
+    format_text,
+    parse_listen,
+    write_textfile,
+)
 from edge_infer.sources.log_replay import LogSource, channel_columns
-from service_model import make_service_model
 
 # One line of the text format 0.0.4: a comment, or name{labels} value (no timestamps written).
 _LINE = re.compile(r'^(# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .*'

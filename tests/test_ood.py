@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BUNDLED_SPEC, ROOT
+
 from edge_infer.checks import ood
 from edge_infer.checks.calibrate import calibrate, calibrate_spec, strip_tables
 from edge_infer.checks.config import parse_checks

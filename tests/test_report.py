@@ -9,15 +9,15 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, read_jsonl, run_cli
+from replay_helpers import write_log, write_model, write_spec
+
 from edge_infer.decide.decision import Decision
-from edge_infer.frame import Frame
-from edge_infer.sinks.progress import ProgressBar, wanted
 from edge_infer.decide.reasons import Reason
+from edge_infer.frame import Frame
 from edge_infer.lab.report import confusion_counts, render_report
 from edge_infer.sinks.collect import CollectSink
-from replay_helpers import write_log, write_model, write_spec
+from edge_infer.sinks.progress import ProgressBar, wanted
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge_infer.deadline.clock import FakeClock
-from edge_infer.decide.reasons import Reason
 from edge_infer.deadline.scheduler import ADMISSION_PROBE_EVERY, InlineScheduler, ThreadedScheduler
+from edge_infer.decide.reasons import Reason
 
 MS = 1_000_000
 BUDGET = 5 * MS

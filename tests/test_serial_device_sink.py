@@ -10,15 +10,25 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from serial_helpers import (
+    CHANNELS,
+    HOP,
+    LABELS,
+    WINDOW,
+    LiveRun,
+    ScriptedDevice,
+    hello_for,
+    pump_until,
+    wait_for,
+    write_spec,
+)
 
 from edge_infer.decide.decision import Decision
-from edge_infer.model.loader import open_model
 from edge_infer.decide.reasons import Reason
+from edge_infer.model.loader import open_model
 from edge_infer.sinks.device import DeviceSink
 from edge_infer.sources.serial_link import SerialSource
 from firmware_bridge.protocol import SAFE_ACTION, Action, ActionSource, Heartbeat
-from serial_helpers import (CHANNELS, HOP, LABELS, WINDOW, LiveRun, ScriptedDevice, hello_for, pump_until,
-                            wait_for, write_spec)
 
 
 @pytest.fixture(scope="module")

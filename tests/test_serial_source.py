@@ -11,15 +11,24 @@ import logging
 
 import numpy as np
 import pytest
+from serial_helpers import CHANNELS, ScriptedDevice, hello_for, pump_until, wait_for
 
-from edge_infer.errors import SourceError
 from edge_infer import sources
+from edge_infer.errors import SourceError
 from edge_infer.sources import DEFAULT_BAUD, SerialAddress, parse_source_uri
 from edge_infer.sources.serial_link import SEQ_RING, SerialSource
 from edge_infer.sources.serial_port import Backoff, SerialPort, by_id_tip
-from firmware_bridge.protocol import (Action, ActionSource, ErrorReport, Heartbeat, Hello, SampleType, SchemaMismatch, Sensor,
-                                      encode)
-from serial_helpers import CHANNELS, ScriptedDevice, hello_for, pump_until, wait_for
+from firmware_bridge.protocol import (
+    Action,
+    ActionSource,
+    ErrorReport,
+    Heartbeat,
+    Hello,
+    SampleType,
+    SchemaMismatch,
+    Sensor,
+    encode,
+)
 
 
 @pytest.fixture

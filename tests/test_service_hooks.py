@@ -10,19 +10,19 @@ import threading
 import time
 
 import pytest
+from service_model import make_service_model
 
 from edge_infer.deadline.clock import FakeClock
+from edge_infer.deadline.scheduler import InlineScheduler
 from edge_infer.io import read_log
 from edge_infer.model.loader import open_model
+from edge_infer.runtime import Runtime
+from edge_infer.service.hooks import ServiceHooks
 from edge_infer.service.metrics import TextfileExporter
 from edge_infer.service.notify import Notifier
-from edge_infer.runtime import Runtime
-from edge_infer.deadline.scheduler import InlineScheduler
-from edge_infer.service.hooks import ServiceHooks
 from edge_infer.sinks.base import Sink
 from edge_infer.sinks.jsonl import JsonLinesSink
 from edge_infer.sources.log_replay import LogSource, channel_columns
-from service_model import make_service_model
 
 SECOND = 1_000_000_000
 

@@ -18,6 +18,7 @@ import sys
 import time
 
 from conftest import ROOT, read_jsonl
+
 from edge_infer.io.mcap_log import read_mcap
 
 WATCHDOG_USEC = 1_000_000  # 1 s: pings are due every 0.5 s

@@ -16,7 +16,6 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import pytest
-
 import tflite
 from ai_edge_litert.interpreter import Interpreter
 

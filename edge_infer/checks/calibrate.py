@@ -22,17 +22,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import ood
-from ..errors import SpecError
 from ..decide.reasons import Reason
+from ..errors import SpecError
+from ..model.spec import ModelSpec, load_spec
+from . import ood
 from .config import DEFAULT_GAP_PERIODS, DEFAULT_SATURATED_MIN_SAMPLES, DEFAULT_SATURATION_TOLERANCE, POLICY_REASONS
-
-if TYPE_CHECKING:
-    from ..model.spec import ModelSpec
 
 DEFAULT_FALSE_ALARM_RATE = 0.005
 #: The physical range is the training envelope widened by this share of its span on each side
@@ -233,8 +231,6 @@ def spec_without_checks(spec_path: "str | Path") -> "ModelSpec":
 
 def _load_text(path: Path, text: str) -> "ModelSpec":
     """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way)."""
-    from ..model.spec import load_spec  # here: spec.py imports this package's config at load
-
     candidate = path.with_name(path.name + ".calibrating")
     candidate.write_text(text, encoding="utf-8")
     try:

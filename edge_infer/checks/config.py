@@ -15,16 +15,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence
 
 import numpy as np
 
+from ..decide.reasons import Reason
 from ..errors import SpecError
 from .ood import FEATURES, OodModel
-from ..decide.reasons import Reason
 
-if TYPE_CHECKING:  # spec.py imports this module at load
-    from ..model.spec import ModelSpec
+
+class SpecTables(Protocol):
+    """What the checks need of a model spec (:class:`~edge_infer.model.spec.ModelSpec` has it all).
+
+    A protocol rather than the class itself: the spec module calls :func:`parse_checks` at load, so this
+    module must not import it back.
+    """
+
+    extra: Dict[str, Any]
+    window: int
+    channels: Sequence[str]
+    sample_rate_hz: Optional[float]
+    spec_path: Optional[Path]
+    model_path: Path
 
 POLICIES = ("fallback", "flag")
 #: The reasons a window check can give, in the order they are reported when several fail at once:
@@ -75,13 +88,13 @@ class ChecksConfig:
         return self.policy[reason] == "flag"
 
 
-def parse_checks(spec: "ModelSpec") -> ChecksConfig:
+def parse_checks(spec: SpecTables) -> ChecksConfig:
     """The validated checks for ``spec``; raises :class:`SpecError` naming the first wrong key."""
     return _Parser(spec).parse()
 
 
 class _Parser:
-    def __init__(self, spec: "ModelSpec"):
+    def __init__(self, spec: SpecTables):
         self.spec = spec
         self.where = spec.spec_path or spec.model_path
         self.channels = len(spec.channels)
@@ -231,9 +244,4 @@ class _Parser:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def policy_table(config: ChecksConfig) -> Dict[str, str]:
-    """The policy in force, reason code -> "fallback" or "flag" (for the summary and the docs)."""
-    return {reason.code: config.policy[reason] for reason in POLICY_REASONS}
 

@@ -27,19 +27,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..decide.decision import Decision, DecisionRule
-from ..frame import Frame
-from ..decide.reasons import Reason
 from ..deadline.scheduler import ModelAnswer
+from ..decide.decision import Decision, DecisionRule
+from ..decide.reasons import Reason
+from ..frame import Frame
+from ..model.spec import ModelSpec
 from .config import WINDOW_REASONS, ChecksConfig, parse_checks
 from .stats import WindowStats
-
-if TYPE_CHECKING:
-    from ..model.spec import ModelSpec
 
 _NEVER = -(1 << 62)  # "no faulty frame yet": older than any window
 # NaN and Inf are what the checks look for: numpy's "invalid value" warnings on them are not news. A filter

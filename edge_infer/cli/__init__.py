@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import List, NoReturn, Optional
 
-from .. import __version__
-from ..service.config import apply_config
+from .._version import __version__
 from ..errors import EdgeInferError
+from ..service.config import apply_config
 from . import bench, check_config, convert, inspect_model, record, replay, run
 
 COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert)

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..lab.compare import compare_runs, format_comparison
 from ..errors import EdgeInferError
-from ..sinks.progress import ProgressBar, wanted
+from ..lab.compare import compare_runs, format_comparison
 from ..lab.report import Baseline, require_matplotlib, write_report
 from ..sinks.collect import CollectSink
+from ..sinks.progress import ProgressBar, wanted
 from .common import log_runtime, run_until_stopped
 
 

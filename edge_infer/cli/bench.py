@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..model.bench import bench_invoke
 from ..errors import EdgeInferError
+from ..model.bench import bench_invoke
 from ..model.loader import open_model
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..io import read_log
 from ..model.loader import bundled_log, open_model
+from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..service.metrics import HttpExporter
 from ..sources.log_replay import channel_columns
+from . import run
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
@@ -34,9 +35,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 def _run_options() -> "list[str]":
     """The option names ``run`` has in this build (a config key for an option it lacks is an error)."""
-    from . import build_parser  # late: this module is one of the commands build_parser registers
-
-    return list(vars(build_parser().parse_args(["run"])))
+    parser = argparse.ArgumentParser()
+    run.add_parser(parser.add_subparsers())
+    return list(vars(parser.parse_args(["run"])))
 
 
 def main(args: argparse.Namespace) -> int:

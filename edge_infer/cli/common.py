@@ -9,20 +9,20 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from ..service.config import is_source_uri
 from ..deadline.options import add_deadline_options, runtime_options
 from ..errors import EdgeInferError
 from ..io import RecordedLog, read_log
 from ..model.loader import bundled_log, open_model
 from ..runtime import Runtime
+from ..service.config import is_source_uri
+from ..settings import argtypes
 from ..sinks.base import Sink
 from ..sinks.console import SHOW_MODES, ConsoleSink
 from ..sinks.jsonl import JsonLinesSink
+from ..sinks.stats import format_summary
 from ..sources import open_live_source
 from ..sources.base import Source
 from ..sources.log_replay import LogSource, channel_columns
-from ..sinks.stats import format_summary
-from ..settings import argtypes
 from .recording import add_record_options
 
 

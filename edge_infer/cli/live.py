@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from ..service.config import is_source_uri
 from ..deadline.options import runtime_options
 from ..model.loader import open_model
 from ..runtime import Runtime
+from ..service.config import is_source_uri
 from ..sinks.device import attach_device
 from ..sources import open_live_source
 from .common import build_sinks

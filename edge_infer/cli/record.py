@@ -16,9 +16,9 @@ import time
 from typing import Optional
 
 from ..runtime import POLL_S
+from ..settings import argtypes
 from ..sinks.recorder import RecordingSink
 from ..sources.base import EndOfStream, Source
-from ..settings import argtypes
 from .common import add_source_option, open_source
 from .recording import add_rotation_option, check_mcap_path, max_bytes, source_metadata, subscribe_hello
 

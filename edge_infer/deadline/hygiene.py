@@ -11,7 +11,7 @@ rather than assumed to help:
   the sinks, when the next deadline is a hop away — by the same thresholds
   the collector would have used. Libraries may switch automatic collection
   back on, so that is re-checked each time.
-* :class:`LoopScheduling` — opt-in CPU affinity, and SCHED_FIFO for the
+* :class:`LoopPriority` — opt-in CPU affinity, and SCHED_FIFO for the
   loop thread (and a raised nice priority for the model's worker), so that
   the loop wakes up at its deadline on a loaded machine.
 """
@@ -77,7 +77,7 @@ def _thread_ids() -> List[int]:
         return [threading.get_native_id()]
 
 
-class LoopScheduling:
+class LoopPriority:
     """Opt-in CPU affinity and SCHED_FIFO for the loop and the model's worker, undone by :meth:`restore`.
 
     The calling thread — the decision loop — gets SCHED_FIFO: it sleeps nearly all the time and must

@@ -39,10 +39,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .clock import Clock
-from ..model.engine import Engine
-from ..errors import ModelError
 from ..decide.reasons import Reason
+from ..errors import ModelError
+from ..model.engine import Engine
+from .clock import Clock
 from .scheduler import WorkerScheduler
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _child_main(config: ChildConfig, factory: EngineFactory, shared: Any, reques
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    _set_scheduling(0, config)
+    _set_priority(0, config)
     request_fd, report_fd = requests.fileno(), reports.fileno()
     window, output = _shared_views(shared, config)
     engine = factory(config)
@@ -149,7 +149,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _set_scheduling(pid: int, config: ChildConfig) -> None:
+def _set_priority(pid: int, config: ChildConfig) -> None:
     """Best effort: the parent already warned if the settings are not permitted."""
     try:
         if config.cpu_affinity:

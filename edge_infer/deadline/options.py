@@ -15,10 +15,10 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..settings.argtypes import non_negative_float, positive_float
-from ..errors import SpecError
 from ..decide.fallback import build_fallback
+from ..errors import SpecError
 from ..model.spec import ModelSpec
+from ..settings.argtypes import non_negative_float, positive_float
 
 MODES = ("thread", "inline", "process")
 OVERLOAD_POLICIES = ("busy", "latest")

@@ -27,9 +27,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .clock import Clock
-from ..model.engine import Engine
 from ..decide.reasons import Reason
+from ..model.engine import Engine
+from .clock import Clock
 from .tail_estimate import TailEstimate
 
 log = logging.getLogger(__name__)
@@ -394,15 +394,3 @@ def describe_counters(counters: Dict[str, Any]) -> str:
         parts.append("last exits: " + "; ".join(counters["child_exits"]))
     return f"  model in {counters.get('mode', '?')} mode" + (": " + ", ".join(parts) if parts else "")
 
-
-def build_scheduler(mode: str, engine: Engine, clock: Optional[Clock] = None, **policy: Any) -> Scheduler:
-    """The scheduler for ``--mode``: ``inline``, ``thread`` or ``process`` (policy: see WorkerScheduler)."""
-    if mode == "inline":
-        return InlineScheduler(engine, clock)
-    if mode == "thread":
-        return ThreadedScheduler(engine, clock, **policy)
-    if mode == "process":
-        from .isolated import ProcessScheduler  # multiprocessing is only imported when asked for
-
-        return ProcessScheduler(engine, clock, **policy)
-    raise ValueError(f"unknown scheduler mode {mode!r}")

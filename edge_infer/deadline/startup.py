@@ -20,8 +20,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .clock import Clock
 from ..errors import EdgeInferError
+from .clock import Clock
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .reasons import Reason
 from ..model.spec import Action, ModelSpec
+from .reasons import Reason
 
 
 @dataclass

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ..errors import SpecError
-from .reasons import Reason
 from ..model.spec import Action, ModelSpec
+from .reasons import Reason
 
 STRATEGIES = ("constant", "hold_last")
 

@@ -36,7 +36,7 @@ from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EdgeInferError, LogError
 from .csv_log import RecordedLog
 
@@ -261,7 +261,7 @@ class McapRecording:
     cut_off: Optional[str] = None
 
 
-class _FrameDecoder:
+class _SensorRecordParser:
     """Collects ``/sensor/frames`` messages into columns, noting frames that do not fit."""
 
     def __init__(self, path: Path, strict: bool):
@@ -334,7 +334,7 @@ def read_mcap(path: "str | Path", strict: bool = False) -> McapRecording:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             raise LogError(f"recording {path} is empty")
-        frames = _FrameDecoder(path, strict)
+        frames = _SensorRecordParser(path, strict)
         recording = McapRecording(path=path, metadata={}, frames=frames.log(), frame_log_ns=np.zeros(0, np.int64))
         topics: Dict[int, str] = {}
         complete = False
@@ -384,7 +384,7 @@ class _WholeReads:
         return data
 
 
-def _take_record(record: Any, mcap: Any, topics: Dict[int, str], frames: _FrameDecoder,
+def _take_record(record: Any, mcap: Any, topics: Dict[int, str], frames: _SensorRecordParser,
                  recording: McapRecording) -> bool:
     """File one record where it belongs; True for the footer (the file is complete)."""
     records = mcap.records

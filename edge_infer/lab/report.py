@@ -22,11 +22,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import __version__
-from .compare import disagreement_matrix, key_numbers, side_by_side
-from ..errors import EdgeInferError
+from .._version import __version__
 from ..decide.reasons import Reason
+from ..errors import EdgeInferError
 from ..sinks.collect import CollectSink
+from .compare import disagreement_matrix, key_numbers, side_by_side
 
 #: Points per channel drawn in the timeline; longer logs are thinned by a stride (min/max would hide nothing
 #: more at this width: the figure is ~1200 px wide).

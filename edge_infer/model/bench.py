@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..deadline.options import DEFAULT_RESERVE_MS
-from .engine import Engine
 from ..histogram import Histogram
+from .engine import Engine
 
 HEADROOM_FACTOR = 1.5
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from .backends import Backend, backend_version, resolve_backend
 from ..errors import ModelError
+from .backends import Backend, backend_version, resolve_backend
 from .probe import probe
 from .quantize import SUPPORTED_DTYPES, InputConverter, OutputConverter, QuantParams
 

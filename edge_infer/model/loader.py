@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .engine import Engine
 from ..errors import EdgeInferError, SpecError
+from .engine import Engine
 from .spec import Action, ModelSpec, load_spec, spec_for_bare_model
 
 BUNDLED_SPEC = "basic_motions/basic_motions.toml"

@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..deadline.options import MODES, OVERLOAD_POLICIES
 from ..errors import ConfigError
+from ..settings.toml_file import read_toml
+from ..sinks.console import SHOW_MODES
 from .logs import LEVELS
 from .metrics import parse_listen
-from ..sinks.console import SHOW_MODES
-from ..settings.toml_file import read_toml
 
 DEFAULT_CONFIG = Path("/etc/edge-infer/config.toml")
 #: "serial:/dev/ttyUSB0?baud=115200" — a source named by a scheme, not a file path.

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .. import __version__
+from .._version import __version__
+from ..decide.reasons import Reason
 from ..errors import ConfigError, EdgeInferError
 from ..histogram import Histogram
-from ..decide.reasons import Reason
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Dict, Hashable, List, Optional
 import numpy as np
 
 from ..decide.decision import Decision
-from ..frame import Frame
 from ..decide.reasons import Reason
+from ..frame import Frame
 from .base import Sink
 
 

@@ -23,10 +23,10 @@ from typing import Any, Dict, Optional
 from firmware_bridge.protocol import SAFE_ACTION, ActionSource
 
 from ..decide.decision import Decision
-from ..frame import Frame
 from ..decide.reasons import Reason
-from ..sources.serial_link import SerialSource
+from ..frame import Frame
 from ..model.spec import Action, ModelSpec
+from ..sources.serial_link import SerialSource
 from .base import Sink
 
 _MAX_ACTION = 0x7FFF  # the ACTION field is an i16

@@ -42,8 +42,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..deadline.clock import Clock
 from ..decide.decision import Decision
-from ..frame import Frame
 from ..errors import EdgeInferError
+from ..frame import Frame
 from ..io.mcap_log import McapLogWriter
 from .base import Sink
 

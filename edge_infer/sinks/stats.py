@@ -11,10 +11,10 @@ from collections import Counter
 from typing import Any, Dict, Optional
 
 from ..checks.guard import format_input_checks
+from ..deadline.scheduler import describe_counters
 from ..decide.decision import Decision
 from ..frame import Frame
 from ..histogram import Histogram
-from ..deadline.scheduler import describe_counters
 from .base import Sink
 
 

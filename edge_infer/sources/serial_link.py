@@ -48,16 +48,26 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from firmware_bridge.protocol import (Action, ActionSource, ErrorReport, FrameEncoder, Heartbeat, Hello,
-                                      LinkFrame, SchemaMismatch, Sensor, check_hello)
+from firmware_bridge.protocol import (
+    Action,
+    ActionSource,
+    ErrorReport,
+    FrameEncoder,
+    Heartbeat,
+    Hello,
+    LinkFrame,
+    SchemaMismatch,
+    Sensor,
+    check_hello,
+)
 from firmware_bridge.stream import FrameDecoder
 
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
-from . import DEFAULT_BAUD
 from .base import Source
 from .serial_port import SerialPort
+from .uri import DEFAULT_BAUD
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,22 @@ import tty
 from pathlib import Path
 
 import pytest
+from fb_helpers import C_DIR, CHANNELS, TIMEOUT, build_c, c_build_dir, log_values, row_of, sim_device_exe, write_log  # noqa: F401  (fixtures)
 
 from edge_infer.decide.reasons import Reason
-from firmware_bridge.protocol import (Action, ActionSource, Flags, FrameEncoder, Heartbeat, Hello, Sensor,
-                                      SampleType, check_hello, encode)
+from firmware_bridge.protocol import (
+    Action,
+    ActionSource,
+    Flags,
+    FrameEncoder,
+    Heartbeat,
+    Hello,
+    SampleType,
+    Sensor,
+    check_hello,
+    encode,
+)
 from firmware_bridge.stream import FrameDecoder
-from fb_helpers import C_DIR, CHANNELS, TIMEOUT, build_c, log_values, row_of, write_log
-from fb_helpers import c_build_dir, sim_device_exe  # noqa: F401  (fixtures)
 
 HARNESS = Path(__file__).resolve().parent / "arduino_host"
 SKETCH = C_DIR / "examples" / "arduino_imu" / "arduino_imu.ino"

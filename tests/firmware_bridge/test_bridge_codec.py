@@ -7,14 +7,14 @@ import re
 import struct
 
 import pytest
+from fb_helpers import C_DIR, CHANNELS
 
-from edge_infer.errors import SourceError
 from edge_infer.decide.reasons import Reason
+from edge_infer.errors import SourceError
 from firmware_bridge import protocol as p
 from firmware_bridge.cobs import cobs_decode, cobs_encode, max_encoded_len
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc
 from firmware_bridge.stream import COUNTER_NAMES, FrameDecoder
-from fb_helpers import C_DIR, CHANNELS
 
 HELLO = p.Hello(fw_version=(1, 2, 3), sample_type=p.SampleType.INT16, sample_rate_millihz=10_000,
                 schema_hash=p.schema_hash(CHANNELS, p.SampleType.INT16), scales=(0.5,) * 3 + (0.25,) * 3,

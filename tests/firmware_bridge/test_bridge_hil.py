@@ -22,11 +22,19 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 import serial
-
-from firmware_bridge.protocol import (SAFE_ACTION, ActionSource, Flags, FrameEncoder, Hello, LinkFrame, Sensor,
-                                      check_hello)
-from firmware_bridge.stream import FrameDecoder
 from fb_helpers import CHANNELS, finish, hil_board, start_sim, write_log
+
+from firmware_bridge.protocol import (
+    SAFE_ACTION,
+    ActionSource,
+    Flags,
+    FrameEncoder,
+    Hello,
+    LinkFrame,
+    Sensor,
+    check_hello,
+)
+from firmware_bridge.stream import FrameDecoder
 
 BOOT_TIMEOUT = 10.0  # an Arduino resets when the port opens and waits ~2 s in its bootloader
 HEARTBEAT_S = 0.1

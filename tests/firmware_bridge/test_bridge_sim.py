@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+
 import pytest
+from fb_helpers import CHANNELS, ROOT, TIMEOUT, Host, finish, log_values, row_of, start_sim, wait_for, write_log
 
 from firmware_bridge.protocol import ActionSource, Flags, Heartbeat, Hello, Sensor, check_hello
-from fb_helpers import CHANNELS, ROOT, TIMEOUT, Host, finish, log_values, row_of, start_sim, wait_for, write_log
 
 
 def first_hello(host: Host) -> Hello:

@@ -8,14 +8,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fb_helpers import (
+    C_DIR,
+    ROOT,
+    build_c,
+    c_build_dir,  # noqa: F401  (fixture)
+)
 
 from firmware_bridge import vectors
 from firmware_bridge.cobs import cobs_decode, cobs_encode
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc
 from firmware_bridge.protocol import SampleType, decode_frame, encode, schema_hash
 from firmware_bridge.stream import FrameDecoder
-from fb_helpers import C_DIR, ROOT, build_c
-from fb_helpers import c_build_dir  # noqa: F401  (fixture)
 
 VF = vectors.load()
 SPEC = ROOT / "firmware_bridge" / "PROTOCOL.md"
