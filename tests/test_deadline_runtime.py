@@ -8,6 +8,7 @@ Timing logic runs on a fake clock; the command-line runs check counts and reason
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import List
 
@@ -17,6 +18,7 @@ from conftest import run_cli
 
 from edge_infer.deadline.clock import FakeClock
 from edge_infer.deadline.options import DeadlineOptions, options_for_spec
+from edge_infer.deadline.scheduler import ThreadedScheduler
 from edge_infer.deadline.silence import SilenceTimer
 from edge_infer.decide.decision import Decision
 from edge_infer.decide.fallback import ConstantFallback, HoldLastFallback, build_fallback
@@ -179,23 +181,103 @@ def slow_setup(tmp_path_factory):
     return model, log
 
 
-def test_a_slow_model_on_a_short_budget_is_decided_every_window_by_fallback_none_late(slow_setup):
+class TimePassesWhileWaiting(FakeClock):
+    """Fake time that passes while the loop waits for the model (1 ms a step) or the source paces a frame.
+
+    As real time would, except that nothing else can make it pass: a decision is as late as the loop's
+    own logic makes it, never as late as the machine's load makes it.
+    """
+
+    STEP_NS = MS
+
+    def wait(self, ready, deadline_ns):
+        while self.now_ns() < deadline_ns:
+            if ready(0.0001):
+                return True
+            self.advance(min(self.STEP_NS, deadline_ns - self.now_ns()))
+        return ready(0.0)
+
+
+class SlowEngine:
+    """A model whose every invoke takes ``takes_ns`` of fake time (its worker thread watches the clock)."""
+
+    window, channels, output_size = 8, 2, 3
+
+    def __init__(self, clock: FakeClock, takes_ns: int):
+        self.clock, self.takes_ns, self.invokes = clock, takes_ns, 0
+        self._out = np.zeros(self.output_size, dtype=np.float32)
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        self.invokes += 1
+        done_at = self.clock.now_ns() + self.takes_ns
+        give_up = time.monotonic() + 60.0  # a safety net for a broken test, not a timing assertion
+        while self.clock.now_ns() < done_at and time.monotonic() < give_up:
+            time.sleep(0.0005)
+        self._out[:] = window[-1, 0]
+        return self._out
+
+
+def test_a_slow_model_is_decided_every_window_by_fallback_and_none_late(tmp_path):
+    """The core guarantee, as logic: a model slower than the budget never delays a decision past it.
+
+    The model takes 250 ms of a 50 ms budget; the loop waits until the deadline minus the reserve, decides
+    the safe action there and goes on while the invoke runs; a window that comes while it still runs is
+    decided at once (busy). Every decision is a fallback, and none is late. (In real time the same is
+    measured, not asserted, by scripts/bench_deadline.py: docs/performance.md.)
+    """
+    clock = TimePassesWhileWaiting()
+    spec, engine = open_model(str(write_spec(tmp_path)))  # budget 50 ms, window 8, hop 4, 10 Hz
+    times = [i / 10 for i in range(40)]  # 9 windows
+    source = LogSource(read_log(write_log(tmp_path / "log.csv", times)), [0, 1], spec.channels, speed=1.0,
+                       clock=clock)
+    slow = SlowEngine(clock, 250 * MS)
+    sink = ListSink()
+    options = DeadlineOptions(warmup=0, reserve_ms=1.0)
+    scheduler = ThreadedScheduler(slow, clock, reserve_ns=options.reserve_ns(spec.budget_ns))
+    runtime = Runtime(spec, engine, source, [sink], scheduler=scheduler, clock=clock, options=options)
+    summary = runtime.run()
+    assert summary["decisions"] == 9 == summary["fallback_decisions"] == len(sink.decisions)
+    assert {d.reason for d in sink.decisions} <= {Reason.DEADLINE, Reason.BUSY}
+    assert sink.decisions[0].reason is Reason.DEADLINE  # the first window waited for the model, to the deadline
+    assert summary["late_decisions"] == 0
+    assert max(d.latency_us for d in sink.decisions) <= 49_000  # at the deadline minus the 1 ms reserve
+    assert all(d.output is None for d in sink.decisions)  # no late answer was ever acted on
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["normal-scheduler", "sched-fifo"])
+def test_a_slow_model_on_a_short_budget_is_decided_every_window_by_fallback(slow_setup, realtime):
+    """The same guarantee from the command line, with and without SCHED_FIFO for the loop (--realtime).
+
+    What is asserted does not depend on the machine's load: every window decided, by fallback, for the
+    model being slow. Whether a decision also left the process within 5 ms on a loaded machine is timing:
+    the fake-time test above asserts the logic, scripts/bench_deadline.py measures the real thing.
+    """
     model, log = slow_setup
-    # --realtime: on a loaded machine (CI, or this one shared by several engineers) a normally scheduled
-    # loop thread can wake up milliseconds after its timer fired; SCHED_FIFO lets it run at once.
-    proc = run_cli("replay", str(log), "--model", str(model), "--budget-ms", "5", "--hop", "4", "--json",
-                   "--realtime")
+    args = ["replay", str(log), "--model", str(model), "--budget-ms", "5", "--hop", "4", "--json"]
+    proc = run_cli(*args, *(["--realtime"] if realtime else []))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["decisions"] == 17 and summary["fallback_decisions"] == 17
     assert set(summary["fallback_reasons"]) <= {"deadline", "busy"}
-    if "SCHED_FIFO is not permitted" not in proc.stderr:  # without it, lateness is up to the OS scheduler
-        assert summary["late_decisions"] == 0
     assert summary["scheduler"]["mode"] == "thread"
     assert summary["startup"]["within_budget"] is False
     # The start-up check says so in one line, naming the measured p99 and the budget.
     warning = [line for line in proc.stderr.splitlines() if "start-up check" in line]
     assert len(warning) == 1 and "5 ms budget" in warning[0] and "p99 latency" in warning[0]
+    # --realtime either took effect or said in one line why not; without it, nothing is said about it.
+    refused = [line for line in proc.stderr.splitlines() if "SCHED_FIFO is not permitted" in line]
+    assert len(refused) == (0 if not realtime or fifo_permitted() else 1)
+
+
+def fifo_permitted() -> bool:
+    """Whether this process may make a thread SCHED_FIFO (root or CAP_SYS_NICE or an RLIMIT_RTPRIO)."""
+    import os
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
 
 
 def test_the_same_slow_model_with_a_generous_budget_never_falls_back(slow_setup):

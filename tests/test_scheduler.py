@@ -3,7 +3,8 @@
 A fake engine "takes" its duration by advancing the fake clock when an
 invoke starts, and can be held on a gate to stay busy for as long as a test
 needs; its output is the window's last row, so an answer says which window
-it belongs to.
+it belongs to. Like the real Engine it writes every output into one buffer,
+so an answer that aliases the engine's buffer shows as a wrong answer.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FakeEngine:
         self.gates = gates or {}
         self.raises = set(raises)
         self.inputs: List[float] = []
+        self._out = np.zeros(self.output_size, dtype=np.float32)  # reused, as Engine.output() does
 
     def infer(self, window: np.ndarray) -> np.ndarray:
         call = len(self.inputs)
@@ -48,7 +50,8 @@ class FakeEngine:
             assert gate.wait(SAFETY_S), "the test never released the gate"
         if call in self.raises:
             raise RuntimeError("fake model failure")
-        return window[-1].copy()
+        np.copyto(self._out, window[-1])
+        return self._out
 
 
 def window(k: float) -> np.ndarray:
@@ -228,3 +231,14 @@ def test_inline_scheduler_discards_a_late_answer(clock):
     answer = scheduler.run(window(1), clock.now_ns() + BUDGET)
     assert answer.reason is Reason.DEADLINE and answer.invoke_ns == 8 * MS
 
+
+
+@pytest.mark.parametrize("kind", ["inline", "thread"])
+def test_answers_kept_by_the_caller_are_not_overwritten_by_later_invokes(clock, kind):
+    """The engine reuses its output buffer; every answer the scheduler hands out must be the caller's own."""
+    engine = FakeEngine(clock, [1])
+    scheduler = InlineScheduler(engine, clock) if kind == "inline" else make(clock, engine)
+    answers = [scheduler.run(window(k), clock.now_ns() + BUDGET) for k in (1, 2, 3)]
+    assert [a.output.tolist() for a in answers] == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]
+    assert not any(np.shares_memory(a.output, engine._out) for a in answers)
+    scheduler.close()

@@ -8,6 +8,7 @@ nets: nothing asserts how long anything took.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -43,6 +44,10 @@ def source(device):
     src = SerialSource(str(device.link), channels=list(CHANNELS))
     yield src
     src.close()
+
+
+#: The silence after which a device that announced nothing goes safe (PROTOCOL.md section 7).
+DEFAULT_SAFE_TIMEOUT_S = 0.5
 
 
 def greet(source: SerialSource, device: ScriptedDevice, hello: Hello = None) -> None:
@@ -270,16 +275,36 @@ def test_an_idle_host_sends_heartbeats_so_the_device_stays_out_of_its_safe_state
 
 
 def test_without_a_hello_the_host_goes_quiet_then_asks_again(source, device):
-    """A device that thinks the host never left does not say HELLO: the host must fall silent first."""
-    pump_until(source, device, lambda _: device.of_type(Heartbeat), "the first heartbeat")
-    seen = len(device.of_type(Heartbeat))
-    pump_until(source, device, lambda _: source.counters()["hello_requests"] == 1, "the host to go quiet")
-    quiet_from = len(device.received)
-    pump_until(source, device, lambda _: len(device.received) > quiet_from, "the host to speak again")
+    """A device that thinks the host never left does not say HELLO: the host must fall silent first.
+
+    The device is the observer: it stamps when each host frame reaches it. The silence it sees between the
+    last heartbeat before the host gave up and the first one after must outlast the default safe timeout
+    (500 ms; the host stays quiet 750 ms). A late read of the frame *before* the silence can only shorten
+    the measured gap, so 250 ms of observer delay separate a correct host from a failing test; a host that
+    kept talking fails whatever the delays.
+    """
+    arrivals = []  # (monotonic time the device read it, frame)
+
+    def stamp(_):
+        now = time.monotonic()
+        arrivals.extend((now, f) for f in device.received[len(arrivals):])
+        return False
+
+    def until(cond, what):
+        pump_until(source, device, lambda got: stamp(got) or cond(got), what)
+
+    until(lambda _: device.of_type(Heartbeat), "the first heartbeat")
+    until(lambda _: source.counters()["hello_requests"] == 1, "the host to go quiet")
+    quiet_from, heartbeats = len(arrivals), source.counters()["heartbeats_sent"]
+    until(lambda _: len(arrivals) > quiet_from, "the host to speak again")
+    before, after = arrivals[quiet_from - 1], arrivals[quiet_from]
+    assert isinstance(before[1], Heartbeat) and isinstance(after[1], Heartbeat)
+    assert after[0] - before[0] >= DEFAULT_SAFE_TIMEOUT_S, "the host did not stay quiet past the safe timeout"
+    assert source.counters()["heartbeats_sent"] == heartbeats + 1  # nothing went out during the silence
     device.send(hello_for())
     device.sensor(rows(1)[0], 0)
     pump_until(source, device, lambda got: len(got) == 1, "a frame after the HELLO")
-    assert seen >= 1 and source.counters()["hellos"] == 1
+    assert source.counters()["hellos"] == 1
 
 
 # --- the port comes and goes ------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class FakeSystemd:
         self.sock.bind(self.path)
         self.sock.settimeout(0.05)
         self.messages = []
+        self.received = 0  # datagrams read since the start, across take()
         self._cond = threading.Condition()
         self._running = True
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -58,6 +59,7 @@ class FakeSystemd:
                 continue
             with self._cond:
                 self.messages.append(data)
+                self.received += 1
                 self._cond.notify_all()
 
     def wait_for(self, text, timeout=30.0):
@@ -65,10 +67,15 @@ class FakeSystemd:
         with self._cond:
             return self._cond.wait_for(lambda: any(m.startswith(text) for m in self.messages), timeout)
 
-    def take(self):
-        """The messages received so far (after a moment for the last ones in flight), and forget them."""
+    def take(self, sent, timeout=30.0):
+        """The messages received since the last take, once all ``sent`` (the notifier's count) have arrived.
+
+        Waiting for the count, not for a moment, is what makes the result complete: the reader thread may be
+        descheduled for long on a loaded machine. ``timeout`` only bounds a test that would otherwise hang.
+        """
         with self._cond:
-            self._cond.wait(0.2)
+            arrived = self._cond.wait_for(lambda: self.received >= sent, timeout)
+            assert arrived, f"systemd got {self.received} of the notifier's {sent} messages in {timeout} s"
             out, self.messages = self.messages, []
             return out
 
@@ -125,7 +132,7 @@ def test_the_loop_feeds_the_watchdog_every_half_period_and_reports_status_once_a
     hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2), TextfileExporter(tmp_path / "m.prom", 10))
     summary = runtime.run(hooks=hooks)
     hooks.close()
-    messages = systemd.take()
+    messages = systemd.take(hooks.notifier.sent)
     assert hooks.notifier.failed == 0
     assert messages[0].startswith("READY=1\nSTATUS=deciding: model svc-test")
     assert messages[-1].startswith("STOPPING=1\nSTATUS=stopping after")
@@ -152,7 +159,7 @@ def test_a_stop_request_says_stopping_then_hands_out_the_safe_action_then_flushe
     last = records[-1]
     assert (last["reason"], last["source"], last["action"]) == ("shutdown", "fallback", "idle")
     assert last["seq"] == records[-2]["seq"]  # it answers the last frame seen
-    messages = systemd.take()
+    messages = systemd.take(hooks.notifier.sent)
     assert messages[-1].startswith("STOPPING=1") and hooks.notifier.failed == 0  # nothing after STOPPING=1
 
 
@@ -175,13 +182,13 @@ def test_a_model_hung_in_process_stops_the_watchdog_until_it_returns(model, syst
     runtime.scheduler = HangSwitch(runtime.engine, clock)
     hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2))
     hooks.on_ready(runtime)
-    systemd.take()
+    systemd.take(hooks.notifier.sent)
 
     def pings(steps, stuck):  # ticks every 0.1 s of fake time
         runtime.scheduler.stuck = stuck
         for step in steps:
             hooks.tick(step * SECOND // 10)
-        return systemd.take().count("WATCHDOG=1")
+        return systemd.take(hooks.notifier.sent).count("WATCHDOG=1")
 
     assert pings(range(1, 10), stuck=False) == 1  # at 0.5 s
     assert pings(range(10, 40), stuck=True) == 0  # 3 s hung: systemd (WatchdogSec=1 s here) would restart it
