@@ -1,6 +1,6 @@
 """The spec's ``[checks]``, ``[checks.policy]`` and ``[ood]`` tables, validated (README: "Input checks").
 
-``spec.py`` hands tables it does not know to their owners through
+``model/spec.py`` hands tables it does not know to their owners through
 ``ModelSpec.extra``; :func:`parse_checks` is called at spec load so that a
 wrong key fails at start, naming the key, and again when the runtime builds
 its :class:`~edge_infer.checks.guard.InputGuard` (with the final hop).

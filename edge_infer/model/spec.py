@@ -64,7 +64,7 @@ class ModelSpec:
     spec_path: Optional[Path] = None
     #: Tables this module does not interpret (e.g. [checks]); their owners validate them.
     extra: Dict[str, Any] = field(default_factory=dict)
-    #: The [deadline] and [fallback] tables as read: deadline_options.py and fallback.py own their other keys.
+    #: The [deadline] and [fallback] tables as read: deadline/options.py and decide/fallback.py own their other keys.
     raw_tables: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
