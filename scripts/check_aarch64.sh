@@ -81,7 +81,8 @@ sysroot() {  # NAME ARCH CODENAME PACKAGES...   (CODENAME: a Debian release; the
     | sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*\[\([^]]*\)\]).*$/\1 \2 \3/p' | sort) \
     || die "apt could not resolve $* for $arch, see $A/resolve.log"
   [ -n "$closure" ] || die "apt resolved nothing for $arch: $*"
-  if [ -f "$R/.closure" ] && [ "$(cat "$R/.closure")" = "$closure" ] && [ -f "$R/.arch" ]; then return; fi
+  local stamp="layout 2 $closure"  # bump the layout number when the unpacking below changes
+  if [ -f "$R/.closure" ] && [ "$(cat "$R/.closure")" = "$stamp" ]; then return; fi
   local need=() files=() n v a f
   while read -r n v a; do
     f=$WORK/debs/${n}_${v//:/%3a}_${a}.deb
@@ -99,10 +100,14 @@ sysroot() {  # NAME ARCH CODENAME PACKAGES...   (CODENAME: a Debian release; the
    done)
   # pip resolves for this interpreter, never installs into it: PEP 668's marker would refuse even a dry run.
   rm -f "$R.tmp"/usr/lib/python3.*/EXTERNALLY-MANAGED
+  # What maintainer scripts would do: the BLAS/LAPACK alternatives Debian's numpy links against.
+  for f in "$R.tmp"/usr/lib/*/blas/libblas.so.3 "$R.tmp"/usr/lib/*/lapack/liblapack.so.3; do
+    [ -e "$f" ] && ln -sfn "$(basename "$(dirname "$f")")/$(basename "$f")" "$(dirname "$(dirname "$f")")/$(basename "$f")"
+  done
   # Merged /usr (trixie): the ELF interpreter is /lib/ld-linux-*.so.*; base-files would make these links.
   for f in bin lib sbin; do [ -e "$R.tmp/$f" ] || [ ! -d "$R.tmp/usr/$f" ] || ln -s "usr/$f" "$R.tmp/$f"; done
   echo "$arch" > "$R.tmp/.arch"
-  echo "$closure" > "$R.tmp/.closure"
+  echo "$stamp" > "$R.tmp/.closure"
   rm -rf "$R" && mv "$R.tmp" "$R"
   say "$name sysroot ($codename $arch): $(wc -l <<<"$closure") packages, $(du -sh "$R" | cut -f1)"
 }
@@ -219,9 +224,11 @@ rm -rf "$WORK/site-proj"
 
 # ---------------------------------------------------------------------------------- 4. the same decisions?
 OUTPUT_SCALE=$("$PY" -m edge_infer inspect "$SPEC" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["scale"])')
+# --no-data-ms 0: an emulated process on a busy host can stall for more than three hop periods between two
+# frames of the log, and the silence timer would decide no_data there; the check compares model decisions.
 replay() {  # OUT BACKEND COMMAND...
   local out=$1 backend=$2; shift 2
-  "$@" -m edge_infer replay "$LOG" --model "$SPEC" --backend "$backend" --budget-ms 10000 \
+  "$@" -m edge_infer replay "$LOG" --model "$SPEC" --backend "$backend" --budget-ms 10000 --no-data-ms 0 \
     --decisions "$out.jsonl" --json > "$out.json" 2>"$out.err" || { tail -3 "$out.err" >&2; die "replay $out failed"; }
 }
 step "x86 references"
