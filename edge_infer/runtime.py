@@ -143,7 +143,7 @@ class Runtime:
         hop_period_ns = (None if not self.spec.sample_rate_hz
                          else int(self.window.hop / self.spec.sample_rate_hz * 1e9))
         gap_ns = options.no_data_ns(hop_period_ns)
-        if gap_ns is not None:
+        if gap_ns is not None and self.source.paced:  # an unpaced replay has no silence (Source.paced)
             self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
 
     def _tick(self, now_ns: int) -> None:

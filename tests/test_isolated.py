@@ -24,6 +24,7 @@ from edge_infer.io import read_log
 from edge_infer.model.loader import open_model
 from edge_infer.runtime import Runtime
 from edge_infer.sinks.base import Sink
+from edge_infer.sources.base import Source
 from edge_infer.sources.log_replay import LogSource
 from edge_infer.testing.fault_engines import HANG_MARKER, RAISE_MARKER, SEGFAULT_MARKER, failing_engine, faulty_engine
 from edge_infer.testing.tflite_builder import dense_model, write_model
@@ -120,8 +121,36 @@ class ListSink(Sink):
         self.decisions.append(decision)
 
 
+class HoldUntilModelReady(Source):
+    """The log's frames, except that the first frame of each window in ``hold`` waits for a ready model process.
+
+    The test then waits for the restarts it needs (after the segfault, after the hang), not for an amount of
+    real time that a loaded machine may not honour. While holding it drives the scheduler as the loop's tick
+    would (collect reports, detect the hang, restart the child). Every wait is bounded as a safety net.
+    """
+
+    def __init__(self, inner: LogSource, scheduler: ProcessScheduler, hold_windows: List[int]) -> None:
+        self.inner, self.scheduler, self.channels = inner, scheduler, inner.channels
+        self.hold = {w * WINDOW for w in hold_windows}
+        self.sent = 0
+
+    def recv(self, timeout: Optional[float] = None):
+        if self.sent in self.hold:
+            give_up = time.monotonic() + 60.0
+            while not self.scheduler._available():
+                assert time.monotonic() < give_up, "the model process did not come back within 60 s"
+                self.scheduler.poll(time.perf_counter_ns())
+                time.sleep(0.005)
+            self.hold.discard(self.sent)
+        frame = self.inner.recv(timeout)
+        if frame is not None:
+            self.sent += 1
+        return frame
+
+
 def test_the_loop_keeps_deciding_through_a_segfault_and_a_hang(model, tmp_path):
-    # 24 windows of 8 frames, paced at 100 frames/s: a window every 80 ms. Window 2 segfaults, window 8 hangs.
+    # 24 windows of 8 frames, paced at 100 frames/s: a window every 80 ms. Window 2 segfaults, window 8 hangs;
+    # window 8 and the last three windows wait for the restarted model process (HoldUntilModelReady).
     windows, segfault_at, hang_at = 24, 2, 8
     values = np.random.default_rng(1).normal(size=(windows * WINDOW, CHANNELS))
     values[segfault_at * WINDOW + 3, 0] = SEGFAULT_MARKER
@@ -133,8 +162,9 @@ def test_the_loop_keeps_deciding_through_a_segfault_and_a_hang(model, tmp_path):
     spec, engine = open_model(str(model), log.channels)
     scheduler = ProcessScheduler(engine, engine_factory=faulty_engine, hang_limit_ns=200_000_000)
     sink = ListSink()
-    runtime = Runtime(spec, engine, LogSource(log, [0, 1, 2], log.channels, speed=1.0), [sink],
-                      scheduler=scheduler, options=DeadlineOptions(warmup=0, no_data_ms=0))
+    source = HoldUntilModelReady(LogSource(log, [0, 1, 2], log.channels, speed=1.0), scheduler,
+                                 [hang_at, windows - 3])
+    runtime = Runtime(spec, engine, source, [sink], scheduler=scheduler, options=DeadlineOptions(warmup=0, no_data_ms=0))
     summary = runtime.run()
     decisions = sink.decisions
     assert len(decisions) == windows  # every window decided, none lost to the crash or the hang

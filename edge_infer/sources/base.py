@@ -22,6 +22,11 @@ class Source(abc.ABC):
 
     #: Channel names in the order of ``Frame.values``.
     channels: "list[str]"
+    #: Frames arrive in real time (a device, a paced replay), so a long wait for one means the sensor went
+    #: quiet and the loop decides ``no_data``. A replay at full speed is not paced: a pause there is the
+    #: host's (a busy machine), never the sensor's, and deciding ``no_data`` would make a replay's decisions
+    #: depend on the machine's load.
+    paced: bool = True
 
     @abc.abstractmethod
     def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
