@@ -30,11 +30,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="SPEC_OR_TFLITE",
                         help="model spec (.toml) or bare .tflite (default: the bundled model)")
     parser.add_argument("--backend", help="litert, tflite-runtime or tensorflow (default: first installed)")
-    parser.add_argument("--budget-ms", type=argtypes.positive_float,
+    parser.add_argument("--budget-ms", type=argtypes.milliseconds,
                         help="time budget per decision (overrides the spec)")
     parser.add_argument("--fallback", metavar="ACTION", type=argtypes.action,
                         help="safe default action (overrides the spec)")
-    parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
+    parser.add_argument("--hop", type=argtypes.count(1), help="frames between decisions (default: spec, or the window)")
 
 
 def add_source_option(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",
                         help="replay pace: 'max' (default) or a factor of real time, e.g. 1.0")
     parser.add_argument("--decisions", metavar="FILE", help="write every decision record to FILE (JSON lines)")
-    parser.add_argument("--duration", type=argtypes.positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=argtypes.seconds, metavar="S", help="stop after S seconds")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--show", choices=SHOW_MODES, default=None,
