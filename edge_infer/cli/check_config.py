@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..deadline.options import runtime_options
 from ..io import read_log
 from ..model.loader import bundled_log, open_model
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
@@ -48,6 +49,8 @@ def main(args: argparse.Namespace) -> int:
     spec, engine = open_model(options.get("model"), log.channels if log is not None else None,
                               backend=options.get("backend"), hop=options.get("hop"),
                               budget_ms=options.get("budget_ms"), fallback=options.get("fallback"))
+    # the spec's [deadline] and [fallback] tables under the config's overrides, as run builds them
+    runtime_options(spec, argparse.Namespace(**{**dict.fromkeys(_run_options()), **options}))
     if log is not None:
         channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
     if options.get("metrics_http"):

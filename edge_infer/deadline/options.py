@@ -19,7 +19,7 @@ from ..decide.fallback import build_fallback
 from ..errors import SpecError
 from ..model.spec import ModelSpec
 from ..settings import values
-from ..settings.argtypes import count, milliseconds, milliseconds_or_zero
+from ..settings.argtypes import milliseconds, milliseconds_or_zero, of
 
 MODES = ("thread", "inline", "process")
 OVERLOAD_POLICIES = ("busy", "latest")
@@ -98,7 +98,7 @@ def parse_deadline_table(table: Dict[str, Any], where: str) -> DeadlineOptions:
     admission = table.get("admission", False)
     if not isinstance(admission, bool):
         raise fail("admission", f"must be true or false, not {admission!r}")
-    warmup = number("warmup", values.count(0))
+    warmup = number("warmup", values.WARMUP)
     return DeadlineOptions(mode=choice("mode", MODES, "thread"), overload=choice("overload", OVERLOAD_POLICIES, "busy"),
                            admission=admission, hang_limit_ms=number("hang_limit_ms", values.MILLISECONDS),
                            no_data_ms=number("no_data_ms", values.MILLISECONDS_OR_ZERO),
@@ -135,7 +135,7 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hold-ms", type=milliseconds, metavar="N",
                        help="fall back to the last model action while it is at most N ms old, then to the "
                             "safe action (fallback strategy hold_last)")
-    group.add_argument("--warmup", type=count(0), metavar="N", help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
+    group.add_argument("--warmup", type=of(values.WARMUP), metavar="N", help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
     group.add_argument("--strict-budget", action="store_true",
                        help="refuse to start if the model's warm-up p99 exceeds the budget")
     group.add_argument("--cpu-affinity", type=_cpu_list, metavar="CPU[,CPU...]",

@@ -120,7 +120,7 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
                  "admission": _Key("admission", _boolean),
                  "hang_limit_ms": _Key("hang_limit_ms", _rule(values.MILLISECONDS)),
                  "no_data_ms": _Key("no_data_ms", _rule(values.MILLISECONDS_OR_ZERO)),
-                 "warmup": _Key("warmup", _rule(values.count(0)))},
+                 "warmup": _Key("warmup", _rule(values.WARMUP))},
     "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _rule(values.MILLISECONDS))},
     "scheduling": {"cpu_affinity": _Key("cpu_affinity", _cpus), "realtime": _Key("realtime", _boolean)},
     "source": {"uri": _Key("source", _string, _SOURCE), "speed": _Key("speed", _speed),

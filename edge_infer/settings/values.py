@@ -31,6 +31,8 @@ MAX_S = 315_360_000.0
 MIN_SPEED, MAX_SPEED = 0.001, 1_000_000.0
 #: The largest count setting (hop, warm-up windows, bench runs).
 MAX_COUNT = 100_000_000
+#: Warm-up windows at start: each is one invoke before the loop starts; more is a typo, not a warm-up.
+MAX_WARMUP = 10_000
 #: Interpreter threads: more than this on a small board is a typo.
 MAX_THREADS = 64
 #: The largest recording part, in MB (a terabyte).
@@ -116,6 +118,8 @@ SPEED = Number(minimum=MIN_SPEED, maximum=MAX_SPEED)
 RATE_HZ = Number(above=0.0, maximum=1_000_000.0, unit="Hz")
 #: Megabytes (recording part size).
 MEGABYTES = Number(above=0.0, maximum=MAX_MB, unit="MB")
+#: Warm-up windows.
+WARMUP = Number(minimum=0, maximum=MAX_WARMUP, integer=True)
 #: Interpreter threads.
 THREADS = Number(minimum=1, maximum=MAX_THREADS, integer=True)
 
