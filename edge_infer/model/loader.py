@@ -21,17 +21,27 @@ BUNDLED_LOG = "basic_motions/basic_motions_test.csv"
 
 
 def models_dir() -> Path:
-    """Where the bundled models are: $EDGE_INFER_MODELS, the source checkout, or the install prefix."""
+    """Where the bundled models are: $EDGE_INFER_MODELS, the source checkout, or the install prefix.
+
+    A set $EDGE_INFER_MODELS that does not hold them is an error naming it, not a silent fall-through to
+    another copy: the operator who set it meant that folder.
+    """
+    chosen = os.environ.get("EDGE_INFER_MODELS")
+    if chosen:
+        if not (Path(chosen) / BUNDLED_SPEC).is_file():
+            what = "does not exist" if not Path(chosen).exists() else f"has no {BUNDLED_SPEC}"
+            raise EdgeInferError(f"EDGE_INFER_MODELS={chosen} {what}; point it at the folder holding "
+                                 "basic_motions/, unset it, or name a model with --model")
+        return Path(chosen)
     candidates = [
-        Path(os.environ["EDGE_INFER_MODELS"]) if os.environ.get("EDGE_INFER_MODELS") else None,
         Path(__file__).resolve().parents[2] / "models",
         # where pip put setup.cfg's data_files: the environment's prefix, or the user scheme (pip install --user)
         *(Path(sysconfig.get_path("data", scheme)) / "share" / "edge-infer" / "models" for scheme in _schemes()),
     ]
     for candidate in candidates:
-        if candidate is not None and (candidate / BUNDLED_SPEC).is_file():
+        if (candidate / BUNDLED_SPEC).is_file():
             return candidate
-    looked = ", ".join(str(c) for c in candidates if c is not None)
+    looked = ", ".join(str(c) for c in candidates)
     raise EdgeInferError(f"the bundled model is not where pip installs it (looked in {looked}); set "
                          "EDGE_INFER_MODELS to the folder holding basic_motions/, or name a model with --model")
 
