@@ -96,10 +96,13 @@ class ModelSpec:
             raise SpecError(f"{where}: [output] names {len(self.labels)} outputs but the model has {output_size}")
 
 
-def load_spec(path: "str | Path") -> ModelSpec:
-    """Parse and validate a spec file (not yet against its model: see :meth:`ModelSpec.check_against`)."""
+def load_spec(path: "str | Path", data: Optional[bytes] = None) -> ModelSpec:
+    """Parse and validate a spec file (not yet against its model: see :meth:`ModelSpec.check_against`).
+
+    ``data``: the spec's bytes if already read (a verified bundle's); relative paths still resolve from ``path``.
+    """
     path = Path(path)
-    doc = read_toml(path, "spec", SpecError)
+    doc = read_toml(path, "spec", SpecError, data=data)
     return _SpecParser(path, doc).parse()
 
 

@@ -59,6 +59,12 @@ def _rule(rule: values.Number) -> Callable[[Any], Any]:
     return rule.check
 
 
+def _strings(value: Any) -> List[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+        raise _Problem(f"must be a non-empty list of non-empty strings, not {value!r}")
+    return value
+
+
 def _cpus(value: Any) -> List[int]:
     if not isinstance(value, list) or not value or \
             not all(isinstance(cpu, int) and not isinstance(cpu, bool) and cpu >= 0 for cpu in value):
@@ -98,15 +104,16 @@ def _listen(value: Any) -> str:
     return text
 
 
-#: How a value is checked, and whether it is a path (resolved against the config file's directory).
-_PATH, _SOURCE = "path", "source"
+#: How a value is checked, and whether it is a path, or a list of paths (resolved against the config file's
+#: directory).
+_PATH, _PATHS, _SOURCE = "path", "paths", "source"
 
 
 @dataclass(frozen=True)
 class _Key:
     dest: str  # the ``run`` option's argparse dest
     check: Callable[[Any], Any]
-    path: str = ""  # _PATH, _SOURCE or ""
+    path: str = ""  # _PATH, _PATHS, _SOURCE or ""
 
 
 #: [table] -> key -> the run option it sets. The tables that mirror the model spec ([input], [deadline],
@@ -130,6 +137,9 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
                 "interval_s": _Key("metrics_interval", _rule(values.SECONDS))},
     "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _rule(values.SECONDS))},
+    # signed bundles (docs/security.md): keys add to --trusted-key; the state dir keeps accepted versions
+    "trust": {"keys": _Key("trusted_key", _strings, _PATHS), "state_dir": _Key("state_dir", _string, _PATH),
+              "allow_downgrade": _Key("allow_downgrade", _boolean)},
 }
 
 
@@ -151,8 +161,10 @@ class ServiceConfig:
         return ", ".join(parts)
 
 
-def _resolve(text: str, kind: str, base: Path) -> str:
+def _resolve(text: Any, kind: str, base: Path) -> Any:
     """A path relative to the config file's directory (a service's working directory is /), or a source URI."""
+    if kind == _PATHS:
+        return [_resolve(item, _PATH, base) for item in text]
     if kind == _SOURCE and is_source_uri(text):
         return text
     path = Path(text).expanduser()
