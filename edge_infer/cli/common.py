@@ -109,11 +109,17 @@ def add_run_options(parser: argparse.ArgumentParser, service: bool = False) -> N
     add_trust_options(parser, service=service)
 
 
-def build_sinks(args: argparse.Namespace) -> List[Sink]:
+def build_sinks(args: argparse.Namespace, spec: Optional[ModelSpec] = None, engine: Optional[Engine] = None,
+                source: str = "") -> List[Sink]:
+    """The console and, with ``--decisions``, the decision log (its run_start line names the model and source)."""
     show = args.show or ("none" if args.json else "changes")
     sinks: List[Sink] = [ConsoleSink(show)]
     if args.decisions:
-        sinks.append(JsonLinesSink(args.decisions))
+        about: Dict[str, Any] = {"command": getattr(args, "command", None), "source": source}
+        if spec is not None:
+            about.update(model=spec.name or spec.model_path.name, model_version=spec.version,
+                         model_sha256=engine.sha256 if engine is not None else None)
+        sinks.append(JsonLinesSink(args.decisions, about))
     return sinks
 
 
@@ -133,7 +139,8 @@ def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
     has_spec = spec.spec_path is not None
     columns = channel_columns(log, spec.channels if has_spec else None, engine.channels, path)
     source = LogSource(log, columns, spec.channels, speed=args.speed, name=path)
-    return Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
+    options = runtime_options(spec, args)  # before the sinks: a bad option must not leave a run_start behind
+    return Runtime(spec, engine, source, build_sinks(args, spec, engine, path), **options)
 
 
 def open_source(text: Optional[str], channels: Optional[List[str]] = None, *, speed: Optional[float] = None,

@@ -28,6 +28,7 @@ def live_runtime(args: argparse.Namespace, uri: str) -> Runtime:
     """A runtime deciding on the frames of the device ``uri`` names, answering it with ACTION frames."""
     spec, engine = open_model_for(args)
     source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels)
-    runtime = Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
+    options = runtime_options(spec, args)  # before the sinks: a bad option must not leave a run_start behind
+    runtime = Runtime(spec, engine, source, build_sinks(args, spec, engine, uri), **options)
     attach_device(runtime)
     return runtime
