@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TrustError
+from ..io.files import replace_atomically
 from ..settings import values
 from .engine import read_model_bytes, sha256_hex
 from .spec import ModelSpec, load_spec
@@ -239,7 +240,7 @@ def sign_bundle(spec_path: "str | Path", key_path: "str | Path", version: int, r
         "key_id": key_id_of(private.public_key()),
         "signature": base64.b64encode(private.sign(_message(signed))).decode("ascii"),
     }
-    _write_replacing(out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+    replace_atomically(out, (json.dumps(document, indent=1) + "\n").encode("utf-8"), "signature", 0o644)
     return out
 
 
@@ -248,22 +249,6 @@ def _checked_version(version: Any) -> int:
         return int(VERSION.check(version))
     except values.ValueProblem as exc:
         raise TrustError(f"--version {exc}") from None
-
-
-def _write_replacing(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TrustError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --- verifying ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import TrustError
+from ..io.files import replace_atomically
 from ..model.signing import BundleSignature
 
 STATE_FILE = "accepted-bundles.json"
@@ -75,18 +76,7 @@ class AcceptedVersions:
             "accepted_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         text = json.dumps({"format_version": FORMAT_VERSION, "bundles": bundles}, indent=1, sort_keys=True) + "\n"
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise TrustError(f"cannot record the accepted version in {self.path}: {exc.strerror or exc}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        replace_atomically(self.path, text.encode("utf-8"), "accepted versions", 0o600)
 
 
 def default_state_dir() -> Optional[str]:
