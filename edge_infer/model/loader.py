@@ -109,7 +109,7 @@ def open_model(model: Optional[str], channels: Optional[List[str]] = None, *, ba
     if bundle is None and trusted_keys:
         bundle = verify_model_bundle(model, trusted_keys)
     if bundle is not None:
-        spec = load_spec(bundle.spec_path, data=bundle.spec_bytes)
+        spec = bundle.spec  # parsed from the verified bytes
         engine = Engine(spec.model_path, backend=backend, num_threads=num_threads, check_sha256=spec.check_hash,
                         model_bytes=bundle.model_bytes)
         spec.check_against(engine.window, engine.channels, engine.output_size, engine.sha256)

@@ -85,12 +85,14 @@ class BundleSignature:
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """A bundle whose signature checked out: the exact bytes verified, to load from (never re-read the files)."""
+    """A bundle whose signature checked out: the exact bytes verified, to load from (never re-read the files),
+    and the spec parsed from them."""
 
     spec_path: Path
     spec_bytes: bytes
     model_bytes: bytes
     signature: BundleSignature
+    spec: ModelSpec
 
 
 def signature_path(spec_path: "str | Path") -> Path:
@@ -292,7 +294,8 @@ def verify_bundle(spec_path: "str | Path", trusted_keys: Sequence[Union[TrustedK
     signature = BundleSignature(name=signed["name"], version=signed["version"], spec_sha256=signed["spec_sha256"],
                                 model_sha256=signed["model_sha256"], key_id=key_id,
                                 signed_utc=str(signed.get("signed_utc", "")))
-    return VerifiedBundle(spec_path=spec_path, spec_bytes=spec_bytes, model_bytes=model_bytes, signature=signature)
+    return VerifiedBundle(spec_path=spec_path, spec_bytes=spec_bytes, model_bytes=model_bytes, signature=signature,
+                          spec=spec)
 
 
 def _read_signature(path: Path, where: str) -> Dict[str, Any]:
