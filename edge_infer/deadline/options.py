@@ -135,7 +135,8 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hold-ms", type=milliseconds, metavar="N",
                        help="fall back to the last model action while it is at most N ms old, then to the "
                             "safe action (fallback strategy hold_last)")
-    group.add_argument("--warmup", type=of(values.WARMUP), metavar="N", help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
+    group.add_argument("--warmup", type=of(values.WARMUP), metavar="N",
+                       help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
     group.add_argument("--strict-budget", action="store_true",
                        help="refuse to start if the model's warm-up p99 exceeds the budget")
     group.add_argument("--cpu-affinity", type=_cpu_list, metavar="CPU[,CPU...]",

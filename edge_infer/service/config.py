@@ -136,7 +136,8 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _rule(values.MEGABYTES))},
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
                 "interval_s": _Key("metrics_interval", _rule(values.SECONDS))},
-    "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _rule(values.SECONDS))},
+    "logging": {"level": _Key("log_level", _one_of(LEVELS)),
+                "repeat_interval_s": _Key("log_repeat_interval", _rule(values.SECONDS))},
     # signed bundles (docs/security.md): keys add to --trusted-key; the state dir keeps accepted versions
     "trust": {"keys": _Key("trusted_key", _strings, _PATHS), "state_dir": _Key("state_dir", _string, _PATH),
               "allow_downgrade": _Key("allow_downgrade", _boolean)},

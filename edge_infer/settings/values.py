@@ -51,8 +51,9 @@ def _text(value: float) -> str:
 class Number:
     """A finite number (or integer) within bounds.
 
-    ``above``/``minimum``: strictly greater than / at least; ``below``/``maximum``: strictly less than / at most. ``unit`` is said in the
-    message ("ms", "s"). :meth:`check` takes a parsed value (TOML), :meth:`parse` a command-line string.
+    ``above``/``minimum``: strictly greater than / at least; ``below``/``maximum``: strictly less than / at
+    most. ``unit`` is said in the message ("ms", "s"). :meth:`check` takes a parsed value (TOML),
+    :meth:`parse` a command-line string.
     """
 
     minimum: Optional[float] = None
@@ -79,7 +80,8 @@ class Number:
 
     def check(self, value: Any) -> Num:
         """``value`` as an int (integer rules) or a float; :class:`ValueProblem` if it breaks the rule."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and isinstance(value, float)):
+        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong_type or (self.integer and isinstance(value, float)):
             raise ValueProblem(f"must be {self.describe()}, not {value!r}")
         if not math.isfinite(value) or not self._within(value):
             raise ValueProblem(f"must be {self.describe()}, not {_text(value)}")
