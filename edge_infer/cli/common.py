@@ -97,7 +97,8 @@ def add_run_options(parser: argparse.ArgumentParser, service: bool = False) -> N
     add_model_options(parser)
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",
                         help="replay pace: 'max' (default) or a factor of real time, e.g. 1.0")
-    parser.add_argument("--decisions", metavar="FILE", help="write every decision record to FILE (JSON lines)")
+    parser.add_argument("--decisions", metavar="FILE",
+                        help="append every decision record to FILE (JSON lines; each run starts with a run_start line)")
     parser.add_argument("--duration", type=argtypes.seconds, metavar="S", help="stop after S seconds")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import EdgeInferError, SpecError, TrustError
+from ..settings import values
 from .engine import Engine
 from .signing import TrustedKey, VerifiedBundle, verify_bundle
 from .spec import Action, ModelSpec, load_spec, spec_for_bare_model
@@ -101,10 +102,12 @@ def open_model(model: Optional[str], channels: Optional[List[str]] = None, *, ba
     before the interpreter sees the model; ``bundle`` is one verified already. Either way the spec and the
     model are loaded from the verified bytes, not read from their files again.
     """
-    if hop is not None and hop < 1:
-        raise SpecError(f"--hop must be at least 1, not {hop}")
-    if budget_ms is not None and not budget_ms > 0:
-        raise SpecError(f"--budget-ms must be greater than 0, not {budget_ms}")
+    for option, value, rule in (("--hop", hop, values.count(1)), ("--budget-ms", budget_ms, values.MILLISECONDS)):
+        if value is not None:  # the command line checked them already; a caller from Python gets the same rules
+            try:
+                rule.check(value)
+            except values.ValueProblem as exc:
+                raise SpecError(f"{option} {exc}") from None
     path = Path(model) if model else bundled_spec()
     if bundle is None and trusted_keys:
         bundle = verify_model_bundle(model, trusted_keys)
