@@ -219,3 +219,14 @@ def test_the_baseline_of_a_replay_must_be_signed_too(bundle, tmp_path):
     (other / "basic_motions.tflite").write_bytes(BUNDLED_SPEC.with_suffix(".tflite").read_bytes())
     proc = replay(bundle, bundle.parent / "release.pub", extra=("--baseline", str(other / "basic_motions.toml")))
     assert_one_line_error(proc, "is not signed")
+
+
+def test_run_keeps_versions_in_systemds_state_directory_by_default(bundle, tmp_path):
+    """StateDirectory=edge-infer edge-infer/recordings sets $STATE_DIRECTORY to both, colon-separated."""
+    state, recordings = tmp_path / "state", tmp_path / "state" / "recordings"
+    recordings.mkdir(parents=True)
+    proc = run_cli("run", "--model", str(bundle), "--trusted-key", str(bundle.parent / "release.pub"),
+                   "--duration", "1", "--show", "none", env={"STATE_DIRECTORY": f"{state}:{recordings}"})
+    assert proc.returncode == 0, proc.stderr
+    assert AcceptedVersions(state).highest("basic-motions-cnn") == 3
+    assert not (recordings / "accepted-bundles.json").exists()
