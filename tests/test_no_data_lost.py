@@ -122,3 +122,10 @@ def test_replace_atomically_sets_the_mode_and_leaves_no_temporary(tmp_path):
     replace_atomically(path, b"new", "metrics textfile", 0o644)
     assert path.read_text() == "new" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["m.prom"]
+
+
+def test_decisions_can_go_to_a_pipe(tmp_path):
+    """Appending must not need a seekable file: ``--decisions /dev/stdout`` into a pipe still works."""
+    proc = run_cli("replay", str(short_log(tmp_path)), "--decisions", "/dev/stdout", "--show", "none", check=True)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines[0]["event"] == RUN_START and len(lines) > 10 and "action" in lines[1]

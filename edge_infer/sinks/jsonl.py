@@ -46,7 +46,7 @@ class JsonLinesSink(Sink):
         self.path = Path(path)
         try:
             self._file = self.path.open("a", encoding="utf-8", buffering=1)
-            if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            if not _ends_with_newline(self.path):
                 self._file.write("\n")  # the last run was cut off mid-line: start ours on a line of its own
             self._write(run_start_record(about))
         except OSError as exc:
@@ -69,6 +69,9 @@ class JsonLinesSink(Sink):
 
 
 def _ends_with_newline(path: Path) -> bool:
+    """True for an empty file, one that ends a line, or no regular file at all (a pipe, /dev/stdout)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return True
     with path.open("rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) == b"\n"
