@@ -231,13 +231,9 @@ def spec_without_checks(spec_path: "str | Path") -> "ModelSpec":
 
 
 def _load_text(path: Path, text: str) -> "ModelSpec":
-    """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way)."""
-    candidate = path.with_name(path.name + ".calibrating")
-    candidate.write_text(text, encoding="utf-8")
-    try:
-        return load_spec(candidate)
-    finally:
-        candidate.unlink()
+    """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way); nothing is
+    written beside the spec to do so."""
+    return load_spec(path, data=text.encode("utf-8"))
 
 
 def strip_tables(text: str) -> str:
