@@ -19,12 +19,17 @@ Three kinds of output, three rules, one place for each:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import EdgeInferError
+
+
+#: link(2) errors of file systems without hard links (vfat, exfat).
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 def refuse_existing(path: "str | Path", what: str, hint: str = "remove it or choose another name") -> None:
@@ -55,10 +60,29 @@ def create_new(path: "str | Path", write: Callable[[Path], None], what: str) -> 
             raise EdgeInferError(f"{what} {path} appeared while it was being written; it was left as it is") \
                 from None
         except OSError as exc:
-            raise EdgeInferError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+            if exc.errno not in _NO_HARD_LINKS:
+                raise EdgeInferError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+            # FAT (a USB stick, an SD card's boot partition) has no hard links: check again, then rename
+            # (a file that appears in between is the one race left there)
+            refuse_existing(path, what)
+            try:
+                os.rename(tmp, path)
+            except OSError as again:
+                raise EdgeInferError(f"cannot write {what} {path}: {again.strerror or again}") from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+    with contextlib.suppress(OSError):  # published; a folder that cannot be synced does not undo that
+        _sync_folder(path)
+
+
+def _sync_folder(path: Path) -> None:
+    """fsync ``path``'s folder, so that the new name survives a power cut too (not only the new bytes)."""
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_atomically(path: "str | Path", data: bytes, what: str, mode: Optional[int] = None) -> None:
@@ -78,6 +102,7 @@ def replace_atomically(path: "str | Path", data: bytes, what: str, mode: Optiona
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         tmp = None
+        _sync_folder(path)
     except OSError as exc:
         raise EdgeInferError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     finally:
