@@ -129,3 +129,22 @@ def test_decisions_can_go_to_a_pipe(tmp_path):
     proc = run_cli("replay", str(short_log(tmp_path)), "--decisions", "/dev/stdout", "--show", "none", check=True)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["event"] == RUN_START and len(lines) > 10 and "action" in lines[1]
+
+
+def test_create_new_works_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    """vfat (a USB stick) refuses link(2) with EPERM: the file is still published, and still never over one."""
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    target = tmp_path / "x.csv"
+    create_new(target, lambda path: path.write_text("first"), "target")
+    try:
+        create_new(target, lambda path: path.write_text("second"), "target")
+    except EdgeInferError as exc:
+        assert "already exists" in str(exc)
+    else:
+        raise AssertionError("create_new overwrote a file")
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["x.csv"]
