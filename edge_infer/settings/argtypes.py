@@ -24,6 +24,9 @@ def of(rule: Number) -> Callable[[str], Num]:
     return parse
 
 
+#: A finite number > 0 / >= 0 with no unit of its own (the names options used before the rules had units).
+positive_float = of(values.POSITIVE)
+non_negative_float = of(values.NON_NEGATIVE)
 milliseconds = of(values.MILLISECONDS)
 milliseconds_or_zero = of(values.MILLISECONDS_OR_ZERO)
 seconds = of(values.SECONDS)
