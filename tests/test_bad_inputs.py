@@ -6,12 +6,15 @@ a spec, a service config; ``check-config`` refuses what ``run`` would refuse.
 
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
 import pytest
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, run_cli
 from test_cli_errors import assert_one_line_error
 
+from edge_infer.io import read_log
 from edge_infer.settings import values
 
 
@@ -76,15 +79,17 @@ def test_check_config_rejects_a_spec_that_run_would_reject(tmp_path):
 
 
 def test_an_excel_csv_with_a_bom_and_crlf_replays(tmp_path):
+    """Excel's "CSV UTF-8": a byte-order mark before the header and CRLF line ends; read as the plain file is."""
     lines = BUNDLED_LOG.read_text().splitlines()[:200]
     excel = tmp_path / "excel.csv"
     excel.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode("utf-8"))
     plain = tmp_path / "plain.csv"
     plain.write_text("\n".join(lines) + "\n")
-    got = run_cli("replay", str(excel), "--json", check=True)
-    want = run_cli("replay", str(plain), "--json", check=True)
-    assert '"frames": 199' in got.stdout
-    assert got.stdout.split('"accuracy"')[1][:20] == want.stdout.split('"accuracy"')[1][:20]
+    got, want = read_log(excel, strict=True), read_log(plain, strict=True)
+    assert got.channels == want.channels and got.labels == want.labels and not got.bad_rows
+    assert np.array_equal(got.t, want.t) and np.array_equal(got.values, want.values)
+    summary = json.loads(run_cli("replay", str(excel), "--json", check=True).stdout)
+    assert summary["frames"] == 199 and summary["source"]["bad_rows"] == 0 and summary["decisions"] > 0
 
 
 def test_a_bare_baseline_against_a_spec_is_refused_before_the_replay():
