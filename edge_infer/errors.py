@@ -36,3 +36,7 @@ class SourceError(EdgeInferError):
 
 class ConfigError(EdgeInferError):
     """The service configuration is invalid."""
+
+
+class TrustError(EdgeInferError):
+    """A model bundle is unsigned, badly signed, signed by a key not trusted, or older than one accepted."""

@@ -17,13 +17,16 @@ import json
 import sys
 from typing import List
 
+from edge_infer.errors import EdgeInferError
+from edge_infer.sinks.jsonl import read_decisions
+
 
 def load(path: str) -> List[dict]:
+    """The last run's decisions (a decision log is appended to run after run; run_start lines are skipped)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"compare_decisions: error: cannot read {path}: {exc}")
+        return read_decisions(path)
+    except EdgeInferError as exc:
+        raise SystemExit(f"compare_decisions: error: {exc}")
 
 
 def main() -> int:

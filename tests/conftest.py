@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import List
 
 import pytest
+
+from edge_infer.sinks.jsonl import read_decisions
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SPEC = ROOT / "models" / "basic_motions" / "basic_motions.toml"
@@ -29,7 +30,8 @@ def run_cli(*args: str, python: str = sys.executable, timeout: float = 300, env:
 
 
 def read_jsonl(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The decision records of the last run in a decision log (run_start lines skipped)."""
+    return read_decisions(path)
 
 
 @pytest.fixture(scope="session")

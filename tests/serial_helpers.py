@@ -27,6 +27,7 @@ from edge_infer.deadline.options import DeadlineOptions  # noqa: E402
 from edge_infer.runtime import Runtime  # noqa: E402
 from edge_infer.sinks.collect import CollectSink  # noqa: E402
 from edge_infer.sinks.device import attach_device  # noqa: E402
+from edge_infer.sinks.jsonl import read_decisions  # noqa: E402
 from edge_infer.sources.serial_link import SerialSource  # noqa: E402
 from edge_infer.testing.tflite_builder import dense_model, write_model  # noqa: E402
 from firmware_bridge.faults import FaultInjector  # noqa: E402
@@ -284,8 +285,7 @@ class RuntimeProcess:
     def records(self) -> List[dict]:
         if not self.decisions.exists():
             return []
-        lines = self.decisions.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.endswith("}")]
+        return read_decisions(self.decisions)  # a line being written is not JSON yet: skipped
 
     def wait_for(self, cond: Callable[[List[dict]], bool], what: str, timeout: float = 2 * TIMEOUT) -> None:
         wait_for(lambda: self.proc.poll() is not None or cond(self.records()), what, timeout)

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import read_jsonl, run_cli
 
 from edge_infer.checks import ood
 from edge_infer.checks.config import WINDOW_REASONS, parse_checks
@@ -420,7 +420,7 @@ def test_the_bad_input_summary_is_in_json_and_in_the_human_summary(tmp_path):
     summary = json.loads(as_json.stdout)
     stuck = summary["input_checks"]["failed"]["stuck"]
     assert stuck > 0 and summary["fallback_reasons"] == {"stuck": stuck}
-    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "d.jsonl")
     assert all("ood_score" in r for r in records)
     human = run_cli("replay", str(tmp_path / "log.csv"), "--model", str(tmp_path / "m.toml"), check=True)
     assert f"input checks: {summary['input_checks']['windows']} windows, failed: stuck {stuck}" in human.stdout

@@ -120,11 +120,11 @@ def test_missing_log(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--budget-ms", "0"], "argument --budget-ms: must be greater than 0"),
-    (["--speed", "fast"], "argument --speed: must be a number, not 'fast'"),
-    (["--duration", "-1"], "argument --duration: must be 0 or more"),
+    (["--budget-ms", "0"], "argument --budget-ms: must be a number greater than 0 and at most 86400000 (ms), not 0"),
+    (["--speed", "fast"], "argument --speed: must be 'max' or a number at least 0.001 and at most 1000000, not 'fast'"),
+    (["--duration", "-1"], "argument --duration: must be a number greater than 0 and at most 315360000 (s), not -1"),
     (["--fallback", ""], "argument --fallback: must name an action"),
-    (["--hop", "x"], "argument --hop: invalid int value"),
+    (["--hop", "x"], "argument --hop: must be a whole number at least 1 and at most 100000000, not 'x'"),
 ])
 def test_bad_options_are_one_line_usage_errors(args, fragment):
     assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), *args), fragment, "see 'edge-infer replay --help'")

@@ -117,8 +117,8 @@ def test_every_bad_key_is_named_in_one_message(tmp_path):
 
 @pytest.mark.parametrize("text,fragment", [
     ("[model]\nspec = 3\n", "[model].spec must be a non-empty string, not 3"),
-    ("[source]\nspeed = -2\n", '[source].speed must be "max" or a number greater than 0, not -2'),
-    ("[input]\nhop = 1.5\n", "[input].hop must be an integer of at least 1, not 1.5"),
+    ("[source]\nspeed = -2\n", '[source].speed must be "max" or a number at least 0.001 and at most 1000000, not -2'),
+    ("[input]\nhop = 1.5\n", "[input].hop must be a whole number at least 1 and at most 100000000, not 1.5"),
     ("[sinks]\nshow = 'loud'\n", "[sinks].show must be one of changes, all, none, not 'loud'"),
     ("[metrics]\nhttp = 'nohost:port'\n", "[metrics].http is not a valid address"),
     ("[logging]\nlevel = 'trace'\n", "[logging].level must be one of debug, info, warning, error"),
@@ -127,7 +127,7 @@ def test_every_bad_key_is_named_in_one_message(tmp_path):
     ("[checks]\n", "[checks] is not a known table"),  # input checks belong to the model spec
     ("[deadline]\nmode = 'fork'\n", "[deadline].mode must be one of thread, inline, process"),
     ("[scheduling]\ncpu_affinity = 3\n", "[scheduling].cpu_affinity must be a non-empty list of CPU numbers"),
-    ("[deadline]\nwarmup = -1\n", "[deadline].warmup must be an integer of at least 0"),
+    ("[deadline]\nwarmup = -1\n", "[deadline].warmup must be a whole number at least 0"),
     ("[source\n", "is not valid TOML"),
 ])
 def test_each_problem_names_its_key(tmp_path, text, fragment):

@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import read_jsonl, run_cli
 
 from edge_infer.deadline.clock import FakeClock
 from edge_infer.deadline.options import DeadlineOptions, options_for_spec
@@ -352,5 +352,5 @@ def test_every_mode_gives_the_same_decisions_on_a_fast_model(tmp_path, mode):
     sink = ListSink()
     reference.sinks.append(sink)
     reference.run()
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = read_jsonl(out)
     assert [r["action"] for r in records] == [d.action for d in sink.decisions]

@@ -7,6 +7,7 @@ scripts/fuzz_inputs.py runs the same targets for longer, coverage-guided with at
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import random
@@ -16,19 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_SPEC, ROOT, run_cli
-from hypothesis import HealthCheck, given, settings
+from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, run_cli
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge_infer.checks.config import WINDOW_REASONS
 from edge_infer.checks.guard import build_guard
+from edge_infer.deadline.options import runtime_options
 from edge_infer.decide.reasons import Reason
 from edge_infer.errors import LogError, ModelError, SpecError
 from edge_infer.frame import Frame
+from edge_infer.io import read_log
 from edge_infer.io.csv_log import read_csv_log
 from edge_infer.model.engine import Engine
 from edge_infer.model.loader import open_model
 from edge_infer.model.spec import load_spec
+from edge_infer.runtime import Runtime
+from edge_infer.sources.log_replay import LogSource, channel_columns
 from edge_infer.testing.tflite_builder import dense_model
 from edge_infer.window import WindowBuffer
 
@@ -89,13 +94,20 @@ def test_the_csv_reader_takes_any_bytes(tmp_path_factory, data):
 # --- the spec parser --------------------------------------------------------------------------------
 
 SPEC_TEXT = BUNDLED_SPEC.read_text()
+#: The bundled spec with every [deadline] and [fallback] number it may hold set, so that they are fuzzed too
+#: (inline mode: the runtime that runs an accepted spec starts no thread).
+FUZZ_SPEC_TEXT = SPEC_TEXT.replace("budget_ms = 20.0\n", "budget_ms = 20.0\nmode = \"inline\"\nhang_limit_ms = 1000\n"
+                                   "no_data_ms = 0\nreserve_ms = 1.0\nwarmup = 2\n").replace(
+    'action = "idle"\n', 'action = "idle"\nstrategy = "hold_last"\nhold_ms = 100\n')
+FUZZ_LOG_ROWS = BUNDLED_LOG.read_text().splitlines()[:65]
 toml_values = st.one_of(st.integers(-5, 100), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
                         st.text(max_size=8), st.lists(st.floats(-50, 50), max_size=8),
                         st.lists(st.text(max_size=3), max_size=3), st.just([[1.0, 0.0], [0.0, 1.0]]))
 KEYS = ["range_min", "range_max", "saturation_tolerance", "saturated_min_samples", "stuck_min_spread",
         "stuck_frames", "max_gap_s", "min_fresh_fraction", "threshold", "scale", "mean", "inv_cov", "features",
         "false_alarm_rate", "window", "hop", "channels", "budget_ms", "min_confidence", "action", "gap",
-        "out_of_range", "sha256", "labels", "offset"]
+        "out_of_range", "sha256", "labels", "offset", "sample_rate_hz", "hang_limit_ms", "no_data_ms",
+        "reserve_ms", "warmup", "hold_ms"]
 
 
 def toml_value(value) -> str:
@@ -113,9 +125,20 @@ def toml_value(value) -> str:
 
 @FAST
 @given(edits=st.lists(st.tuples(st.sampled_from(KEYS), toml_values), min_size=1, max_size=4))
+@example(edits=[("budget_ms", math.inf)])  # issue 12: accepted, then an OverflowError in the loop
+@example(edits=[("budget_ms", 1e308)])
+@example(edits=[("hang_limit_ms", math.inf)])
+@example(edits=[("no_data_ms", math.inf)])
+@example(edits=[("hold_ms", math.inf)])
+@example(edits=[("offset", [math.inf] * 6)])
 def test_the_spec_parser_rejects_bad_values_with_one_spec_error(tmp_path_factory, edits):
-    """Set known keys of the bundled spec (its [checks] and [ood] too) to values of any type."""
-    lines = SPEC_TEXT.splitlines()
+    """Set known keys of the bundled spec (its [checks], [ood], [deadline], [fallback] too) to values of any type.
+
+    A spec is either refused with one SpecError or ModelError, or it runs: the runtime it builds replays a short
+    log to the end without raising. (It used to be enough not to raise at load, and ``budget_ms = inf`` passed
+    here and then ended the service in an OverflowError.)
+    """
+    lines = FUZZ_SPEC_TEXT.splitlines()
     for key, value in edits:
         for i, line in enumerate(lines):
             if line.split("=")[0].strip() == key:
@@ -124,11 +147,18 @@ def test_the_spec_parser_rejects_bad_values_with_one_spec_error(tmp_path_factory
     path = tmp_path_factory.mktemp("spec") / "basic_motions.toml"
     path.write_text("\n".join(lines) + "\n")
     (path.parent / "basic_motions.tflite").write_bytes((BUNDLED_SPEC.parent / "basic_motions.tflite").read_bytes())
+    log = path.parent / "log.csv"
+    log.write_text("\n".join(FUZZ_LOG_ROWS) + "\n")
     try:
-        spec, _ = open_model(str(path))
+        spec, engine = open_model(str(path))
         build_guard(spec)
+        options = runtime_options(spec, argparse.Namespace())
     except (SpecError, ModelError):
-        pass
+        return
+    recorded = read_log(log)
+    source = LogSource(recorded, channel_columns(recorded, spec.channels, engine.channels, str(log)), spec.channels)
+    summary = Runtime(spec, engine, source, **options).run()
+    assert summary["frames"] == len(FUZZ_LOG_ROWS) - 1
 
 
 @FAST

@@ -4,12 +4,12 @@ The real loop runs a real model on a log paced by a FakeClock (a 40 s log
 takes milliseconds), and systemd is a real datagram socket.
 """
 
-import json
 import socket
 import threading
 import time
 
 import pytest
+from conftest import read_jsonl
 from service_model import make_service_model
 
 from edge_infer.deadline.clock import FakeClock
@@ -154,7 +154,7 @@ def test_a_stop_request_says_stopping_then_hands_out_the_safe_action_then_flushe
     summary = runtime.run(stop=stopper.stop, hooks=hooks)
     hooks.close()
     assert stopper.stopping_before_shutdown
-    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "d.jsonl")
     assert len(records) == 6 == summary["decisions"]
     last = records[-1]
     assert (last["reason"], last["source"], last["action"]) == ("shutdown", "fallback", "idle")

@@ -52,15 +52,15 @@ def test_good_spec_parses(tmp_path):
 
 
 @pytest.mark.parametrize("old,new,message", [
-    ('window = 8', 'window = 0', "[input].window must be at least 1"),
-    ('window = 8', 'window = "8"', "[input].window must be int"),
+    ('window = 8', 'window = 0', "[input].window must be a whole number at least 1"),
+    ('window = 8', 'window = "8"', "[input].window must be a whole number at least 1 and at most 100000000, not '8'"),
     ('hop = 2', '', "[input].hop is missing"),
     ('channels = ["a", "b"]', 'channels = ["a", "a"]', "duplicate"),
     ('offset = [1.0, 2.0]', 'offset = [1.0]', "[input].offset must be a list of 2 numbers"),
     ('scale = [0.5, 4]', 'scale = [0.5, 0]', "[input].scale must be finite and non-zero"),
     ('kind = "classes"', 'kind = "boxes"', "[output].kind must be one of"),
-    ('min_confidence = 0.6', 'min_confidence = 1.5', "between 0 and 1"),
-    ('budget_ms = 15', 'budget_ms = -1', "[deadline].budget_ms must be greater than 0"),
+    ('min_confidence = 0.6', 'min_confidence = 1.5', "[decision].min_confidence must be a number at least 0 and at most 1, not 1.5"),
+    ('budget_ms = 15', 'budget_ms = -1', "[deadline].budget_ms must be a number greater than 0 and at most 86400000 (ms), not -1"),
     ('sha256 = "{sha}"', 'sha256 = "xyz"', "[model].sha256 must be 64 hex digits"),
     ('[fallback]\naction = "stop"', '', "[fallback] is missing"),
     ('budget_ms = 15', 'budget_msec = 15', "[deadline].budget_msec is not a known key"),

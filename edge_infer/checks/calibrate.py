@@ -28,6 +28,7 @@ import numpy as np
 
 from ..decide.reasons import Reason
 from ..errors import SpecError
+from ..io.files import replace_atomically
 from ..model.spec import ModelSpec, load_spec
 from . import ood
 from .config import DEFAULT_GAP_PERIODS, DEFAULT_SATURATED_MIN_SAMPLES, DEFAULT_SATURATION_TOLERANCE, POLICY_REASONS
@@ -220,7 +221,7 @@ def write_tables(spec_path: "str | Path", calibration: Calibration, note: str = 
     spec = _load_text(path, text)
     if spec.extra.get("checks") != calibration.checks or spec.extra.get("ood") != calibration.ood:
         raise SpecError(f"spec {path}: the calibrated tables did not read back as written")
-    path.write_text(text, encoding="utf-8")
+    replace_atomically(path, text.encode("utf-8"), "spec")  # an edit of the spec: whole or not at all
 
 
 def spec_without_checks(spec_path: "str | Path") -> "ModelSpec":
@@ -230,13 +231,9 @@ def spec_without_checks(spec_path: "str | Path") -> "ModelSpec":
 
 
 def _load_text(path: Path, text: str) -> "ModelSpec":
-    """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way)."""
-    candidate = path.with_name(path.name + ".calibrating")
-    candidate.write_text(text, encoding="utf-8")
-    try:
-        return load_spec(candidate)
-    finally:
-        candidate.unlink()
+    """Load ``text`` as if it were the spec at ``path`` (relative paths resolve the same way); nothing is
+    written beside the spec to do so."""
+    return load_spec(path, data=text.encode("utf-8"))
 
 
 def strip_tables(text: str) -> str:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence
+from typing import Any, Dict, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ..decide.reasons import Reason
 from ..errors import SpecError
+from ..settings import values
 from .ood import FEATURES, OodModel
 
 
@@ -50,6 +51,11 @@ POLICY_REASONS = WINDOW_REASONS + (Reason.LOW_CONFIDENCE,)
 DEFAULT_GAP_PERIODS = 1.5
 DEFAULT_SATURATION_TOLERANCE = 0.001
 DEFAULT_SATURATED_MIN_SAMPLES = 2
+
+#: A sample within this fraction of the range's span from a limit is at the limit: below half the span.
+SATURATION_TOLERANCE = values.Number(minimum=0.0, below=0.5)
+#: The share of clean windows the OOD threshold may flag: strictly between 0 and 1.
+FALSE_ALARM_RATE = values.Number(above=0.0, below=1.0)
 
 CHECKS_KEYS = ("range_min", "range_max", "saturation_tolerance", "saturated_min_samples", "stuck_min_spread",
                "stuck_frames", "max_gap_s", "min_fresh_fraction", "policy")
@@ -137,7 +143,7 @@ class _Parser:
                 raise self.fail("[checks].range_max", "must be greater than range_min for every channel")
             config.range_min, config.range_max = low, high
         config.saturation_tolerance = self._number(table, "saturation_tolerance", DEFAULT_SATURATION_TOLERANCE,
-                                                   lambda v: 0.0 <= v < 0.5, "at least 0 and below 0.5")
+                                                   SATURATION_TOLERANCE)
         config.saturated_min_samples = self._int(table, "saturated_min_samples", DEFAULT_SATURATED_MIN_SAMPLES,
                                                  1, config.window)
         if "stuck_min_spread" in table:
@@ -148,9 +154,8 @@ class _Parser:
         config.stuck_frames = self._int(table, "stuck_frames", config.window, 2, config.window)
         rate = self.spec.sample_rate_hz
         default_gap = DEFAULT_GAP_PERIODS / rate if rate else None
-        config.max_gap_s = self._number(table, "max_gap_s", default_gap, lambda v: v > 0.0, "greater than 0")
-        config.min_fresh_fraction = self._number(table, "min_fresh_fraction", None, lambda v: 0.0 <= v <= 1.0,
-                                                 "between 0 and 1")
+        config.max_gap_s = self._number(table, "max_gap_s", default_gap, values.SECONDS)
+        config.min_fresh_fraction = self._number(table, "min_fresh_fraction", None, values.FRACTION)
         policy = table.get("policy", {})
         if not isinstance(policy, dict):
             raise self.fail("[checks.policy]", "must be a table")
@@ -186,9 +191,8 @@ class _Parser:
         if np.any(scale <= 0):
             raise self.fail("[ood].scale", "must be greater than 0 for every feature")
         inv_cov = self._matrix(table, "inv_cov", size)
-        threshold = self._number(table, "threshold", None, lambda v: v > 0.0, "greater than 0", section="ood")
-        rate = self._number(table, "false_alarm_rate", None, lambda v: 0.0 < v < 1.0, "between 0 and 1",
-                            section="ood")
+        threshold = self._number(table, "threshold", None, values.POSITIVE, section="ood")
+        rate = self._number(table, "false_alarm_rate", None, FALSE_ALARM_RATE, section="ood")
         if "calibration" in table and not isinstance(table["calibration"], str):
             raise self.fail("[ood].calibration", "must be a string (a note on how the table was made)")
         model = OodModel(mean=mean, scale=scale, inv_cov=inv_cov, threshold=threshold, false_alarm_rate=rate)
@@ -202,13 +206,13 @@ class _Parser:
     # --- values -----------------------------------------------------------------------------------
 
     def _vector(self, table: Dict[str, Any], key: str, size: int, section: str = "checks") -> np.ndarray:
-        values = table[key]
-        if (not isinstance(values, list) or len(values) != size
-                or not all(_is_number(v) and math.isfinite(v) for v in values)):
+        numbers = table[key]
+        if (not isinstance(numbers, list) or len(numbers) != size
+                or not all(_is_number(v) and math.isfinite(v) for v in numbers)):
             what = ("one per channel" if size == self.channels
                     else f"{len(FEATURES)} features x {self.channels} channels")
             raise self.fail(f"[{section}].{key}", f"must be a list of {size} finite numbers ({what})")
-        return np.array(values, dtype=np.float64)
+        return np.array(numbers, dtype=np.float64)
 
     def _matrix(self, table: Dict[str, Any], key: str, size: int) -> np.ndarray:
         rows = table[key]
@@ -221,25 +225,22 @@ class _Parser:
             raise self.fail(f"[ood].{key}", "must be symmetric")
         return matrix
 
-    def _number(self, table: Dict[str, Any], key: str, default: Any, valid: Callable[[float], bool],
-                bounds: str, section: str = "checks") -> Any:
+    def _number(self, table: Dict[str, Any], key: str, default: Any, rule: values.Number,
+                section: str = "checks") -> Any:
         if key not in table:
             return default
-        value = table[key]
-        if not _is_number(value):
-            raise self.fail(f"[{section}].{key}", f"must be a number, not {value!r}")
-        if not (math.isfinite(value) and valid(value)):
-            raise self.fail(f"[{section}].{key}", f"must be {bounds}, not {value}")
-        return float(value)
+        try:
+            return rule.check(table[key])
+        except values.ValueProblem as exc:
+            raise self.fail(f"[{section}].{key}", str(exc)) from None
 
     def _int(self, table: Dict[str, Any], key: str, default: int, low: int, high: int) -> int:
         if key not in table:
             return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(f"[checks].{key}", f"must be a whole number from {low} to {high} (the window), "
-                                               f"not {value!r}")
-        return value
+        try:
+            return int(values.count(low, high).check(table[key]))
+        except values.ValueProblem as exc:
+            raise self.fail(f"[checks].{key}", f"{exc} (the window is {high})") from None
 
 
 def _is_number(value: Any) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 from ..errors import EdgeInferError
 from ..lab.compare import compare_runs, format_comparison
 from ..lab.report import Baseline, require_matplotlib, write_report
+from ..model.loader import verify_model_bundle
 from ..sinks.collect import CollectSink
 from ..sinks.progress import ProgressBar, wanted
 from .common import log_runtime, run_until_stopped
@@ -40,6 +41,19 @@ def check_analysis_options(args: argparse.Namespace) -> None:
         require_matplotlib()
     if args.baseline and not Path(args.baseline).is_file():
         raise EdgeInferError(f"--baseline {args.baseline}: no such file (a model spec .toml or a .tflite)")
+    if args.baseline and _is_spec(args.model) != _is_spec(args.baseline):
+        spec, bare = (args.model or "the bundled model", args.baseline) if _is_spec(args.model) \
+            else (args.baseline, args.model)
+        raise EdgeInferError(f"--baseline: {bare} is a bare model (actions are class indices) but {spec} has a "
+                             "spec (actions are labels), so every window would disagree; compare spec with spec "
+                             "(write a .toml for the bare model) or bare with bare")
+    if args.baseline and getattr(args, "trusted_key", None):
+        verify_model_bundle(args.baseline, args.trusted_key)  # the baseline runs too: refuse it now, not later
+
+
+def _is_spec(model: Optional[str]) -> bool:
+    """True for a spec (.toml; no --model is the bundled spec), False for a bare .tflite."""
+    return model is None or Path(model).suffix.lower() == ".toml"
 
 
 class Analysis:

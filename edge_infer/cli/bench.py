@@ -5,25 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import EdgeInferError
 from ..model.bench import bench_invoke
 from ..model.loader import open_model
+from ..settings import argtypes
+from ..settings.values import MAX_THREADS
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser = sub.add_parser("bench", help="measure invoke latency and recommend a budget")
     parser.add_argument("model", nargs="?", help="a .tflite or its .toml spec (default: the bundled model)")
     parser.add_argument("--backend", help="litert, tflite-runtime or tensorflow")
-    parser.add_argument("--runs", type=int, default=2000, help="timed invokes (default 2000)")
-    parser.add_argument("--warmup", type=int, default=50, help="untimed invokes first (default 50)")
-    parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    parser.add_argument("--runs", type=argtypes.count(1), default=2000, help="timed invokes (default 2000)")
+    parser.add_argument("--warmup", type=argtypes.count(0), default=50, help="untimed invokes first (default 50)")
+    parser.add_argument("--threads", type=argtypes.threads, default=1,
+                        help=f"interpreter threads, 1 to {MAX_THREADS} (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.runs < 1 or args.warmup < 0:
-        raise EdgeInferError("--runs must be at least 1 and --warmup at least 0")
     _, engine = open_model(args.model, backend=args.backend, num_threads=args.threads)
     result = bench_invoke(engine, runs=args.runs, warmup=args.warmup)
     if args.json:

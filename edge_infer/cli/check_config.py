@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..deadline.options import runtime_options
 from ..io import read_log
-from ..model.loader import bundled_log, open_model
+from ..model.loader import bundled_log
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..service.metrics import HttpExporter
 from ..sources.log_replay import channel_columns
 from . import run
+from .common import open_model_for
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
@@ -45,9 +47,11 @@ def main(args: argparse.Namespace) -> int:
     options = config.options
     source = options.get("source") or str(bundled_log())
     log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
-    spec, engine = open_model(options.get("model"), log.channels if log is not None else None,
-                              backend=options.get("backend"), hop=options.get("hop"),
-                              budget_ms=options.get("budget_ms"), fallback=options.get("fallback"))
+    run_args = argparse.Namespace(**{**dict.fromkeys(_run_options()), **options})
+    # with [trust] keys: the bundle's signature and (with a state dir) its version, as run checks them
+    spec, engine = open_model_for(run_args, log.channels if log is not None else None, record_version=False)
+    # the spec's [deadline] and [fallback] tables under the config's overrides, as run builds them
+    runtime_options(spec, run_args)
     if log is not None:
         channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
     if options.get("metrics_http"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -12,9 +13,13 @@ from typing import Any, Dict, List, Optional
 from ..deadline.options import add_deadline_options, runtime_options
 from ..errors import EdgeInferError
 from ..io import RecordedLog, read_log
-from ..model.loader import bundled_log, open_model
+from ..model.engine import Engine
+from ..model.loader import bundled_log, open_model, verify_model_bundle
+from ..model.signing import describe_signature, load_trusted_keys
+from ..model.spec import ModelSpec
 from ..runtime import Runtime
 from ..service.config import is_source_uri
+from ..service.versions import AcceptedVersions, default_state_dir
 from ..settings import argtypes
 from ..sinks.base import Sink
 from ..sinks.console import SHOW_MODES, ConsoleSink
@@ -25,16 +30,61 @@ from ..sources.base import Source
 from ..sources.log_replay import LogSource, channel_columns
 from .recording import add_record_options
 
+log = logging.getLogger(__name__)
+
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="SPEC_OR_TFLITE",
                         help="model spec (.toml) or bare .tflite (default: the bundled model)")
     parser.add_argument("--backend", help="litert, tflite-runtime or tensorflow (default: first installed)")
-    parser.add_argument("--budget-ms", type=argtypes.positive_float,
+    parser.add_argument("--budget-ms", type=argtypes.milliseconds,
                         help="time budget per decision (overrides the spec)")
     parser.add_argument("--fallback", metavar="ACTION", type=argtypes.action,
                         help="safe default action (overrides the spec)")
-    parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
+    parser.add_argument("--hop", type=argtypes.count(1), help="frames between decisions (default: spec, or the window)")
+
+
+def add_trust_options(parser: argparse.ArgumentParser, service: bool = False) -> None:
+    """``--trusted-key`` (run, replay, eval); with ``service`` also the state directory options of ``run``."""
+    group = parser.add_argument_group("signed bundles", "refuse a model bundle not signed by a trusted key "
+                                                        "(docs/security.md)")
+    group.add_argument("--trusted-key", action="append", metavar="PUB",
+                       help="accept only bundles (spec + model) signed by this public key (PREFIX.pub from "
+                            "'edge-infer keygen'); repeat for several keys")
+    if service:
+        group.add_argument("--state-dir", metavar="DIR",
+                           help="where the highest accepted bundle version is kept, to refuse older ones "
+                                "(default: $STATE_DIRECTORY, set by systemd's StateDirectory=)")
+        group.add_argument("--allow-downgrade", action="store_true", default=None,
+                           help="accept a signed bundle older than the one accepted before (once: it becomes "
+                                "the new floor)")
+
+
+def open_model_for(args: argparse.Namespace, channels: Optional[List[str]] = None,
+                   record_version: bool = True) -> "tuple[ModelSpec, Engine]":
+    """The model the options name, through the trust checks the options ask for.
+
+    With trusted keys the bundle is verified before the interpreter sees it, loaded from the verified bytes,
+    and (``run`` with a state directory) refused if older than one accepted before; its version is recorded
+    once it has loaded (not by check-config: ``record_version=False``).
+    """
+    keys = getattr(args, "trusted_key", None) or []
+    kwargs = dict(backend=args.backend, hop=args.hop, budget_ms=args.budget_ms, fallback=args.fallback)
+    if not keys:
+        return open_model(args.model, channels, **kwargs)
+    bundle = verify_model_bundle(args.model, load_trusted_keys(keys))
+    state_dir = getattr(args, "state_dir", None) or (default_state_dir() if hasattr(args, "state_dir") else None)
+    versions = AcceptedVersions(state_dir) if state_dir else None
+    if versions is not None:
+        versions.check(bundle.signature, bool(getattr(args, "allow_downgrade", False)))
+    elif hasattr(args, "state_dir") and record_version:
+        log.warning("no state directory (--state-dir, or systemd's StateDirectory=): an older signed bundle "
+                    "would not be refused")
+    spec, engine = open_model(args.model, channels, bundle=bundle, **kwargs)
+    if versions is not None and record_version:
+        versions.record(bundle.signature)
+    log.info("model bundle %s: %s", bundle.spec_path, describe_signature(bundle.signature))
+    return spec, engine
 
 
 def add_source_option(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +93,13 @@ def add_source_option(parser: argparse.ArgumentParser) -> None:
                              "serial:PORT[?baud=N] (default: the bundled log)")
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, service: bool = False) -> None:
     add_model_options(parser)
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",
                         help="replay pace: 'max' (default) or a factor of real time, e.g. 1.0")
-    parser.add_argument("--decisions", metavar="FILE", help="write every decision record to FILE (JSON lines)")
-    parser.add_argument("--duration", type=argtypes.positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--decisions", metavar="FILE",
+                        help="append every decision record to FILE (JSON lines; each run starts with a run_start line)")
+    parser.add_argument("--duration", type=argtypes.seconds, metavar="S", help="stop after S seconds")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--show", choices=SHOW_MODES, default=None,
@@ -56,13 +107,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                              "(default: changes; none with --json)")
     add_record_options(parser)
     add_deadline_options(parser)
+    add_trust_options(parser, service=service)
 
 
-def build_sinks(args: argparse.Namespace) -> List[Sink]:
+def build_sinks(args: argparse.Namespace, spec: Optional[ModelSpec] = None, engine: Optional[Engine] = None,
+                source: str = "") -> List[Sink]:
+    """The console and, with ``--decisions``, the decision log (its run_start line names the model and source)."""
     show = args.show or ("none" if args.json else "changes")
     sinks: List[Sink] = [ConsoleSink(show)]
     if args.decisions:
-        sinks.append(JsonLinesSink(args.decisions))
+        about: Dict[str, Any] = {"command": getattr(args, "command", None), "source": source}
+        if spec is not None:
+            about.update(model=spec.name or spec.model_path.name, model_version=spec.version,
+                         model_sha256=engine.sha256 if engine is not None else None)
+        sinks.append(JsonLinesSink(args.decisions, about))
     return sinks
 
 
@@ -78,12 +136,12 @@ def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
     """A runtime replaying ``log_path`` (the bundled log if None) through the model the options name."""
     path = log_path or str(bundled_log())
     log = read_usable_log(path, args.strict)
-    spec, engine = open_model(args.model, log.channels, backend=args.backend, hop=args.hop,
-                              budget_ms=args.budget_ms, fallback=args.fallback)
+    spec, engine = open_model_for(args, log.channels)
     has_spec = spec.spec_path is not None
     columns = channel_columns(log, spec.channels if has_spec else None, engine.channels, path)
     source = LogSource(log, columns, spec.channels, speed=args.speed, name=path)
-    return Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
+    options = runtime_options(spec, args)  # before the sinks: a bad option must not leave a run_start behind
+    return Runtime(spec, engine, source, build_sinks(args, spec, engine, path), **options)
 
 
 def open_source(text: Optional[str], channels: Optional[List[str]] = None, *, speed: Optional[float] = None,

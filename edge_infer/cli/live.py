@@ -12,12 +12,11 @@ import argparse
 from typing import Optional
 
 from ..deadline.options import runtime_options
-from ..model.loader import open_model
 from ..runtime import Runtime
 from ..service.config import is_source_uri
 from ..sinks.device import attach_device
 from ..sources import open_live_source
-from .common import build_sinks
+from .common import build_sinks, open_model_for
 
 
 def is_live_source(text: Optional[str]) -> bool:
@@ -27,9 +26,9 @@ def is_live_source(text: Optional[str]) -> bool:
 
 def live_runtime(args: argparse.Namespace, uri: str) -> Runtime:
     """A runtime deciding on the frames of the device ``uri`` names, answering it with ACTION frames."""
-    spec, engine = open_model(args.model, None, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
-                              fallback=args.fallback)
+    spec, engine = open_model_for(args)
     source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels)
-    runtime = Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
+    options = runtime_options(spec, args)  # before the sinks: a bad option must not leave a run_start behind
+    runtime = Runtime(spec, engine, source, build_sinks(args, spec, engine, uri), **options)
     attach_device(runtime)
     return runtime

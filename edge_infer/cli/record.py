@@ -29,7 +29,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                                         "file until the source ends, --duration passes, or SIGINT/SIGTERM.")
     add_source_option(parser)
     parser.add_argument("--out", required=True, metavar="FILE.mcap", help="the recording to write")
-    parser.add_argument("--duration", type=argtypes.positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=argtypes.seconds, metavar="S", help="stop after S seconds")
     parser.add_argument("--speed", default="max", type=argtypes.speed, metavar="max|FACTOR",
                         help="pace of a log source: 'max' (default) or a factor of real time")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad log row instead of skipping it")

@@ -15,6 +15,7 @@ import socket
 from typing import Any, Dict, Optional
 
 from ..errors import EdgeInferError
+from ..settings import argtypes
 from ..sinks.recorder import RecordingSink
 from ..sources.base import Source
 
@@ -28,15 +29,13 @@ def add_record_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_rotation_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--record-max-mb", type=float, metavar="N",
+    parser.add_argument("--record-max-mb", type=argtypes.megabytes, metavar="N",
                         help="start a new part when a recording reaches N MB: FILE-0001.mcap, FILE-0002.mcap, ...")
 
 
 def max_bytes(args: argparse.Namespace) -> Optional[int]:
     if args.record_max_mb is None:
         return None
-    if not args.record_max_mb > 0:
-        raise EdgeInferError(f"--record-max-mb must be greater than 0, not {args.record_max_mb:g}")
     return int(args.record_max_mb * 1024 * 1024)
 
 

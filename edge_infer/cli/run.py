@@ -18,7 +18,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                             description="Run the decision loop on a source until it ends, --duration "
                                         "passes, or SIGINT/SIGTERM; then print the summary.")
     add_source_option(parser)
-    add_run_options(parser)
+    add_run_options(parser, service=True)
     add_service_options(parser)
     parser.set_defaults(handler=main)
 

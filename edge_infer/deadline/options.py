@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..decide.fallback import build_fallback
 from ..errors import SpecError
 from ..model.spec import ModelSpec
-from ..settings.argtypes import non_negative_float, positive_float
+from ..settings import values
+from ..settings.argtypes import milliseconds, milliseconds_or_zero, of
 
 MODES = ("thread", "inline", "process")
 OVERLOAD_POLICIES = ("busy", "latest")
@@ -85,26 +86,24 @@ def parse_deadline_table(table: Dict[str, Any], where: str) -> DeadlineOptions:
             raise fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
         return value
 
-    def number(key: str, minimum: float) -> Optional[float]:
+    def number(key: str, rule: values.Number) -> Optional[float]:
         value = table.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-            raise fail(key, f"must be a number of at least {minimum:g}, not {value!r}")
-        return float(value)
+        try:
+            return rule.check(value)
+        except values.ValueProblem as exc:
+            raise fail(key, str(exc)) from None
 
     admission = table.get("admission", False)
     if not isinstance(admission, bool):
         raise fail("admission", f"must be true or false, not {admission!r}")
-    warmup = table.get("warmup", DEFAULT_WARMUP)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise fail("warmup", f"must be an integer of at least 0, not {warmup!r}")
-    hang = number("hang_limit_ms", 0.0)
-    if hang == 0.0:
-        raise fail("hang_limit_ms", "must be greater than 0")
+    warmup = number("warmup", values.WARMUP)
     return DeadlineOptions(mode=choice("mode", MODES, "thread"), overload=choice("overload", OVERLOAD_POLICIES, "busy"),
-                           admission=admission, hang_limit_ms=hang, no_data_ms=number("no_data_ms", 0.0),
-                           reserve_ms=number("reserve_ms", 0.0), warmup=warmup)
+                           admission=admission, hang_limit_ms=number("hang_limit_ms", values.MILLISECONDS),
+                           no_data_ms=number("no_data_ms", values.MILLISECONDS_OR_ZERO),
+                           reserve_ms=number("reserve_ms", values.MILLISECONDS_OR_ZERO),
+                           warmup=DEFAULT_WARMUP if warmup is None else int(warmup))
 
 
 def options_for_spec(spec: ModelSpec) -> DeadlineOptions:
@@ -128,15 +127,16 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
                             "(busy, default) or wait for the model if it can still finish in time (latest)")
     group.add_argument("--admission", action="store_true", default=None,
                        help="fall back at once when the model's recent p99 does not fit in the time left")
-    group.add_argument("--hang-limit-ms", type=positive_float, metavar="N",
+    group.add_argument("--hang-limit-ms", type=milliseconds, metavar="N",
                        help="an invoke running longer is hung; the process mode kills and restarts the model")
-    group.add_argument("--no-data-ms", type=non_negative_float, metavar="N",
+    group.add_argument("--no-data-ms", type=milliseconds_or_zero, metavar="N",
                        help="after N ms without frames, decide 'no_data' every hop period (0: off; "
                             "default: 3 hop periods when the sample rate is known)")
-    group.add_argument("--hold-ms", type=positive_float, metavar="N",
+    group.add_argument("--hold-ms", type=milliseconds, metavar="N",
                        help="fall back to the last model action while it is at most N ms old, then to the "
                             "safe action (fallback strategy hold_last)")
-    group.add_argument("--warmup", type=int, metavar="N", help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
+    group.add_argument("--warmup", type=of(values.WARMUP), metavar="N",
+                       help=f"warm-up windows at start (default {DEFAULT_WARMUP})")
     group.add_argument("--strict-budget", action="store_true",
                        help="refuse to start if the model's warm-up p99 exceeds the budget")
     group.add_argument("--cpu-affinity", type=_cpu_list, metavar="CPU[,CPU...]",
@@ -152,8 +152,6 @@ def options_from_args(base: DeadlineOptions, args: argparse.Namespace) -> Deadli
     given = {key: getattr(args, key, None) for key in ("mode", "overload", "admission", "hang_limit_ms",
                                                         "no_data_ms", "warmup", "cpu_affinity")}
     changes: Dict[str, Any] = {key: value for key, value in given.items() if value is not None}
-    if getattr(args, "warmup", None) is not None and args.warmup < 0:
-        raise SpecError(f"--warmup must be at least 0, not {args.warmup}")
     if getattr(args, "strict_budget", False):
         changes["strict_budget"] = True
     if getattr(args, "realtime", False):

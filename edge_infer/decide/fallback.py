@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import SpecError
 from ..model.spec import Action, ModelSpec
+from ..settings.values import MILLISECONDS, ValueProblem
 from .reasons import Reason
 
 STRATEGIES = ("constant", "hold_last")
@@ -73,10 +74,10 @@ def build_fallback(spec: ModelSpec, hold_ms: Optional[float] = None) -> Constant
     if "hold_ms" in table and strategy != "hold_last":
         raise SpecError(f"spec {where}: [fallback].hold_ms needs strategy = 'hold_last'")
     if strategy == "hold_last":
-        spec_hold = table.get("hold_ms")
-        if isinstance(spec_hold, bool) or not isinstance(spec_hold, (int, float)) or not spec_hold > 0:
-            raise SpecError(f"spec {where}: [fallback].hold_ms must be a number greater than 0 with "
-                            f"strategy 'hold_last', not {spec_hold!r}")
+        try:
+            spec_hold = MILLISECONDS.check(table.get("hold_ms"))
+        except ValueProblem as exc:
+            raise SpecError(f"spec {where}: [fallback].hold_ms {exc} (strategy 'hold_last' needs it)") from None
         hold_ms = spec_hold if hold_ms is None else hold_ms
     if hold_ms is None:
         return ConstantFallback(spec.fallback_action)

@@ -16,6 +16,9 @@ LOG_READERS: Dict[str, Callable[..., RecordedLog]] = {".csv": read_csv_log, ".mc
 def read_log(path: "str | Path", strict: bool = False) -> RecordedLog:
     """Read a recorded log with the reader its suffix names."""
     path = Path(path)
+    if path.is_dir():
+        raise LogError(f"log {path} is a directory; replay takes one log file (to evaluate every log in a "
+                       "folder, use 'edge-infer eval')")
     reader = LOG_READERS.get(path.suffix.lower())
     if reader is None:
         known = ", ".join(sorted(LOG_READERS))

@@ -5,7 +5,9 @@ and Foxglove opens. A conversion keeps every frame's ``t``, values and label
 exactly: values are written with the shortest text that reads back to the
 same float32 (and ``t`` to the same float64), so CSV -> MCAP -> CSV gives the
 same numbers. A CSV has no place for decisions or HELLOs; converting a
-recording to CSV says how many it left out.
+recording to CSV says how many it left out. The target must not exist: a
+conversion never overwrites a file (:mod:`edge_infer.io.files`), and a
+failed one leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from ..errors import EdgeInferError
 from . import read_log
 from .csv_log import LABEL_COLUMN, TIME_COLUMN, RecordedLog
+from .files import create_new, refuse_existing
 from .mcap_log import read_mcap, write_mcap_log
 
 #: Formats ``convert`` writes, by suffix.
@@ -52,6 +55,7 @@ def convert_log(source: "str | Path", target: "str | Path", strict: bool = False
     if kind_in == kind_out:
         raise EdgeInferError(f"{source} and {target} are both {kind_in} files: nothing to convert "
                              "(to re-index a cut-off MCAP recording, use the mcap CLI's 'mcap recover')")
+    refuse_existing(target, "target")  # before reading a long recording, not after
     result: Dict[str, Any] = {"from": str(source), "to": str(target)}
     if kind_in == ".mcap":
         recording = read_mcap(source, strict=strict)
@@ -60,9 +64,8 @@ def convert_log(source: "str | Path", target: "str | Path", strict: bool = False
                       cut_off=recording.cut_off)
     else:
         log = read_log(source, strict=strict)
-    if kind_out == ".mcap":
-        write_mcap_log(target, log, {"source": str(source), "converted_from": kind_in.lstrip(".")})
-    else:
-        write_csv_log(target, log)
+    metadata = {"source": str(source), "converted_from": kind_in.lstrip(".")}
+    create_new(target, (lambda path: write_mcap_log(path, log, metadata)) if kind_out == ".mcap"
+               else (lambda path: write_csv_log(path, log)), "target")
     result.update(frames=len(log), bad_rows=len(log.bad_rows))
     return result

@@ -46,7 +46,9 @@ def read_csv_log(path: "str | Path", strict: bool = False) -> RecordedLog:
     (missing, empty, no ``t`` column, no channels) or, when ``strict``, for the first bad row."""
     path = Path(path)
     try:
-        handle = path.open(newline="", encoding="utf-8", errors="replace")
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would stick to the first column's
+        # name ('\ufefft'); its CRLF line ends are the csv module's own.
+        handle = path.open(newline="", encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise LogError(f"cannot read log {path}: {exc.strerror or exc}") from None
     with handle:

@@ -25,6 +25,7 @@ import numpy as np
 from .._version import __version__
 from ..decide.reasons import Reason
 from ..errors import EdgeInferError
+from ..io.files import replace_atomically
 from ..sinks.collect import CollectSink
 from .compare import disagreement_matrix, key_numbers, side_by_side
 
@@ -58,11 +59,7 @@ def write_report(path: str, summary: Dict[str, Any], run: CollectSink, channels:
                  baseline: Optional[Baseline] = None) -> None:
     """Draw the figures and write the HTML file to ``path``."""
     html_text = render_report(summary, run, channels, log_name, baseline)
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(html_text)
-    except OSError as exc:
-        raise EdgeInferError(f"cannot write report {path}: {exc.strerror or exc}") from None
+    replace_atomically(path, html_text.encode("utf-8"), "report")  # a view of the replay: made again, whole
 
 
 def render_report(summary: Dict[str, Any], run: CollectSink, channels: Sequence[str], log_name: str,

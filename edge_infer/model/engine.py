@@ -35,8 +35,16 @@ def read_model_bytes(path: "str | Path") -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"model {path} not found; pass the path of a .tflite file or of its .toml spec") from None
+    except IsADirectoryError:
+        raise ModelError(f"model {path} is a directory; pass the path of a .tflite file or of its .toml spec") \
+            from None
     except OSError as exc:
         raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    return check_model_bytes(data, path)
+
+
+def check_model_bytes(data: bytes, path: "str | Path") -> bytes:
+    """``data`` if it can be a TFLite model at all (the flatbuffer identifier), else a ModelError naming ``path``."""
     if len(data) < 8 or data[4:8] != TFLITE_MAGIC:
         raise ModelError(f"model {path} is not a TFLite flatbuffer (no 'TFL3' identifier); "
                          "convert it with tf.lite.TFLiteConverter")
@@ -115,12 +123,14 @@ class Engine:
     """One loaded model on one backend, with its conversion buffers."""
 
     def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1,
-                 check_sha256: Optional[Callable[[str], None]] = None):
+                 check_sha256: Optional[Callable[[str], None]] = None, model_bytes: Optional[bytes] = None):
         """``check_sha256`` (a spec's :meth:`~edge_infer.model.spec.ModelSpec.check_hash`) may refuse the file by
-        its hash before the native interpreter parses it."""
+        its hash before the native interpreter parses it. ``model_bytes``: the model, already read (and
+        verified: a signed bundle's bytes); the file at ``model_path`` is then not read at all."""
         self.path = Path(model_path)
         self.num_threads = num_threads
-        self.model_bytes = read_model_bytes(self.path)
+        self.model_bytes = read_model_bytes(self.path) if model_bytes is None else check_model_bytes(model_bytes,
+                                                                                                     self.path)
         self.sha256 = sha256_hex(self.model_bytes)
         if check_sha256 is not None:
             check_sha256(self.sha256)

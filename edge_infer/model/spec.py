@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checks.config import parse_checks
 from ..errors import SpecError
+from ..settings import values
 from ..settings.toml_file import read_toml
 
 Action = Union[str, int]
@@ -95,10 +96,13 @@ class ModelSpec:
             raise SpecError(f"{where}: [output] names {len(self.labels)} outputs but the model has {output_size}")
 
 
-def load_spec(path: "str | Path") -> ModelSpec:
-    """Parse and validate a spec file (not yet against its model: see :meth:`ModelSpec.check_against`)."""
+def load_spec(path: "str | Path", data: Optional[bytes] = None) -> ModelSpec:
+    """Parse and validate a spec file (not yet against its model: see :meth:`ModelSpec.check_against`).
+
+    ``data``: the spec's bytes if already read (a verified bundle's); relative paths still resolve from ``path``.
+    """
     path = Path(path)
-    doc = read_toml(path, "spec", SpecError)
+    doc = read_toml(path, "spec", SpecError, data=data)
     return _SpecParser(path, doc).parse()
 
 
@@ -153,12 +157,12 @@ class _SpecParser:
             description=self.get(model, "model", "description", str, ""),
             sha256=self._sha256(model),
             channels=channels,
-            sample_rate_hz=self._positive(inp, "input", "sample_rate_hz", None),
-            window=self._count(inp, "input", "window"),
-            hop=self._count(inp, "input", "hop"),
+            sample_rate_hz=self.number(inp, "input", "sample_rate_hz", values.RATE_HZ, None),
+            window=self.number(inp, "input", "window", values.count(1)),
+            hop=self.number(inp, "input", "hop", values.count(1)),
             offset=self._vector(inp, "offset", len(channels), 0.0),
             scale=self._vector(inp, "scale", len(channels), 1.0),
-            budget_ms=self._positive(deadline, "deadline", "budget_ms", DEFAULT_BUDGET_MS),
+            budget_ms=self.number(deadline, "deadline", "budget_ms", values.MILLISECONDS, DEFAULT_BUDGET_MS),
             fallback_action=self.get(fallback, "fallback", "action", (str, int)),
             spec_path=self.path,
             extra=extra,
@@ -183,26 +187,27 @@ class _SpecParser:
             raise self.fail(f"[{section}].{key}", "has duplicate names")
         return names
 
-    def _count(self, table: Dict[str, Any], section: str, key: str) -> int:
-        value = self.get(table, section, key, int)
-        if value < 1:
-            raise self.fail(f"[{section}].{key}", f"must be at least 1, not {value}")
-        return value
-
-    def _positive(self, table: Dict[str, Any], section: str, key: str, default: Any) -> Any:
-        value = self.get(table, section, key, (int, float), default)
-        if value is not None and not value > 0:
-            raise self.fail(f"[{section}].{key}", f"must be greater than 0, not {value}")
-        return None if value is None else float(value)
+    def number(self, table: Dict[str, Any], section: str, key: str, rule: values.Number, default: Any = ...) -> Any:
+        """``[section].key`` checked by ``rule`` (:mod:`edge_infer.settings.values`), or ``default`` if absent."""
+        if key not in table:
+            if default is ...:
+                raise self.fail(f"[{section}].{key}", "is missing")
+            return default
+        try:
+            return rule.check(table[key])
+        except values.ValueProblem as exc:
+            raise self.fail(f"[{section}].{key}", str(exc)) from None
 
     def _vector(self, table: Dict[str, Any], key: str, size: int, default: float) -> np.ndarray:
         if key not in table:
             return np.full(size, default, dtype=np.float32)
-        values = self.get(table, "input", key, list)
-        if len(values) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numbers = self.get(table, "input", key, list)
+        if len(numbers) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             raise self.fail(f"[input].{key}", f"must be a list of {size} numbers, one per channel")
-        vector = np.array(values, dtype=np.float32)
-        if key == "scale" and (not np.all(np.isfinite(vector)) or np.any(vector == 0)):
+        vector = np.array(numbers, dtype=np.float32)
+        if not np.all(np.isfinite(vector)):  # also a value too large for float32
+            raise self.fail(f"[input].{key}", "must be finite for every channel")
+        if key == "scale" and np.any(vector == 0):
             raise self.fail("[input].scale", "must be finite and non-zero for every channel")
         return vector
 
@@ -218,10 +223,7 @@ class _SpecParser:
         rule = self.get(decision, "decision", "rule", str, "argmax")
         if rule not in DECISION_RULES:
             raise self.fail("[decision].rule", f"must be one of {', '.join(DECISION_RULES)}, not {rule!r}")
-        confidence = self.get(decision, "decision", "min_confidence", (int, float), 0.0)
-        if not 0.0 <= confidence <= 1.0:
-            raise self.fail("[decision].min_confidence", f"must be between 0 and 1, not {confidence}")
-        spec.min_confidence = float(confidence)
+        spec.min_confidence = self.number(decision, "decision", "min_confidence", values.FRACTION, 0.0)
 
 
 def spec_for_bare_model(model_path: "str | Path", window: int, channels: List[str], hop: Optional[int],

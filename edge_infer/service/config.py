@@ -21,7 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..deadline.options import MODES, OVERLOAD_POLICIES
 from ..errors import ConfigError
+from ..settings import values
 from ..settings.toml_file import read_toml
+from ..settings.values import ValueProblem
 from ..sinks.console import SHOW_MODES
 from .logs import LEVELS
 from .metrics import parse_listen
@@ -36,8 +38,8 @@ def is_source_uri(text: str) -> bool:
     return bool(_SCHEME.match(text))
 
 
-class _Problem(Exception):
-    """One invalid value; collected, then reported together."""
+#: One invalid value; collected, then reported together (the rule's message, without the key).
+_Problem = ValueProblem
 
 
 def _string(value: Any) -> str:
@@ -52,24 +54,15 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise _Problem(f"must be a number greater than 0, not {value!r}")
-    return float(value)
+def _rule(rule: values.Number) -> Callable[[Any], Any]:
+    """A key checked by one of the shared rules (:mod:`edge_infer.settings.values`)."""
+    return rule.check
 
 
-def _at_least_zero(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise _Problem(f"must be a number of at least 0, not {value!r}")
-    return float(value)
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Problem(f"must be an integer of at least {minimum}, not {value!r}")
-        return value
-    return check
+def _strings(value: Any) -> List[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+        raise _Problem(f"must be a non-empty list of non-empty strings, not {value!r}")
+    return value
 
 
 def _cpus(value: Any) -> List[int]:
@@ -89,9 +82,9 @@ def _speed(value: Any) -> Optional[float]:
     if value == "max":
         return None
     try:
-        return _number(value)
-    except _Problem:
-        raise _Problem(f'must be "max" or a number greater than 0, not {value!r}') from None
+        return values.SPEED.check(value)
+    except ValueProblem as exc:
+        raise _Problem(f'must be "max" or {str(exc)[len("must be "):]}') from None
 
 
 def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
@@ -111,35 +104,43 @@ def _listen(value: Any) -> str:
     return text
 
 
-#: How a value is checked, and whether it is a path (resolved against the config file's directory).
-_PATH, _SOURCE = "path", "source"
+#: How a value is checked, and whether it is a path, or a list of paths (resolved against the config file's
+#: directory).
+_PATH, _PATHS, _SOURCE = "path", "paths", "source"
 
 
 @dataclass(frozen=True)
 class _Key:
     dest: str  # the ``run`` option's argparse dest
     check: Callable[[Any], Any]
-    path: str = ""  # _PATH, _SOURCE or ""
+    path: str = ""  # _PATH, _PATHS, _SOURCE or ""
 
 
 #: [table] -> key -> the run option it sets. The tables that mirror the model spec ([input], [deadline],
 #: [fallback]) override the spec's values, as --hop, --budget-ms and --fallback do.
 SCHEMA: Dict[str, Dict[str, _Key]] = {
     "model": {"spec": _Key("model", _string, _PATH), "backend": _Key("backend", _string)},
-    "input": {"hop": _Key("hop", _integer(1))},
-    "deadline": {"budget_ms": _Key("budget_ms", _number), "strict_budget": _Key("strict_budget", _boolean),
+    "input": {"hop": _Key("hop", _rule(values.count(1)))},
+    "deadline": {"budget_ms": _Key("budget_ms", _rule(values.MILLISECONDS)),
+                 "strict_budget": _Key("strict_budget", _boolean),
                  "mode": _Key("mode", _one_of(MODES)), "overload": _Key("overload", _one_of(OVERLOAD_POLICIES)),
-                 "admission": _Key("admission", _boolean), "hang_limit_ms": _Key("hang_limit_ms", _number),
-                 "no_data_ms": _Key("no_data_ms", _at_least_zero), "warmup": _Key("warmup", _integer(0))},
-    "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _number)},
+                 "admission": _Key("admission", _boolean),
+                 "hang_limit_ms": _Key("hang_limit_ms", _rule(values.MILLISECONDS)),
+                 "no_data_ms": _Key("no_data_ms", _rule(values.MILLISECONDS_OR_ZERO)),
+                 "warmup": _Key("warmup", _rule(values.WARMUP))},
+    "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _rule(values.MILLISECONDS))},
     "scheduling": {"cpu_affinity": _Key("cpu_affinity", _cpus), "realtime": _Key("realtime", _boolean)},
     "source": {"uri": _Key("source", _string, _SOURCE), "speed": _Key("speed", _speed),
                "strict": _Key("strict", _boolean)},
     "sinks": {"decisions": _Key("decisions", _string, _PATH), "show": _Key("show", _one_of(SHOW_MODES))},
-    "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _number)},
+    "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _rule(values.MEGABYTES))},
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
-                "interval_s": _Key("metrics_interval", _number)},
-    "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _number)},
+                "interval_s": _Key("metrics_interval", _rule(values.SECONDS))},
+    "logging": {"level": _Key("log_level", _one_of(LEVELS)),
+                "repeat_interval_s": _Key("log_repeat_interval", _rule(values.SECONDS))},
+    # signed bundles (docs/security.md): keys add to --trusted-key; the state dir keeps accepted versions
+    "trust": {"keys": _Key("trusted_key", _strings, _PATHS), "state_dir": _Key("state_dir", _string, _PATH),
+              "allow_downgrade": _Key("allow_downgrade", _boolean)},
 }
 
 
@@ -161,8 +162,10 @@ class ServiceConfig:
         return ", ".join(parts)
 
 
-def _resolve(text: str, kind: str, base: Path) -> str:
+def _resolve(text: Any, kind: str, base: Path) -> Any:
     """A path relative to the config file's directory (a service's working directory is /), or a source URI."""
+    if kind == _PATHS:
+        return [_resolve(item, _PATH, base) for item in text]
     if kind == _SOURCE and is_source_uri(text):
         return text
     path = Path(text).expanduser()

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any, List, Optional
 
-from ..settings.argtypes import positive_float
+from ..settings.argtypes import seconds
 from .config import add_config_option
 from .logs import DEFAULT_REPEAT_INTERVAL_S, LEVELS, setup_logging
 from .metrics import DEFAULT_INTERVAL_S, HttpExporter, MetricFamily, TextfileExporter, collect, format_text
@@ -41,13 +41,13 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     add_config_option(parser)
     group = parser.add_argument_group("service (logging, metrics; systemd notify is automatic under systemd)")
     group.add_argument("--log-level", choices=LEVELS, default="info", help="log to stderr from this level up")
-    group.add_argument("--log-repeat-interval", type=positive_float, default=DEFAULT_REPEAT_INTERVAL_S, metavar="S",
+    group.add_argument("--log-repeat-interval", type=seconds, default=DEFAULT_REPEAT_INTERVAL_S, metavar="S",
                        help="let a repeated warning through at most once per S seconds")
     group.add_argument("--metrics-textfile", metavar="FILE",
                        help="write Prometheus metrics to FILE (node-exporter textfile collector), atomically")
     group.add_argument("--metrics-http", metavar="[HOST:]PORT",
                        help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given; needs prometheus-client)")
-    group.add_argument("--metrics-interval", type=positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
+    group.add_argument("--metrics-interval", type=seconds, default=DEFAULT_INTERVAL_S, metavar="S",
                        help="rewrite the metrics textfile every S seconds")
 
 

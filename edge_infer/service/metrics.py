@@ -22,8 +22,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -32,6 +30,7 @@ from .._version import __version__
 from ..decide.reasons import Reason
 from ..errors import ConfigError, EdgeInferError
 from ..histogram import Histogram
+from ..io.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +162,7 @@ def write_textfile(path: "str | Path", text: str) -> None:
     The temporary file does not end in ``.prom``, so node-exporter never reads it. The file is made
     world-readable (the service's umask is 0077) so that node-exporter, another user, can read it.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            os.fchmod(handle.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_atomically(path, text.encode("utf-8"), "metrics textfile", 0o644)
 
 
 class TextfileExporter:
@@ -200,8 +187,8 @@ class TextfileExporter:
     def write(self, text: str) -> None:
         try:
             write_textfile(self.path, text)
-        except OSError as exc:  # a full disk must not stop the decision loop
-            log.warning("cannot write metrics textfile %s: %s", self.path, exc.strerror or exc)
+        except EdgeInferError as exc:  # a full disk must not stop the decision loop
+            log.warning("%s", exc)
 
 
 def _import_prometheus_client() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
 from ..errors import EdgeInferError
 
@@ -14,9 +14,16 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 only
     import tomli as tomllib
 
 
-def read_toml(path: Path, kind: str, error: Type[EdgeInferError], not_found_hint: str = "") -> Dict[str, Any]:
-    """The document at ``path``; ``kind`` ("spec", "config") names it in the ``error`` raised otherwise."""
+def read_toml(path: Path, kind: str, error: Type[EdgeInferError], not_found_hint: str = "",
+              data: Optional[bytes] = None) -> Dict[str, Any]:
+    """The document at ``path``; ``kind`` ("spec", "config") names it in the ``error`` raised otherwise.
+
+    ``data``: the file's bytes, already read (and verified: a signed bundle's spec is parsed from the bytes
+    whose signature was checked, not read again).
+    """
     try:
+        if data is not None:
+            return tomllib.loads(data.decode("utf-8"))
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..sinks.jsonl import read_decisions
+
 
 @dataclass
 class TypeScore:
@@ -108,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the score as JSON")
     args = parser.parse_args(argv)
     side = json.loads(Path(args.faults).read_text())
-    records = [json.loads(line) for line in Path(args.decisions).read_text().splitlines() if line.strip()]
+    records = read_decisions(args.decisions)  # the last run in the file (decision logs are appended to)
     result = score(side, records)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_score(result))
     return 0
