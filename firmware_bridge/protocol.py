@@ -21,8 +21,10 @@ import enum
 import struct
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Callable, ClassVar, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from edge_infer.decide.reasons import Reason
 from edge_infer.errors import SourceError
 
@@ -154,17 +156,26 @@ class Hello:
     def sample_rate_hz(self) -> float:
         return self.sample_rate_millihz / 1000.0
 
-    def physical_values(self, sensor: "Sensor") -> Tuple[float, ...]:
-        """The SENSOR frame's samples times this HELLO's scales.
+    @cached_property
+    def scale_array(self) -> np.ndarray:
+        """``scales`` as float32, made once per HELLO: what :func:`scale_samples` multiplies by."""
+        return np.asarray(self.scales, dtype=np.float32)
+
+    def fits(self, sensor: "Sensor") -> bool:
+        """Does a SENSOR frame carry what this HELLO announced (channel count and sample type)?"""
+        return len(sensor.values) == self.channel_count and sensor.sample_type == self.sample_type
+
+    def physical_values(self, sensor: "Sensor") -> np.ndarray:
+        """The SENSOR frame's samples times this HELLO's scales, as float32 (:func:`scale_samples`).
 
         Raises ValueError if the frame does not fit this HELLO (channel count
         or sample type differ): the device changed without saying HELLO.
         """
-        if len(sensor.values) != self.channel_count or sensor.sample_type != self.sample_type:
+        if not self.fits(sensor):
             raise ValueError(f"SENSOR frame seq {sensor.seq} has {len(sensor.values)} "
                              f"{SampleType(sensor.sample_type).label} values but the device's HELLO announced "
                              f"{self.channel_count} {SampleType(self.sample_type).label} channels")
-        return tuple(float(v) * s for v, s in zip(sensor.values, self.scales))
+        return scale_samples(sensor.values, self.scale_array)
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,19 @@ class ErrorReport:
 
 
 LinkFrame = Union[Hello, Sensor, Action, Heartbeat, ErrorReport]
+
+
+def scale_samples(values: Sequence[Union[int, float]], scales: np.ndarray) -> np.ndarray:
+    """Raw SENSOR samples times the HELLO's per-channel scales, in float32 (PROTOCOL.md 5.2).
+
+    The one place the scaling rule lives: the host's serial source and every
+    tool that reads SENSOR frames go through it, so a recording, a replay and
+    a live run see the same numbers (an int16 sample and a float32 scale give
+    the float32 product; float32 samples keep NaN and Inf as they are).
+    """
+    out = np.array(values, dtype=np.float32)
+    out *= scales
+    return out
 
 
 # --- schema hash ---------------------------------------------------------------------------

@@ -352,6 +352,8 @@ class VirtualDevice:
 
     def _on_action(self, action: Action) -> None:
         self.n["actions_received"] += 1
+        if action.action == SAFE_ACTION:  # "go safe" is obeyed whatever frame it answers (PROTOCOL.md 7)
+            self._enter_safe()
         if action.answers_seq not in self._sent:
             self.n["actions_unknown_seq"] += 1
             return
@@ -361,7 +363,6 @@ class VirtualDevice:
         self.reasons[reason.code if isinstance(reason, Reason) else str(reason)] += 1
         if action.action == SAFE_ACTION:
             self.n["actions_safe"] += 1
-            self._enter_safe()
         else:
             self._safe = False
 

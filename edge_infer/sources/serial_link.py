@@ -46,7 +46,6 @@ import time
 from array import array
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 
 from firmware_bridge.protocol import (
     Action,
@@ -108,7 +107,6 @@ class SerialSource(Source):
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
         #: Called when the sample stream restarts (reconnect, device reboot): older frames are not contiguous.
         self.restart_listeners: List[Callable[[], None]] = []
-        self._scales = np.ones(self._count or 1, dtype=np.float32)
         self._ready = False  # a HELLO was accepted since the port opened
         self._greeted = False  # a HELLO arrived in this connection (a later one may be a reboot)
         self._need_delimiter = True
@@ -307,7 +305,6 @@ class SerialSource(Source):
                      hello.sample_type.label, ",".join(self.channels), hello.sample_rate_hz, hello.safe_timeout_ms)
         self.hello = hello
         self._n["hellos"] += 1
-        self._scales = np.asarray(hello.scales, dtype=np.float32)
         self._heartbeat_s = hello.safe_timeout_ms / 4000.0 if hello.safe_timeout_ms else DEFAULT_HEARTBEAT_S
         for listener in self.hello_listeners:
             listener(hello, recv_ns)
@@ -348,14 +345,13 @@ class SerialSource(Source):
         if not self._ready or hello is None:
             self._n["ignored_before_hello"] += 1
             return
-        if len(sensor.values) != hello.channel_count or sensor.sample_type != hello.sample_type:
+        if not hello.fits(sensor):
             self._n["sensor_mismatch"] += 1
             log.warning("device on %s: SENSOR frame seq %d has %d %s values, its HELLO announced %d %s channels; "
                         "dropped", self.port.path, sensor.seq, len(sensor.values), sensor.sample_type.label,
                         hello.channel_count, hello.sample_type.label)
             return
-        values = np.array(sensor.values, dtype=np.float32)
-        values *= self._scales
+        values = hello.physical_values(sensor)
         seq = self._seq
         self._seq = seq + 1
         self._device_seqs[seq % SEQ_RING] = sensor.seq

@@ -229,6 +229,9 @@ static void on_frame(const el_frame *f)
         const el_action *a = &f->u.action;
         unsigned s = a->answers_seq;
         actions_received++;
+        if (a->action == EL_SAFE_ACTION) { /* "go safe" is obeyed whatever frame it answers (PROTOCOL.md 7) */
+            enter_safe();
+        }
         if (!(sent_seqs[s / 8] & (1u << (s % 8)))) {
             actions_bad++; /* answers a SENSOR frame this device never sent (rejected frames add to it) */
             return;
@@ -241,7 +244,6 @@ static void on_frame(const el_frame *f)
         by_reason[a->reason]++;
         if (a->action == EL_SAFE_ACTION) {
             actions_safe++;
-            enter_safe();
         } else {
             safe_state = 0;
         }
