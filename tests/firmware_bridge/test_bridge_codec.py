@@ -170,7 +170,8 @@ def test_reset_forgets_a_partial_frame_and_the_seq_anchor():
 
 def test_counter_names_are_the_documented_ones():
     assert COUNTER_NAMES == ("frames", "crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value",
-                             "bad_version", "unknown_type", "seq_gaps", "resyncs")
+                             "bad_version", "unknown_type", "seq_gaps", "resyncs", "unsigned", "bad_signature",
+                             "unbound", "replayed", "no_key")
 
 
 def _c_defines() -> dict:

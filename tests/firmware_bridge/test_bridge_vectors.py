@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,9 @@ from fb_helpers import (
 from firmware_bridge import vectors
 from firmware_bridge.cobs import cobs_decode, cobs_encode
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc
-from firmware_bridge.protocol import SampleType, decode_frame, encode, schema_hash
-from firmware_bridge.stream import FrameDecoder
+from firmware_bridge.auth import ZERO_SESSION
+from firmware_bridge.protocol import Flags, SampleType, decode_frame, encode, schema_hash
+from firmware_bridge.stream import COUNTER_NAMES, FrameDecoder
 
 VF = vectors.load()
 SPEC = ROOT / "firmware_bridge" / "PROTOCOL.md"
@@ -33,15 +37,15 @@ def test_vector_file_covers_every_frame_type_and_every_counter():
     described = " ".join(f for v in VF.vectors for f in v.frames)
     for kind in ("HELLO", "SENSOR", "ACTION", "HEARTBEAT", "ERROR"):
         assert kind + " " in described
-    for counter in ("crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value", "bad_version",
-                    "unknown_type", "seq_gaps", "resyncs"):
+    for counter in COUNTER_NAMES:
         assert any(v.counters[counter] for v in VF.vectors), counter
+    assert "SESSION " in described
 
 
 @pytest.mark.parametrize("vector", VF.vectors, ids=lambda v: v.name)
 def test_python_decoder_passes_the_vector(vector):
     for split in ("whole", "bytes", "random"):
-        dec = FrameDecoder()
+        dec = vector.decoder()
         if split == "whole":
             frames = dec.feed(vector.wire)
         elif split == "bytes":
@@ -54,10 +58,26 @@ def test_python_decoder_passes_the_vector(vector):
                 i += n
         assert [vectors.describe(f) for f in frames] == vector.frames, split
         assert dec.counters.as_dict() == vector.counters, split
+        if vector.receiver is not None:
+            assert (dec.auth.session, dec.auth.rx_last) == vector.session_after, split
     if vector.roundtrip:
         (frame,) = frames
         assert encode(frame) == vector.wire
         assert decode_frame(vector.wire[:-1]) == frame or vector.name == "sensor_float32_nonfinite"
+
+
+def test_python_passes_the_signing_lines():
+    assert VF.sha256 and VF.hmac and VF.sign
+    for data, digest in VF.sha256:
+        assert hashlib.sha256(data).digest() == digest
+    for key, data, mac in VF.hmac:
+        assert hmac.new(key, data, hashlib.sha256).digest() == mac
+    for case in VF.sign:
+        frame = decode_frame(case.unsigned[:-1])
+        assert vectors.signed(frame, case.side, case.ts, case.session, case.key) == case.signed
+        if case.session != ZERO_SESSION:  # the peer in that session takes it
+            peer = vectors.Receiver(case.side.peer, case.key, case.session).auth()
+            assert decode_frame(case.signed[:-1], peer) == replace(frame, flags=frame.flags | Flags.SIGNED)
 
 
 def test_python_passes_the_crc_cobs_and_schema_lines():
@@ -196,8 +216,7 @@ def test_c_and_python_decoders_agree_on_random_damaged_input(c_vector_test):
     assert proc.returncode == 0, proc.stderr
     c_out = proc.stdout.split("end\n")[:-1]
     assert len(c_out) == len(streams)
-    totals = dict.fromkeys(["frames", "crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value",
-                            "bad_version", "unknown_type", "seq_gaps", "resyncs"], 0)
+    totals = dict.fromkeys(COUNTER_NAMES, 0)
     for stream, c_text in zip(streams, c_out):
         dec = FrameDecoder()
         lines = [f"frame {vectors.describe(f)}" for f in dec.feed(stream)]
@@ -206,4 +225,5 @@ def test_c_and_python_decoders_agree_on_random_damaged_input(c_vector_test):
         assert got == [_canonical_nans(x) for x in lines], stream.hex()
         for k, v in dec.counters.as_dict().items():
             totals[k] += v
-    assert all(totals.values()), totals  # the random input reached every counter
+    keyless = ("unsigned", "bad_signature", "unbound", "replayed")  # a receiver without a key never counts these
+    assert all(v for k, v in totals.items() if k not in keyless), totals  # the input reached every other counter
