@@ -173,8 +173,10 @@ class LinkAuth:
 
     def _session(self, payload: bytes, ts: int) -> Optional[str]:
         host, device = payload[:NONCE_LEN], payload[NONCE_LEN:]
+        if host == ZERO_NONCE:
+            return "bad_value"
         if self.side is Side.DEVICE:  # the host offers a session
-            if host == ZERO_NONCE or device != ZERO_NONCE:
+            if device != ZERO_NONCE:
                 return "bad_value"
             if host == self.host_nonce:
                 return "replayed"  # the offer of the session we are in (or were in last)
