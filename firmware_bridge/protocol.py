@@ -417,6 +417,7 @@ def encode(frame: LinkFrame, auth: Optional[LinkAuth] = None) -> bytes:
     ValueError (or struct.error) for a field that cannot go on the wire.
     With ``auth`` the frame is signed (:func:`encode_raw`).
     """
+    _check(auth is not None or not frame.flags & Flags.SIGNED, "the SIGNED flag is set by signing (pass auth)")
     try:
         payload = _payload(frame)
     except struct.error as exc:

@@ -139,7 +139,7 @@ def test_c_core_builds_for_an_8_bit_avr_if_the_toolchain_is_there(tmp_path):
 def _random_valid_frame(rng: random.Random) -> bytes:
     from firmware_bridge import protocol as p
     kind = rng.randrange(5)
-    hdr = dict(seq=rng.randrange(65536), t_us=rng.randrange(2**32), flags=rng.randrange(256))
+    hdr = dict(seq=rng.randrange(65536), t_us=rng.randrange(2**32), flags=rng.randrange(256) & ~0x02)
     if kind == 0:
         n = rng.randint(1, 8)
         return encode(p.Hello(fw_version=(1, 2, 3), sample_type=rng.choice(list(SampleType)),
@@ -174,7 +174,8 @@ def _random_stream(rng: random.Random) -> bytes:
             parts.append(encode_raw(rng.choice([1, 2, 3, 4, 5, rng.randrange(256)]),
                                     bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 3, 7, 8, 15, 16, 40,
                                                                                           rng.randint(0, 255)]))),
-                                    seq=rng.randrange(65536), version=rng.choice([1, 1, 1, 1, 0, 2])))
+                                    seq=rng.randrange(65536), version=rng.choice([1, 1, 1, 1, 0, 2]),
+                                    flags=rng.choice([0, 0, 0x02])))  # signed, at a receiver without a key
         else:
             parts.append(bytes(rng.randrange(256) for _ in range(rng.randint(1, 400))))
     data = bytearray(b"".join(parts))
