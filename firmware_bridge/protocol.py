@@ -340,6 +340,28 @@ def check_hello(hello: Hello, channels: Sequence[str]) -> None:
         "flash firmware built for this model's channels, or run the model made for this device")
 
 
+SAMPLE_RATE_TOLERANCE = 0.02  #: HELLO's rate may differ from the model's by this fraction (clock trim, rounding)
+
+
+def check_sample_rate(hello: Hello, expected_hz: Optional[float]) -> None:
+    """Refuse a device whose HELLO announces another sample rate than the model was made for.
+
+    A model fed samples at the wrong rate sees stretched or squeezed motion and
+    answers confidently wrong; like a schema mismatch, this is a one-line
+    refusal before any decision. Nothing to check when either side does not
+    say (HELLO's 0 means "not fixed"); the host still compares ``t_us`` with
+    the rate it knows (PROTOCOL.md 7.2).
+    """
+    if not hello.sample_rate_millihz or not expected_hz:
+        return
+    if abs(hello.sample_rate_hz / expected_hz - 1.0) <= SAMPLE_RATE_TOLERANCE:
+        return
+    raise SchemaMismatch(
+        f"device sample rate does not match the model: the device (firmware {'.'.join(map(str, hello.fw_version))}) "
+        f"samples at {hello.sample_rate_hz:g} Hz, the model expects {expected_hz:g} Hz ([input].sample_rate_hz); "
+        "flash firmware that samples at the model's rate, or run the model made for this device")
+
+
 # --- encoding ------------------------------------------------------------------------------
 
 

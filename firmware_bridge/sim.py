@@ -60,7 +60,8 @@ from edge_infer.decide.reasons import Reason
 from edge_infer.errors import EdgeInferError, LogError
 from edge_infer.io import read_log
 
-from .auth import LinkAuth, Side, load_key
+from .auth import LinkAuth, Side
+from .keys import load_key
 from .faults import FaultInjector
 from .protocol import (
     HELLO_FIXED,

@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from firmware_bridge.keys import load_key
+
+from ..errors import ConfigError
 from ..io import read_log
 from ..model.loader import bundled_log, open_model
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
@@ -44,6 +47,11 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.path, supported=_run_options())
     options = config.options
     source = options.get("source") or str(bundled_log())
+    if options.get("link_key"):  # what the service would refuse at start: a key for a log, a bad key file
+        if not is_source_uri(source):
+            raise ConfigError(f"config {config.path}: [source].link_key signs a serial link, but the source is "
+                              f"the recorded log {source}; remove link_key or set [source].uri = \"serial:...\"")
+        load_key(options["link_key"])
     log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
     spec, engine = open_model(options.get("model"), log.channels if log is not None else None,
                               backend=options.get("backend"), hop=options.get("hop"),
