@@ -201,3 +201,47 @@ def test_arduino_sketch_compiles_for_an_8_bit_avr(tmp_path, defines):
         pytest.skip("avr-g++ is not installed (apt-get install gcc-avr avr-libc)")
     build_c(tmp_path / "sketch.o", compiler="avr-g++",
             flags=["-mmcu=atmega328p", "-std=gnu++11", "-Os", "-c", *defines, *SKETCH_FLAGS])
+
+
+def test_c_device_goes_safe_on_any_safe_action_even_for_a_frame_it_never_sent(sim_device_exe, tmp_path):
+    """PROTOCOL.md 7: ACTION -1 means "go safe" whatever frame it answers; the device must not ignore it."""
+    log = write_log(tmp_path / "log.csv", 25)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    dec, enc, sensors, state = FrameDecoder(), FrameEncoder(), [], {"unsafe_at": None, "safe_sent_at": None}
+    proc = subprocess.Popen([str(sim_device_exe), str(log), "--port", os.ttyname(slave), "--speed", "1",
+                             "--linger", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        os.write(master, enc.heartbeat())
+        end = time.monotonic() + TIMEOUT
+        while proc.poll() is None:
+            assert time.monotonic() < end, "sim_device did not finish"
+            if not select.select([master], [], [], 0.05)[0]:
+                continue
+            for frame in dec.feed(os.read(master, 4096)):
+                if not isinstance(frame, Sensor):
+                    continue
+                sensors.append(frame)
+                safe = bool(frame.flags & Flags.DEVICE_SAFE)
+                if state["unsafe_at"] is None and len(sensors) == 1:
+                    os.write(master, enc.action(1, source=ActionSource.MODEL, answers_seq=frame.seq))
+                elif not safe and state["unsafe_at"] is None:
+                    state["unsafe_at"] = len(sensors)
+                    os.write(master, enc.action(-1, source=ActionSource.FALLBACK, reason=Reason.NO_DATA,
+                                                answers_seq=(frame.seq + 30000) & 0xFFFF))
+                    state["safe_sent_at"] = len(sensors)
+                else:
+                    os.write(master, enc.heartbeat())  # keep the host present: only the ACTION may make it safe
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    after = sensors[state["safe_sent_at"] + 1:]
+    assert state["unsafe_at"] is not None and after, "the device never left its safe state"
+    assert all(s.flags & Flags.DEVICE_SAFE for s in after)
+    assert summary["actions_bad"] == 1 and summary["safe_entries"] == 1
