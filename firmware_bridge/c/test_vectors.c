@@ -4,6 +4,7 @@
  *   gcc -std=c99 -Wall -Wextra -Werror -pedantic -o test_vectors test_vectors.c edge_link.c
  *   ./test_vectors ../test_vectors.txt
  *   ./test_vectors --decode < streams.hex
+ *   ./test_vectors --decode-auth host|device KEY SESSION RX_LAST NONCE < streams.hex
  *
  * Exit status 0 when every check passes, 1 when any fails (each failure is
  * printed), 2 when the file cannot be read. With --decode it reads one hex
@@ -420,14 +421,22 @@ static void set_auth(char *rest)
     has_auth = 1;
 }
 
-static int decode_stdin(void)
+/* With auth_line ("host|device KEY SESSION RX_LAST NONCE"), each stream starts from that signing state. */
+static int decode_stdin(const char *auth_line)
 {
     static uint8_t rxbuf[EL_MAX_ENCODED];
-    static char desc[DESC_MAX];
+    static char desc[DESC_MAX], spec[DESC_MAX];
     el_decoder d;
     el_frame f;
     size_t i, len;
     while (fgets(line, sizeof line, stdin)) {
+        if (auth_line) {
+            snprintf(spec, sizeof spec, "%s", auth_line);
+            set_auth(spec);
+            if (!has_auth) {
+                return 2;
+            }
+        }
         line[strcspn(line, "\r\n")] = '\0';
         wire_len = unhex(line, wire, sizeof wire);
         if (wire_len == (size_t)-1) {
@@ -435,6 +444,9 @@ static int decode_stdin(void)
             return 2;
         }
         el_decoder_init(&d, rxbuf, (uint16_t)sizeof rxbuf);
+        if (auth_line) {
+            el_decoder_set_auth(&d, &auth);
+        }
         for (i = 0; i < wire_len; i++) {
             if (el_decoder_push(&d, wire[i], &f)) {
                 describe(&f, desc);
@@ -443,7 +455,12 @@ static int decode_stdin(void)
         }
         describe_counters(&d.counters, desc);
         len = strlen(desc);
-        printf("counters %.*s\nend\n", (int)len, desc);
+        printf("counters %.*s\n", (int)len, desc);
+        if (auth_line) {
+            describe_session(&auth, desc);
+            printf("session %s\n", desc);
+        }
+        printf("end\n");
     }
     return 0;
 }
@@ -453,7 +470,12 @@ int main(int argc, char **argv)
     FILE *fp;
     int vectors = 0, in_vector = 0;
     if (argc == 2 && strcmp(argv[1], "--decode") == 0) {
-        return decode_stdin();
+        return decode_stdin(NULL);
+    }
+    if (argc == 7 && strcmp(argv[1], "--decode-auth") == 0) {
+        static char spec[DESC_MAX];
+        snprintf(spec, sizeof spec, "%s %s %s %s %s", argv[2], argv[3], argv[4], argv[5], argv[6]);
+        return decode_stdin(spec);
     }
     if (argc != 2) {
         fprintf(stderr, "usage: %s test_vectors.txt | --decode\n", argv[0]);

@@ -21,7 +21,7 @@ from fb_helpers import (
 from firmware_bridge import vectors
 from firmware_bridge.cobs import cobs_decode, cobs_encode
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc
-from firmware_bridge.auth import ZERO_SESSION
+from firmware_bridge.auth import ZERO_SESSION, Side
 from firmware_bridge.protocol import Flags, SampleType, decode_frame, encode, schema_hash
 from firmware_bridge.stream import COUNTER_NAMES, FrameDecoder
 
@@ -228,3 +228,65 @@ def test_c_and_python_decoders_agree_on_random_damaged_input(c_vector_test):
             totals[k] += v
     keyless = ("unsigned", "bad_signature", "unbound", "replayed")  # a receiver without a key never counts these
     assert all(v for k, v in totals.items() if k not in keyless), totals  # the input reached every other counter
+
+
+def _random_signed_stream(rng: random.Random, receiver: vectors.Receiver) -> bytes:
+    """Frames from the receiver's peer: in its session or not, ts rising or not, other keys, SESSION frames,
+    reflections, unsigned ones; then damage."""
+    from firmware_bridge import protocol as p
+    peer = receiver.side.peer
+    ts, parts = receiver.rx_last, []
+    for _ in range(rng.randint(1, 8)):
+        r = rng.random()
+        ts = max(1, ts + rng.choice([1, 1, 1, 2, 0, -1, -5, 1000]))
+        frame = p.Heartbeat(seq=rng.randrange(65536)) if rng.random() < 0.3 else \
+            p.Sensor(seq=rng.randrange(65536), sample_type=SampleType.INT16,
+                     values=tuple(rng.randint(-5, 5) for _ in range(rng.randint(1, 4))))
+        if r < 0.45:
+            parts.append(vectors.signed(frame, peer, ts, receiver.session))
+        elif r < 0.55:
+            parts.append(vectors.signed(frame, peer, ts, receiver.session, vectors.OTHER_KEY))
+        elif r < 0.62:
+            parts.append(vectors.signed(frame, peer, ts, ZERO_SESSION))
+        elif r < 0.68:
+            parts.append(vectors.signed(frame, receiver.side, ts, receiver.session))
+        elif r < 0.75:
+            parts.append(encode(frame))
+        else:  # SESSION frames: offers (to a device) or answers (to a host), for this session or another
+            host = rng.choice([receiver.session[:8], vectors.HOST_NONCE, bytes(8), b"\x33" * 8])
+            device = bytes(8) if peer is Side.HOST and rng.random() < 0.8 else rng.choice(
+                [vectors.DEVICE_NONCE, b"\x44" * 8, bytes(8)])
+            parts.append(vectors.signed(p.Session(seq=rng.randrange(65536), host_nonce=host, device_nonce=device),
+                                        peer, rng.choice([1, ts]), ZERO_SESSION))
+    data = bytearray(b"".join(parts))
+    for _ in range(rng.choice([0, 0, 0, 1, 3])):
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [Side.HOST, Side.DEVICE])
+def test_c_and_python_agree_on_random_signed_input(c_vector_test, side):
+    established = vectors.Receiver(side, vectors.KEY, vectors.SESSION, 3, vectors.DEVICE_NONCE)
+    offered = vectors.Receiver(side, vectors.KEY, vectors.HOST_NONCE + bytes(8), 0, vectors.DEVICE_NONCE)
+    totals = dict.fromkeys(COUNTER_NAMES, 0)
+    for receiver in (established, offered):
+        rng = random.Random(f"{side.name}{receiver.session.hex()}")
+        streams = [_random_signed_stream(rng, receiver) for _ in range(600)]
+        args = [side.name.lower(), receiver.key.hex(), receiver.session.hex(), str(receiver.rx_last),
+                receiver.nonce.hex()]
+        proc = subprocess.run([str(c_vector_test), "--decode-auth", *args],
+                              input="".join(s.hex() + "\n" for s in streams),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        c_out = proc.stdout.split("end\n")[:-1]
+        assert len(c_out) == len(streams)
+        for stream, c_text in zip(streams, c_out):
+            dec = FrameDecoder(auth=receiver.auth())
+            lines = [f"frame {vectors.describe(f)}" for f in dec.feed(stream)]
+            lines.append(f"counters {vectors.describe_counters(dec.counters.as_dict())}")
+            lines.append(f"session {dec.auth.session.hex()} {dec.auth.rx_last}")
+            assert c_text.splitlines() == lines, stream.hex()
+            for k, v in dec.counters.as_dict().items():
+                totals[k] += v
+    assert all(totals[k] for k in ("frames", "crc_errors", "unsigned", "bad_signature", "unbound", "replayed")), totals
