@@ -62,9 +62,19 @@ class Side(enum.IntEnum):
         return Side.HOST if self is Side.DEVICE else Side.DEVICE
 
 
-def compute_tag(key: bytes, session: bytes, signed: bytes) -> bytes:
-    """The 8-byte tag of ``signed`` (header, payload, link_id, ts) in ``session``."""
-    return hmac.new(key, session + signed, hashlib.sha256).digest()[:TAG_LEN]
+def _tagger(key: bytes) -> Callable[[bytes, bytes], bytes]:
+    """The 8-byte tag of ``signed`` (header, payload, link_id, ts) in ``session``, for one key.
+
+    The key's HMAC pads are hashed once and the state copied per frame.
+    """
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def tag(session: bytes, signed: bytes) -> bytes:
+        h = keyed.copy()
+        h.update(session)
+        h.update(signed)
+        return h.digest()[:TAG_LEN]
+    return tag
 
 
 class LinkAuth:
@@ -84,6 +94,7 @@ class LinkAuth:
         if len(key) != KEY_LEN:
             raise ValueError(f"a link key is {KEY_LEN} bytes, not {len(key)}")
         self.key = bytes(key)
+        self._tag = _tagger(self.key)
         self.side = Side(side)
         self._new_nonce = new_nonce or (lambda: os.urandom(NONCE_LEN))
         self.session = ZERO_SESSION
@@ -131,7 +142,7 @@ class LinkAuth:
             raise ValueError("the link's signing counter is exhausted: start a new session")
         self.tx_ts += 1
         signed = body + bytes([self.side]) + TS.pack(self.tx_ts)[:TS_LEN]
-        return signed + compute_tag(self.key, self.session if binding is None else binding, signed)
+        return signed + self._tag(self.session if binding is None else binding, signed)
 
     # --- checking ------------------------------------------------------------------------------
 
@@ -145,15 +156,15 @@ class LinkAuth:
             return "bad_signature"  # not signed by the other side: reflected, or a third party
         ts = int.from_bytes(signed[-TS_LEN:], "little")
         if session_payload is not None:
-            if not hmac.compare_digest(compute_tag(self.key, session_payload, signed), tag):
+            if not hmac.compare_digest(self._tag(session_payload, signed), tag):
                 return "bad_signature"
             return self._session(session_payload, ts)
-        if self.established and hmac.compare_digest(compute_tag(self.key, self.session, signed), tag):
+        if self.established and hmac.compare_digest(self._tag(self.session, signed), tag):
             if ts <= self.rx_last:
                 return "replayed"
             self._rx_ts = ts
             return None
-        if hmac.compare_digest(compute_tag(self.key, ZERO_SESSION, signed), tag):
+        if hmac.compare_digest(self._tag(ZERO_SESSION, signed), tag):
             return "unbound"
         return "bad_signature"
 
