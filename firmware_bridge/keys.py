@@ -8,6 +8,7 @@ itself, which ``ps`` and shell history would show.
 
     python -m firmware_bridge.keys keygen /etc/edge-infer/link.key   # new random key, mode 0600
     python -m firmware_bridge.keys c-header /etc/edge-infer/link.key  # #define EDGE_LINK_KEY {...} for firmware
+    python -m firmware_bridge.keys check /etc/edge-infer/link.key     # size, mode, not all zero
 """
 
 from __future__ import annotations
@@ -93,11 +94,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("keygen", help="write a new random key file (mode 0600, never overwrites)").add_argument("path")
     sub.add_parser("c-header", help="print a C header defining EDGE_LINK_KEY from a key file").add_argument("path")
+    sub.add_parser("check", help="check a key file as edge-infer will (size, mode, not all zero)").add_argument("path")
     args = parser.parse_args(argv)
     try:
         if args.command == "keygen":
             write_new_key(args.path)
             print(f"wrote a new link key to {args.path} (mode 0600)")
+        elif args.command == "check":
+            load_key(args.path)
+            print(f"link key {args.path} is usable")
         else:
             key = load_key(args.path)
             print("/* edge-link key: keep this file out of version control (docs/link-security.md) */")

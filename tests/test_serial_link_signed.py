@@ -252,3 +252,17 @@ def test_a_host_with_a_key_sends_nothing_unsigned_and_no_heartbeat_outside_a_ses
     finally:
         source.close()
         device.close()
+
+
+def test_the_link_key_drop_in_verifies_and_check_config_accepts_a_credential_path(spec, tmp_path):
+    from test_systemd_unit import ANALYZE, unit_with_existing_binary
+
+    proc = subprocess.run([ANALYZE, "verify", str(unit_with_existing_binary(tmp_path / "unit", ("link-key.conf",)))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    config = tmp_path / "config.toml"
+    credential = "/run/credentials/edge-infer.service/link.key"
+    config.write_text(f'[model]\nspec = "{spec}"\n[source]\nuri = "serial:/dev/ttyACM0"\nlink_key = "{credential}"\n')
+    ok = subprocess.run([sys.executable, "-m", "edge_infer", "check-config", str(config)], cwd=ROOT,
+                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert ok.returncode == 0 and "is a systemd credential, checked when the service starts" in ok.stdout
