@@ -454,9 +454,12 @@ static void sha256_block(el_sha256 *s)
 
 void el_sha256_init(el_sha256 *s)
 {
-    static const uint32_t iv[8] = {0x6a09e667UL, 0xbb67ae85UL, 0x3c6ef372UL, 0xa54ff53aUL,
-                                   0x510e527fUL, 0x9b05688cUL, 0x1f83d9abUL, 0x5be0cd19UL};
-    memcpy(s->h, iv, sizeof iv);
+    static const uint32_t iv[8] EL_ROM = {0x6a09e667UL, 0xbb67ae85UL, 0x3c6ef372UL, 0xa54ff53aUL,
+                                          0x510e527fUL, 0x9b05688cUL, 0x1f83d9abUL, 0x5be0cd19UL};
+    uint8_t i;
+    for (i = 0; i < 8u; i++) {
+        s->h[i] = EL_ROM_U32(&iv[i]);
+    }
     s->bytes = 0;
     s->used = 0;
 }
@@ -809,12 +812,16 @@ static el_status parse_session(const uint8_t *p, size_t len, el_session *s)
     return EL_OK;
 }
 
+typedef el_status (*verify_fn)(el_auth *, const uint8_t *, size_t, uint8_t);
+
+static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify);
+
 el_status el_decode_frame(uint8_t *buf, size_t len, el_frame *out)
 {
-    return el_decode_frame_auth(buf, len, out, NULL);
+    return decode(buf, len, out, NULL, NULL);
 }
 
-static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
+static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify)
 {
     size_t n, plen;
     const uint8_t *p;
@@ -848,10 +855,10 @@ static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
             return EL_REJECT_BAD_LENGTH;
         }
         plen -= EL_AUTH_LEN;
-        if (!auth) {
+        if (!auth || !verify) {
             return EL_REJECT_NO_KEY;
         }
-        st = auth_check(auth, buf, EL_HEADER_LEN + plen, out->type);
+        st = verify(auth, buf, EL_HEADER_LEN + plen, out->type);
         if (st != EL_OK) {
             return st;
         }
@@ -874,13 +881,18 @@ static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
     }
 }
 
-el_status el_decode_frame_auth(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
+static el_status decode_and_accept(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify)
 {
-    el_status st = decode(buf, len, out, auth);
+    el_status st = decode(buf, len, out, auth, verify);
     if (st == EL_OK && auth && out->type != EL_SESSION && auth->rx_ts > auth->rx_last) {
         auth->rx_last = auth->rx_ts; /* delivered: its ts is the new floor */
     }
     return st;
+}
+
+el_status el_decode_frame_auth(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
+{
+    return decode_and_accept(buf, len, out, auth, auth_check);
 }
 
 /* ---- the incremental decoder -------------------------------------------- */
@@ -895,6 +907,7 @@ void el_decoder_init(el_decoder *d, uint8_t *buf, uint16_t cap)
 void el_decoder_set_auth(el_decoder *d, el_auth *auth)
 {
     d->auth = auth;
+    d->verify = auth ? auth_check : NULL;
 }
 
 void el_decoder_reset(el_decoder *d)
@@ -949,7 +962,7 @@ int el_decoder_push(el_decoder *d, uint8_t byte, el_frame *out)
     }
     len = d->len;
     d->len = 0;
-    st = el_decode_frame_auth(d->buf, len, out, d->auth);
+    st = decode_and_accept(d->buf, len, out, d->auth, d->verify);
     if (st != EL_OK) {
         count_reject(d, st);
         return 0;

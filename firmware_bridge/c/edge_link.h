@@ -303,6 +303,8 @@ typedef struct {
     uint8_t have_seq;
     uint16_t next_seq;
     el_auth *auth;          /* NULL: no key (set with el_decoder_set_auth) */
+    /* the signing check, set with auth: a device that never signs links no SHA-256 code */
+    el_status (*verify)(el_auth *auth, const uint8_t *inner, size_t end, uint8_t type);
     el_counters counters;
 } el_decoder;
 
