@@ -360,7 +360,7 @@ class VirtualDevice:
             self._on_frame(frame)
 
     def _on_frame(self, frame: LinkFrame) -> None:
-        if isinstance(frame, Session):  # the decoder began a new session: start it safe, answer from the main loop
+        if isinstance(frame, Session) and self.auth is not None:  # the decoder began a session: start it safe
             self._enter_safe()
             self._host_present, self._last_host = True, time.monotonic()
             self._session_pending, self._hello_pending = True, False

@@ -30,7 +30,7 @@ def live_runtime(args: argparse.Namespace, uri: str) -> Runtime:
     spec, engine = open_model(args.model, None, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
                               fallback=args.fallback)
     source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels,
-                              sample_rate_hz=spec.sample_rate_hz, link_key=args.link_key)
+                              sample_rate_hz=spec.sample_rate_hz, link_key_file=args.link_key)
     runtime = Runtime(spec, engine, source, build_sinks(args), **runtime_options(spec, args))
     attach_device(runtime)
     return runtime

@@ -22,12 +22,12 @@ HELLO_TIMEOUT_S = 10.0
 
 
 def open_live_source(text: str, channels: Optional[Sequence[str]] = None, channel_count: Optional[int] = None, *,
-                     sample_rate_hz: Optional[float] = None, link_key: Optional[str] = None):
+                     sample_rate_hz: Optional[float] = None, link_key_file: Optional[str] = None):
     """The :class:`~.serial_link.SerialSource` a URI names; the port opens on the first ``recv``.
 
-    ``sample_rate_hz`` is the model's (HELLO's rate must agree); ``link_key``
-    a key file's path: the link is signed with it (the key is read now, so a
-    bad key file is refused before the port opens).
+    ``sample_rate_hz`` is the model's (HELLO's rate must agree);
+    ``link_key_file`` a key file's path: the link is signed with its key (read
+    now, so a bad key file is refused before the port opens).
     ``channels`` are the model's (the device's HELLO is checked against them);
     None takes the device's own, and without a ``channel_count`` either the
     caller needs their names before the first frame (a recording without a
@@ -38,7 +38,7 @@ def open_live_source(text: str, channels: Optional[Sequence[str]] = None, channe
 
     from .serial_link import SerialSource
 
-    key = load_key(link_key) if link_key else None
+    key = load_key(link_key_file) if link_key_file else None
     source = SerialSource(address.path, address.baud, channels, channel_count, name=text,
                           sample_rate_hz=sample_rate_hz, link_key=key)
     if channels is None and channel_count is None:

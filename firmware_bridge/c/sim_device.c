@@ -231,7 +231,7 @@ static void enter_safe(void)
 
 static void on_frame(const el_frame *f)
 {
-    if (f->type == EL_SESSION) { /* the decoder began a new session: start it safe, tell the host who we are */
+    if (keyed && f->type == EL_SESSION) { /* the decoder began a session: start it safe, tell the host who we are */
         enter_safe();
         host_present = 1;
         last_host = now_s();
