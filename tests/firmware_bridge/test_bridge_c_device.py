@@ -313,3 +313,34 @@ def test_arduino_sketch_with_a_key_compiles_for_an_8_bit_avr(tmp_path):
         pytest.skip("avr-g++ is not installed (apt-get install gcc-avr avr-libc)")
     build_c(tmp_path / "sketch.o", compiler="avr-g++",
             flags=["-mmcu=atmega328p", "-std=gnu++11", "-Os", "-c", SIGNED_DEFINE, *SKETCH_FLAGS])
+
+
+def test_c_device_with_a_key_answers_an_offer_and_is_clean_under_valgrind(sim_device_exe, log, tmp_path):
+    """sim_device --link-key on stdio: the host's offer begins a session (SESSION and HELLO back, signed in it);
+    host frames signed in another session are refused; valgrind finds nothing."""
+    from firmware_bridge.auth import LinkAuth, Side
+    from firmware_bridge.keys import load_key, write_new_key
+    from firmware_bridge.protocol import Session
+
+    key_path = tmp_path / "link.key"
+    write_new_key(key_path)
+    host = LinkAuth(load_key(key_path), Side.HOST)
+    enc = FrameEncoder(auth=host)
+    offer = host.offer()
+    wire = enc.encode(Session(host_nonce=offer))
+    host.session = offer + b"\x11" * 8  # not the device's nonce: these two are refused
+    wire += enc.action(1, source=ActionSource.MODEL, answers_seq=3) + enc.heartbeat()
+    valgrind = shutil.which("valgrind")
+    cmd = [valgrind, "-q", "--error-exitcode=9"] if valgrind else []
+    proc = subprocess.run([*cmd, str(sim_device_exe), str(log), "--speed", "max", "--linger", "0", "--link-key",
+                           str(key_path)], input=wire, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stderr.decode().strip().splitlines()[-1])
+    assert summary["sessions"] == 1 and summary["link"]["bad_signature"] == 2 and summary["actions_received"] == 0
+    observer = LinkAuth(host.key, Side.HOST)
+    observer.session = offer + bytes(8)
+    dec = FrameDecoder(auth=observer)
+    frames = dec.feed(proc.stdout)
+    assert isinstance(frames[0], Session) and frames[0].host_nonce == offer and isinstance(frames[1], Hello)
+    assert dec.counters.bad_signature == 0 and dec.counters.unsigned == 0
+    assert dec.counters.unbound >= 1  # what it sent before the offer: signed in no session
