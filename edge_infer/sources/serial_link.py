@@ -397,12 +397,12 @@ class SerialSource(Source):
     def _check(self, hello: Hello) -> None:
         """Refuse a device that does not send the model's channels (or, without a model, changed its own)."""
         self._ready = False  # a refused device gets no ACTION, not even the shutdown one
-        if self._rate_hz:
-            check_sample_rate(hello, self._rate_hz)
-        elif not hello.sample_rate_millihz and "no_rate" not in self._warned:
+        check_sample_rate(hello, self._rate_hz)
+        if not hello.sample_rate_millihz and "no_rate" not in self._warned:
             self._warned.add("no_rate")
-            log.warning("device on %s announces no sample rate and the model has none: the rate is not checked",
-                        self.port.path)
+            log.warning("device on %s announces no sample rate (0: not fixed): %s", self.port.path,
+                        f"its clock is checked against the model's {self._rate_hz:g} Hz" if self._rate_hz
+                        else "the model has none either, so the rate is not checked")
         if self._expected is not None:
             check_hello(hello, self._expected)
             return
