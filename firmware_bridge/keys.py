@@ -40,7 +40,7 @@ def load_key(path: Union[str, Path]) -> bytes:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the start: refused below
     except OSError as exc:
         raise LinkKeyError(f"link key {path}: cannot read it: {exc.strerror}") from None
     try:

@@ -289,3 +289,12 @@ def test_keygen_writes_a_private_key_and_never_overwrites_one(tmp_path):
     assert again.returncode == 2 and "never overwritten" in again.stderr and keys.load_key(path) == key
     header = subprocess.run([*run, "c-header", str(path)], cwd=ROOT, capture_output=True, text=True).stdout
     assert "#define EDGE_LINK_KEY" in header and f"0x{key[0]:02x}" in header and header.count("0x") == 32
+
+
+def test_a_key_path_that_is_not_a_file_is_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(keys.LinkKeyError, match="is not a regular file"):
+        keys.load_key(fifo)
+    with pytest.raises(keys.LinkKeyError, match="cannot read it"):
+        keys.load_key(tmp_path / "missing")
