@@ -478,12 +478,17 @@ static int load_key(const char *path, uint8_t key[EL_KEY_LEN])
     struct stat st;
     ssize_t n;
     size_t i, k = 0;
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not hang the start: refused below */
     if (fd < 0 || fstat(fd, &st) != 0) {
         fprintf(stderr, "sim_device: link key %s: cannot read it: %s\n", path, strerror(errno));
         if (fd >= 0) {
             close(fd);
         }
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "sim_device: link key %s is not a regular file\n", path);
+        close(fd);
         return 0;
     }
     if (st.st_mode & 077) {

@@ -119,7 +119,8 @@ def test_c_device_on_stdio(sim_device_exe, log):
     assert json.loads(proc.stderr)["frames_sent"] == 50
 
 
-@pytest.mark.parametrize("args", [[], ["{log}", "--speed", "0"], ["{log}", "--bogus"], ["/no/such.csv"]])
+@pytest.mark.parametrize("args", [[], ["{log}", "--speed", "0"], ["{log}", "--bogus"], ["/no/such.csv"],
+                                  ["{log}", "--link-key", "/dev/null"], ["{log}", "--link-key", "/no/such.key"]])
 def test_c_device_bad_arguments_exit_2(sim_device_exe, log, args):
     argv = [a.format(log=log) for a in args]
     proc = subprocess.run([str(sim_device_exe), *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
