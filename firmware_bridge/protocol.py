@@ -21,11 +21,14 @@ import enum
 import struct
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Callable, ClassVar, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from edge_infer.decide.reasons import Reason
 from edge_infer.errors import SourceError
 
+from .auth import AUTH_LEN, SESSION_LEN, TAG_LEN, LinkAuth
 from .cobs import cobs_decode, cobs_encode, max_encoded_len
 from .crc import crc16_ccitt_false, crc32_iso_hdlc
 
@@ -42,6 +45,8 @@ ERROR_FIXED = struct.Struct("<HB")  #: code, text_len, then the text
 LEN_PREFIX = struct.Struct("<B")  #: the HELLO names length, after the scales
 
 MAX_PAYLOAD = 255
+MAX_SIGNED_PAYLOAD = MAX_PAYLOAD - AUTH_LEN  #: 240: a signed frame's trailer shares the 255 bytes
+SESSION_FIXED = struct.Struct(f"<{SESSION_LEN}s")  #: host nonce || device nonce
 MIN_INNER = HEADER.size + CRC.size  #: 11: a frame with an empty payload
 MAX_INNER = HEADER.size + MAX_PAYLOAD + CRC.size  #: 266
 MAX_ENCODED = max_encoded_len(MAX_INNER)  #: 268: the receive buffer a peer needs
@@ -51,6 +56,25 @@ MAX_ACTION_NAME = 24  #: bytes of UTF-8
 MAX_ERROR_TEXT = 64  #: bytes of UTF-8
 SAFE_ACTION = -1  #: the ACTION code for "the device's own safe default action"
 DEFAULT_SAFE_TIMEOUT_MS = 500
+#: The shortest host-silence timeout a host keeps fed: a device announcing less gets heartbeats as if it
+#: had announced this (PROTOCOL.md 7.2). Below it, one late write or a busy scheduler tick would trip it.
+MIN_SAFE_TIMEOUT_MS = 100
+HEARTBEATS_PER_TIMEOUT = 4  #: the host speaks at least this often within the device's safe timeout
+MAX_HEARTBEAT_S = 1.0  #: ... and at least once a second, however long the timeout
+
+
+def heartbeat_interval_s(safe_timeout_ms: int) -> float:
+    """How long a host may stay silent before it sends a HEARTBEAT, for a device's HELLO ``safe_timeout_ms``.
+
+    The one definition of the rule PROTOCOL.md section 7.2 states: a quarter
+    of the safe timeout, the timeout first clamped to at least
+    :data:`MIN_SAFE_TIMEOUT_MS` (a device announcing 1 ms would otherwise get
+    4,000 heartbeats a second and still time out between them), the interval
+    capped at :data:`MAX_HEARTBEAT_S`. 0 means the device has no host-silence
+    timeout; the host then uses the interval of the default 500 ms timeout.
+    """
+    timeout_ms = safe_timeout_ms or DEFAULT_SAFE_TIMEOUT_MS
+    return min(max(timeout_ms, MIN_SAFE_TIMEOUT_MS) / HEARTBEATS_PER_TIMEOUT / 1000.0, MAX_HEARTBEAT_S)
 
 
 class FrameType(enum.IntEnum):
@@ -61,6 +85,7 @@ class FrameType(enum.IntEnum):
     ACTION = 3  #: host -> device, the decision for one SENSOR frame
     HEARTBEAT = 4  #: both ways, when there is nothing else to send
     ERROR = 5  #: device -> host, a code and a short text
+    SESSION = 6  #: both ways on a signed link: the host offers a session nonce, the device answers with its own
 
 
 class SampleType(enum.IntEnum):
@@ -95,6 +120,7 @@ class Flags(enum.IntFlag):
     """Header flag bits. Receivers ignore bits they do not know; senders set them to 0."""
 
     DEVICE_SAFE = 0x01  #: device -> host: the device is in its own safe state
+    SIGNED = 0x02  #: the frame carries the signing trailer (PROTOCOL.md section 13)
 
 
 _SAMPLE_CODE = {SampleType.INT16: "h", SampleType.FLOAT32: "f"}
@@ -110,6 +136,17 @@ class Reject(enum.Enum):
     BAD_VALUE = "bad_value"  #: a field outside its range (unknown sample type, action < -1, ...)
     BAD_VERSION = "bad_version"  #: a protocol version this decoder does not speak
     UNKNOWN_TYPE = "unknown_type"  #: a type byte this decoder does not know
+    # signing (PROTOCOL.md section 13): the frame is intact, but it is not to be acted on
+    UNSIGNED = "unsigned"  #: an unsigned frame on a link that has a key
+    NO_KEY = "no_key"  #: a signed frame at a receiver that has no key
+    BAD_SIGNATURE = "bad_signature"  #: the tag is wrong: another key, another session, a forgery, a reflection
+    UNBOUND = "unbound"  #: signed by the key but in no session: the sender lost its session (e.g. it rebooted)
+    REPLAYED = "replayed"  #: a correct tag, but its ts is not above the last one accepted: a replay or duplicate
+
+    @property
+    def is_auth(self) -> bool:
+        """A signing reject: a whole intact frame refused, not a loss of sync."""
+        return self in _AUTH_REJECTS
 
 
 # --- frames --------------------------------------------------------------------------------
@@ -154,17 +191,26 @@ class Hello:
     def sample_rate_hz(self) -> float:
         return self.sample_rate_millihz / 1000.0
 
-    def physical_values(self, sensor: "Sensor") -> Tuple[float, ...]:
-        """The SENSOR frame's samples times this HELLO's scales.
+    @cached_property
+    def scale_array(self) -> np.ndarray:
+        """``scales`` as float32, made once per HELLO: what :func:`scale_samples` multiplies by."""
+        return np.asarray(self.scales, dtype=np.float32)
+
+    def fits(self, sensor: "Sensor") -> bool:
+        """Does a SENSOR frame carry what this HELLO announced (channel count and sample type)?"""
+        return len(sensor.values) == self.channel_count and sensor.sample_type == self.sample_type
+
+    def physical_values(self, sensor: "Sensor") -> np.ndarray:
+        """The SENSOR frame's samples times this HELLO's scales, as float32 (:func:`scale_samples`).
 
         Raises ValueError if the frame does not fit this HELLO (channel count
         or sample type differ): the device changed without saying HELLO.
         """
-        if len(sensor.values) != self.channel_count or sensor.sample_type != self.sample_type:
+        if not self.fits(sensor):
             raise ValueError(f"SENSOR frame seq {sensor.seq} has {len(sensor.values)} "
                              f"{SampleType(sensor.sample_type).label} values but the device's HELLO announced "
                              f"{self.channel_count} {SampleType(self.sample_type).label} channels")
-        return tuple(float(v) * s for v, s in zip(sensor.values, self.scales))
+        return scale_samples(sensor.values, self.scale_array)
 
 
 @dataclass(frozen=True)
@@ -224,7 +270,37 @@ class ErrorReport:
     flags: int = 0
 
 
-LinkFrame = Union[Hello, Sensor, Action, Heartbeat, ErrorReport]
+@dataclass(frozen=True)
+class Session:
+    """A signed link's session handshake (PROTOCOL.md section 13.3).
+
+    The host sends its fresh ``host_nonce`` with ``device_nonce`` all zero;
+    the device answers with the same host nonce and a nonce of its own that
+    it never used before. Every other frame's tag is bound to the pair.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.SESSION
+    host_nonce: bytes
+    device_nonce: bytes = bytes(SESSION_LEN // 2)
+    seq: int = 0
+    t_us: int = 0
+    flags: int = 0
+
+
+LinkFrame = Union[Hello, Sensor, Action, Heartbeat, ErrorReport, Session]
+
+
+def scale_samples(values: Sequence[Union[int, float]], scales: np.ndarray) -> np.ndarray:
+    """Raw SENSOR samples times the HELLO's per-channel scales, in float32 (PROTOCOL.md 5.2).
+
+    The one place the scaling rule lives: the host's serial source and every
+    tool that reads SENSOR frames go through it, so a recording, a replay and
+    a live run see the same numbers (an int16 sample and a float32 scale give
+    the float32 product; float32 samples keep NaN and Inf as they are).
+    """
+    out = np.array(values, dtype=np.float32)
+    out *= scales
+    return out
 
 
 # --- schema hash ---------------------------------------------------------------------------
@@ -262,6 +338,28 @@ def check_hello(hello: Hello, channels: Sequence[str]) -> None:
         f"channels [{device}] with schema hash 0x{hello.schema_hash:08x}, the model expects "
         f"[{','.join(channels)}] (hash 0x{expected:08x} for {hello.sample_type.label}); "
         "flash firmware built for this model's channels, or run the model made for this device")
+
+
+SAMPLE_RATE_TOLERANCE = 0.02  #: HELLO's rate may differ from the model's by this fraction (clock trim, rounding)
+
+
+def check_sample_rate(hello: Hello, expected_hz: Optional[float]) -> None:
+    """Refuse a device whose HELLO announces another sample rate than the model was made for.
+
+    A model fed samples at the wrong rate sees stretched or squeezed motion and
+    answers confidently wrong; like a schema mismatch, this is a one-line
+    refusal before any decision. Nothing to check when either side does not
+    say (HELLO's 0 means "not fixed"); the host still compares ``t_us`` with
+    the rate it knows (PROTOCOL.md 7.2).
+    """
+    if not hello.sample_rate_millihz or not expected_hz:
+        return
+    if abs(hello.sample_rate_hz / expected_hz - 1.0) <= SAMPLE_RATE_TOLERANCE:
+        return
+    raise SchemaMismatch(
+        f"device sample rate does not match the model: the device (firmware {'.'.join(map(str, hello.fw_version))}) "
+        f"samples at {hello.sample_rate_hz:g} Hz, the model expects {expected_hz:g} Hz ([input].sample_rate_hz); "
+        "flash firmware that samples at the model's rate, or run the model made for this device")
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -310,28 +408,43 @@ def _payload(frame: LinkFrame) -> bytes:
     if isinstance(frame, ErrorReport):
         text = _utf8_cut(frame.text, MAX_ERROR_TEXT)
         return ERROR_FIXED.pack(frame.code, len(text)) + text
+    if isinstance(frame, Session):
+        nonces = bytes(frame.host_nonce) + bytes(frame.device_nonce)
+        _check(len(nonces) == SESSION_LEN, f"SESSION nonces are {SESSION_LEN // 2} bytes each")
+        return nonces
     raise TypeError(f"not a link frame: {frame!r}")
 
 
 def encode_raw(frame_type: int, payload: bytes, *, seq: int = 0, t_us: int = 0, flags: int = 0,
-               version: int = VERSION) -> bytes:
-    """Wire bytes for any header and payload, unchecked beyond field widths: for tests and new types."""
-    _check(len(payload) <= MAX_PAYLOAD, f"payload of {len(payload)} bytes > {MAX_PAYLOAD}")
-    inner = HEADER.pack(version, frame_type, flags, seq & 0xFFFF, t_us & 0xFFFFFFFF) + payload
+               version: int = VERSION, auth: Optional[LinkAuth] = None) -> bytes:
+    """Wire bytes for any header and payload, unchecked beyond field widths: for tests and new types.
+
+    With ``auth`` the frame is signed: the SIGNED flag is set and the trailer
+    (made by ``auth``, which counts it) goes between the payload and the CRC.
+    """
+    if auth is None:
+        _check(len(payload) <= MAX_PAYLOAD, f"payload of {len(payload)} bytes > {MAX_PAYLOAD}")
+        inner = HEADER.pack(version, frame_type, flags, seq & 0xFFFF, t_us & 0xFFFFFFFF) + payload
+    else:
+        _check(len(payload) <= MAX_SIGNED_PAYLOAD, f"a signed payload of {len(payload)} bytes > {MAX_SIGNED_PAYLOAD}")
+        body = HEADER.pack(version, frame_type, flags | Flags.SIGNED, seq & 0xFFFF, t_us & 0xFFFFFFFF) + payload
+        inner = auth.sign(body, payload if frame_type == FrameType.SESSION else None)
     return cobs_encode(inner + CRC.pack(crc16_ccitt_false(inner))) + b"\x00"
 
 
-def encode(frame: LinkFrame) -> bytes:
+def encode(frame: LinkFrame, auth: Optional[LinkAuth] = None) -> bytes:
     """The frame's wire bytes, COBS-encoded and 0x00-terminated: ready for ``serial.write``.
 
     ``seq`` and ``t_us`` are taken modulo their field widths. Raises
     ValueError (or struct.error) for a field that cannot go on the wire.
+    With ``auth`` the frame is signed (:func:`encode_raw`).
     """
+    _check(auth is not None or not frame.flags & Flags.SIGNED, "the SIGNED flag is set by signing (pass auth)")
     try:
         payload = _payload(frame)
     except struct.error as exc:
         raise ValueError(f"{type(frame).__name__}: a field is out of range: {exc}") from None
-    return encode_raw(frame.TYPE, payload, seq=frame.seq, t_us=frame.t_us, flags=frame.flags)
+    return encode_raw(frame.TYPE, payload, seq=frame.seq, t_us=frame.t_us, flags=frame.flags, auth=auth)
 
 
 def encode_action(action: int, *, source: ActionSource, answers_seq: int, reason: int = Reason.NONE,
@@ -345,15 +458,20 @@ class FrameEncoder:
     """Stamps a sender's outgoing frames with its running ``seq`` and its microsecond clock.
 
     One per sender and link direction: the peer counts gaps in ``seq``.
+    With ``auth`` every frame is signed (a link with a key never sends an
+    unsigned frame).
     """
 
-    def __init__(self, clock_us: Optional[Callable[[], int]] = None, first_seq: int = 0) -> None:
+    def __init__(self, clock_us: Optional[Callable[[], int]] = None, first_seq: int = 0,
+                 auth: Optional[LinkAuth] = None) -> None:
         self._clock_us = clock_us or (lambda: time.monotonic_ns() // 1000)
         self.next_seq = first_seq & 0xFFFF
+        self.auth = auth
 
     def encode(self, frame: LinkFrame, flags: int = 0) -> bytes:
         """Wire bytes of ``frame`` with this sender's next seq, the clock's time and ``flags``."""
-        wire = encode(replace(frame, seq=self.next_seq, t_us=self._clock_us() & 0xFFFFFFFF, flags=flags))
+        wire = encode(replace(frame, seq=self.next_seq, t_us=self._clock_us() & 0xFFFFFFFF, flags=flags),
+                      self.auth)
         self.next_seq = (self.next_seq + 1) & 0xFFFF
         return wire
 
@@ -371,12 +489,14 @@ class FrameEncoder:
 # --- decoding ------------------------------------------------------------------------------
 
 
-def decode_frame(encoded: bytes) -> Union[LinkFrame, Reject]:
+def decode_frame(encoded: bytes, auth: Optional[LinkAuth] = None) -> Union[LinkFrame, Reject]:
     """Decode one COBS-encoded frame (the bytes between two 0x00 delimiters).
 
     Never raises: returns the frame, or the :class:`Reject` saying why not.
     The checks run in the order PROTOCOL.md gives, so every peer counts a
-    bad frame in the same counter.
+    bad frame in the same counter. ``auth`` is the receiver's signing state
+    (None: a receiver without a key); it is updated as frames pass (session
+    changes, the replay floor), so frames must be decoded in arrival order.
     """
     inner = cobs_decode(encoded)
     if inner is None:
@@ -394,7 +514,27 @@ def decode_frame(encoded: bytes) -> Union[LinkFrame, Reject]:
     parse = _PARSERS.get(ftype)
     if parse is None:
         return Reject.UNKNOWN_TYPE
-    return parse(body[HEADER.size:], seq=seq, t_us=t_us, flags=flags)
+    end = len(body)
+    if flags & Flags.SIGNED:
+        end -= AUTH_LEN
+        if end < HEADER.size:
+            return Reject.BAD_LENGTH
+        if auth is None:
+            return Reject.NO_KEY
+        session = None
+        if ftype == FrameType.SESSION:
+            if end - HEADER.size != SESSION_LEN:
+                return Reject.BAD_LENGTH
+            session = body[HEADER.size:end]
+        why = auth.check(body[:end + AUTH_LEN - TAG_LEN], body[end + AUTH_LEN - TAG_LEN:], session)
+        if why is not None:
+            return Reject(why)
+    elif auth is not None:
+        return Reject.UNSIGNED
+    frame = parse(body[HEADER.size:end], seq=seq, t_us=t_us, flags=flags)
+    if auth is not None and not isinstance(frame, Reject) and ftype != FrameType.SESSION:
+        auth.accepted()
+    return frame
 
 
 def _parse_hello(p: bytes, **hdr: int) -> Union[Hello, Reject]:
@@ -465,6 +605,13 @@ def _parse_error(p: bytes, **hdr: int) -> Union[ErrorReport, Reject]:
     return ErrorReport(code=code, text=p[ERROR_FIXED.size:].decode("utf-8", "replace"), **hdr)
 
 
+def _parse_session(p: bytes, **hdr: int) -> Union[Session, Reject]:
+    if len(p) != SESSION_FIXED.size:
+        return Reject.BAD_LENGTH
+    half = SESSION_LEN // 2
+    return Session(host_nonce=p[:half], device_nonce=p[half:], **hdr)
+
+
 def _reason(value: int) -> int:
     try:
         return Reason(value)
@@ -480,4 +627,6 @@ _PARSERS: "dict[int, Callable[..., Union[LinkFrame, Reject]]]" = {
     FrameType.ACTION: _parse_action,
     FrameType.HEARTBEAT: _parse_heartbeat,
     FrameType.ERROR: _parse_error,
+    FrameType.SESSION: _parse_session,
 }
+_AUTH_REJECTS = frozenset((Reject.UNSIGNED, Reject.NO_KEY, Reject.BAD_SIGNATURE, Reject.UNBOUND, Reject.REPLAYED))

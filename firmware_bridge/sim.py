@@ -3,7 +3,7 @@
     python -m firmware_bridge.sim LOG --link PATH [--speed FACTOR|max] [--sample-type float32|int16]
         [--corrupt RATE] [--drop RATE] [--garbage RATE] [--seed N]
         [--unplug-after S] [--unplug-for S] [--unplug-count N]
-        [--duration S] [--linger S] [--wait-host] [--loop] [--safe-timeout-ms MS]
+        [--duration S] [--linger S] [--wait-host] [--loop] [--safe-timeout-ms MS] [--link-key FILE]
 
 The device publishes its pty at PATH (a symlink, replacing a stale one,
 removed on exit), says HELLO, then sends one SENSOR frame per log row at the
@@ -15,6 +15,12 @@ action or when the host is silent for the safe timeout, says HELLO again
 when the host comes back after silence, and sends a HEARTBEAT when it has
 sent nothing for 250 ms. Its clock (``t_us``) is the log's time since the
 first row. With ``--wait-host`` it holds the log until the host has spoken.
+
+With ``--link-key FILE`` the link is signed (PROTOCOL.md section 13), as
+the reference firmware does it with a key: every frame goes out signed, only
+host frames signed in the current session are acted on, the host's SESSION
+offer begins a new session (the device goes safe, answers SESSION and HELLO),
+and host silence ends the session.
 
 Faults on demand, from a seeded RNG: bit flips and lost bytes on the way to
 the host, bursts of noise, and unplugging: after ``--unplug-after`` seconds
@@ -54,11 +60,14 @@ from edge_infer.decide.reasons import Reason
 from edge_infer.errors import EdgeInferError, LogError
 from edge_infer.io import read_log
 
+from .auth import LinkAuth, Side
+from .keys import load_key
 from .faults import FaultInjector
 from .protocol import (
     HELLO_FIXED,
     MAX_CHANNELS,
     MAX_PAYLOAD,
+    MAX_SIGNED_PAYLOAD,
     SAFE_ACTION,
     Action,
     Flags,
@@ -68,6 +77,7 @@ from .protocol import (
     LinkFrame,
     SampleType,
     Sensor,
+    Session,
     schema_hash,
 )
 from .pty_link import PtyLink
@@ -95,7 +105,7 @@ class SimConfig:
 class _Rows:
     """The log as the device sends it: wire-ready sample tuples, the HELLO that describes them."""
 
-    def __init__(self, path: Path, sample_type: SampleType) -> None:
+    def __init__(self, path: Path, sample_type: SampleType, max_payload: int = MAX_PAYLOAD) -> None:
         log = read_log(path)
         if len(log) == 0:
             raise LogError(f"log {path} has no usable rows")
@@ -117,7 +127,7 @@ class _Rows:
         period = float(np.median(steps)) if len(steps) else 0.0
         self.period = period if period > 0 else 0.1
         names = tuple(log.channels)
-        fits = HELLO_FIXED.size + 4 * len(names) + 1 + len(",".join(names).encode("utf-8")) <= MAX_PAYLOAD
+        fits = HELLO_FIXED.size + 4 * len(names) + 1 + len(",".join(names).encode("utf-8")) <= max_payload
         try:
             shash = schema_hash(names, sample_type)
         except ValueError as exc:
@@ -134,15 +144,17 @@ class VirtualDevice:
     """The device's behaviour over a :class:`PtyLink`; :meth:`run` returns the summary."""
 
     def __init__(self, rows: _Rows, link: PtyLink, faults: FaultInjector, cfg: SimConfig,
-                 wake_fd: Optional[int] = None) -> None:
+                 wake_fd: Optional[int] = None, auth: Optional[LinkAuth] = None) -> None:
         self.rows, self.link, self.faults, self.cfg = rows, link, faults, cfg
+        self.auth = auth  #: the device's signing state (None: an unsigned link)
+        self._session_pending = False
         self.hello = replace(rows.hello, safe_timeout_ms=cfg.safe_timeout_ms)
         self._wake_fd = wake_fd
         self.stop_requested = False
         self._end = "end_of_log"
         self._log_us = 0
         self._enc = FrameEncoder(clock_us=lambda: self._log_us)
-        self._dec = FrameDecoder()
+        self._dec = FrameDecoder(auth=auth)
         self._host_present = False
         self._hello_pending = False
         self._safe = True
@@ -226,6 +238,13 @@ class VirtualDevice:
         if self._host_present and now - self._last_host > self.cfg.safe_timeout_ms / 1000.0:
             self._host_present = False
             self._enter_safe()
+            if self.auth is not None:
+                self.auth.end()  # frames held back from this session must never count later
+        if self._session_pending:  # answer the host's offer with our nonce, then say who we are
+            self._session_pending = False
+            host, device = self.auth.session[:8], self.auth.session[8:]  # type: ignore[union-attr]
+            self._send(self._enc.encode(Session(host_nonce=host, device_nonce=device), self._flags()))
+            self._hello_pending = True
         if self._hello_pending:
             self._hello_pending = False
             self._send_hello()
@@ -255,9 +274,11 @@ class VirtualDevice:
         self._awaiting_host, self._awaiting_since = self.cfg.wait_host, time.monotonic()
         if not self.cfg.wait_host:
             self._arm_unplug()
-        self._enc = FrameEncoder(clock_us=lambda: self._log_us)
+        if self.auth is not None:
+            self.auth.end()  # a booting device has no session
+        self._enc = FrameEncoder(clock_us=lambda: self._log_us, auth=self.auth)
         self._dec.reset()
-        self._host_present = self._hello_pending = False
+        self._host_present = self._hello_pending = self._session_pending = False
         self._safe = True
         self.n["unanswered_before_unplug"] += len(self._owed)
         self._sent.clear()
@@ -339,6 +360,11 @@ class VirtualDevice:
             self._on_frame(frame)
 
     def _on_frame(self, frame: LinkFrame) -> None:
+        if isinstance(frame, Session) and self.auth is not None:  # the decoder began a session: start it safe
+            self._enter_safe()
+            self._host_present, self._last_host = True, time.monotonic()
+            self._session_pending, self._hello_pending = True, False
+            return
         if not self._host_present:  # the host (re)appeared: tell it who we are, from the main loop
             self._host_present = True
             self._hello_pending = True
@@ -352,6 +378,8 @@ class VirtualDevice:
 
     def _on_action(self, action: Action) -> None:
         self.n["actions_received"] += 1
+        if action.action == SAFE_ACTION:  # "go safe" is obeyed whatever frame it answers (PROTOCOL.md 7)
+            self._enter_safe()
         if action.answers_seq not in self._sent:
             self.n["actions_unknown_seq"] += 1
             return
@@ -361,7 +389,6 @@ class VirtualDevice:
         self.reasons[reason.code if isinstance(reason, Reason) else str(reason)] += 1
         if action.action == SAFE_ACTION:
             self.n["actions_safe"] += 1
-            self._enter_safe()
         else:
             self._safe = False
 
@@ -388,6 +415,7 @@ class VirtualDevice:
             **self.faults.counts.as_dict(),
             "log_rows": len(self.rows),
             "bad_rows": self.rows.bad_rows,
+            "sessions": self.auth.sessions if self.auth is not None else 0,
             "end": self._end,
             "link": link.as_dict(),
         }
@@ -456,6 +484,8 @@ def _args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="after each boot, stream only once the host has sent a frame (the log waits)")
     p.add_argument("--loop", action="store_true", help="replay the log until --duration or a signal")
     p.add_argument("--safe-timeout-ms", type=int, default=500, metavar="MS", help="host silence before the device goes safe")
+    p.add_argument("--link-key", type=Path, metavar="FILE",
+                   help="sign the link with this key file (32 raw bytes or 64 hex digits, mode 0600)")
     return p.parse_args(argv)
 
 
@@ -465,7 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not 0 < args.safe_timeout_ms <= 0xFFFF:
             raise EdgeInferError(f"--safe-timeout-ms must be 1..65535, not {args.safe_timeout_ms}")
         sample_type = SampleType[args.sample_type.upper()]
-        rows = _Rows(args.log, sample_type)
+        auth = LinkAuth(load_key(args.link_key), Side.DEVICE) if args.link_key is not None else None
+        rows = _Rows(args.log, sample_type, MAX_SIGNED_PAYLOAD if auth is not None else MAX_PAYLOAD)
         faults = FaultInjector(random.Random(args.seed), args.corrupt, args.drop, args.garbage)
         link = PtyLink(args.link)
     except EdgeInferError as exc:
@@ -477,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
-    device = VirtualDevice(rows, link, faults, cfg, wake_fd=wake_r)
+    device = VirtualDevice(rows, link, faults, cfg, wake_fd=wake_r, auth=auth)
 
     def on_signal(signum: int, frame: Any) -> None:
         device.stop_requested = True

@@ -11,8 +11,9 @@ decoder in ``c/edge_link.c``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from .auth import LinkAuth
 from .protocol import MAX_ENCODED, FrameType, LinkFrame, Reject, decode_frame
 
 
@@ -30,6 +31,12 @@ class LinkCounters:
     unknown_type: int = 0
     seq_gaps: int = 0  #: frames missing from the sender's seq numbering (lost or rejected)
     resyncs: int = 0  #: valid frames that followed one or more rejected chunks
+    # a signed link (PROTOCOL.md section 13): intact frames that are not to be acted on
+    unsigned: int = 0  #: unsigned frames at a receiver with a key
+    bad_signature: int = 0  #: wrong tag: another key or session, a forgery, a reflected frame
+    unbound: int = 0  #: signed, but by a sender without a session (it lost it: reboot, safe timeout)
+    replayed: int = 0  #: a correct tag whose ts is not above the last accepted: a replay or a duplicate
+    no_key: int = 0  #: signed frames at a receiver without a key
 
     def as_dict(self) -> Dict[str, int]:
         return asdict(self)
@@ -38,7 +45,12 @@ class LinkCounters:
     def rejected(self) -> int:
         """Chunks dropped for any reason."""
         return (self.crc_errors + self.cobs_errors + self.oversize + self.bad_length + self.bad_value
-                + self.bad_version + self.unknown_type)
+                + self.bad_version + self.unknown_type + self.auth_dropped)
+
+    @property
+    def auth_dropped(self) -> int:
+        """Intact frames dropped by the signing checks."""
+        return self.unsigned + self.bad_signature + self.unbound + self.replayed + self.no_key
 
 
 #: The counter names, in the order the test vectors and the C decoder list them.
@@ -59,8 +71,10 @@ class FrameDecoder:
     backwards re-anchors without counting.
     """
 
-    def __init__(self, max_encoded: int = MAX_ENCODED) -> None:
+    def __init__(self, max_encoded: int = MAX_ENCODED, auth: Optional[LinkAuth] = None) -> None:
         self.counters = LinkCounters()
+        #: The receiver's signing state; with it, only frames signed in its session are delivered.
+        self.auth = auth
         self._max = max_encoded
         self._buf = bytearray()
         self._overflow = False
@@ -104,7 +118,7 @@ class FrameDecoder:
             return
         if not self._buf:
             return
-        result = decode_frame(bytes(self._buf))
+        result = decode_frame(bytes(self._buf), self.auth)
         self._buf.clear()
         if isinstance(result, Reject):
             self._reject(result)
@@ -119,7 +133,7 @@ class FrameDecoder:
 
     def _reject(self, why: Reject) -> None:
         setattr(self.counters, why.value, getattr(self.counters, why.value) + 1)
-        self._in_error = True
+        self._in_error = self._in_error or not why.is_auth  # an intact frame refused is no loss of sync
 
     def _account_seq(self, frame: LinkFrame) -> None:
         if self._next_seq is not None and frame.TYPE != FrameType.HELLO:

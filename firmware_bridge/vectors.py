@@ -18,14 +18,17 @@ canonical one-line rendering that C reproduces byte for byte.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from edge_infer.decide.reasons import Reason
 
+from .auth import NONCE_LEN, ZERO_SESSION, LinkAuth, Side
 from .cobs import cobs_encode
 from .crc import crc16_ccitt_false, crc32_iso_hdlc
 from .protocol import (
@@ -39,12 +42,16 @@ from .protocol import (
     Action,
     ActionSource,
     ErrorReport,
+    Flags,
     FrameType,
     Heartbeat,
     Hello,
     LinkFrame,
+    Reject,
     SampleType,
     Sensor,
+    Session,
+    decode_frame,
     encode,
     schema_hash,
     schema_string,
@@ -71,6 +78,19 @@ HEADER_TEXT = """\
 #   roundtrip                                     re-encoding the single frame gives the wire bytes
 #   end
 #
+# Signing (PROTOCOL.md section 13):
+#   sha256 <data hex> <digest hex>                SHA-256
+#   hmac <key hex> <data hex> <mac hex>           HMAC-SHA256, all 32 bytes
+#   sign <key> <session> <link_id> <ts> <unsigned wire hex> <signed wire hex>
+#                                                 signing the unsigned frame as side link_id, with that ts,
+#                                                 in that session (a SESSION frame: in the one it names)
+#   auth <host|device> <key hex> <session hex> <rx_last> <nonce hex|->
+#                                                 (in a vector, before wire) the receiver is that side, has
+#                                                 the key, is in the session (all zero: none) and has
+#                                                 accepted ts up to rx_last; a device receiver takes nonce
+#                                                 as its nonce for a new session. No auth line: no key.
+#   session <session hex> <rx_last>               (in a vector, after counters) the receiver's session after
+#
 # Frame descriptions: TYPE then name=value fields. Integers are decimal, the schema hash
 # and float32 values are their 8-hex-digit bit patterns, text is UTF-8 with bytes outside
 # 0x21..0x7e and '%' written as %xx.
@@ -79,6 +99,7 @@ HEADER_TEXT = """\
 #   ACTION seq t_us flags action source reason answers name
 #   HEARTBEAT seq t_us flags
 #   ERROR seq t_us flags code text
+#   SESSION seq t_us flags host device            (the two nonces in hex)
 """
 
 
@@ -110,6 +131,8 @@ def describe(frame: LinkFrame) -> str:
                 f"answers={frame.answers_seq} name={escape(frame.name.encode('utf-8'))}")
     if isinstance(frame, ErrorReport):
         return f"{head} code={frame.code} text={escape(frame.text.encode('utf-8'))}"
+    if isinstance(frame, Session):
+        return f"{head} host={frame.host_nonce.hex()} device={frame.device_nonce.hex()}"
     return head
 
 
@@ -120,15 +143,54 @@ def describe_counters(counters: Dict[str, int]) -> str:
 # --- the vector file model ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Receiver:
+    """A vector receiver's signing state: which side it is, its key, its session and replay floor."""
+
+    side: Side
+    key: bytes
+    session: bytes = ZERO_SESSION
+    rx_last: int = 0
+    nonce: Optional[bytes] = None  #: a device receiver's nonce for the next session
+
+    def auth(self) -> LinkAuth:
+        nonce = self.nonce
+        auth = LinkAuth(self.key, self.side, new_nonce=(lambda: nonce) if nonce else None)
+        auth.session, auth.rx_last = self.session, self.rx_last
+        return auth
+
+
 @dataclass
 class Vector:
-    """A decoder vector: feed ``wire`` to a fresh decoder, expect ``frames`` and ``counters``."""
+    """A decoder vector: feed ``wire`` to a fresh decoder, expect ``frames`` and ``counters``.
+
+    With ``receiver`` the decoder has a key and a session (and ``session_after``
+    is its session and replay floor at the end); without, it has no key.
+    """
 
     name: str
     wire: bytes
     frames: List[str]
     counters: Dict[str, int]
     roundtrip: bool = False
+    receiver: Optional[Receiver] = None
+    session_after: Optional[Tuple[bytes, int]] = None
+
+    def decoder(self) -> FrameDecoder:
+        """A fresh decoder set up as this vector says."""
+        return FrameDecoder(auth=self.receiver.auth() if self.receiver else None)
+
+
+@dataclass(frozen=True)
+class SignCase:
+    """Signing ``unsigned`` (wire bytes) as ``side`` with ``ts`` in ``session`` must give ``signed``."""
+
+    key: bytes
+    session: bytes
+    side: Side
+    ts: int
+    unsigned: bytes
+    signed: bytes
 
 
 @dataclass
@@ -137,6 +199,9 @@ class VectorFile:
     crc32: List[Tuple[bytes, int]] = field(default_factory=list)
     cobs: List[Tuple[bytes, bytes]] = field(default_factory=list)
     schema: List[Tuple[str, List[str], int]] = field(default_factory=list)
+    sha256: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    hmac: List[Tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    sign: List[SignCase] = field(default_factory=list)
     vectors: List[Vector] = field(default_factory=list)
 
 
@@ -154,10 +219,21 @@ def render(vf: VectorFile) -> str:
     lines += [f"crc32 {_hex(d)} {c:08x}" for d, c in vf.crc32]
     lines += [f"cobs {_hex(r)} {_hex(e)}" for r, e in vf.cobs]
     lines += [f"schema {t} {','.join(n)} {h:08x}" for t, n, h in vf.schema]
+    lines += [f"sha256 {_hex(d)} {h.hex()}" for d, h in vf.sha256]
+    lines += [f"hmac {k.hex()} {_hex(d)} {m.hex()}" for k, d, m in vf.hmac]
+    lines += [f"sign {c.key.hex()} {c.session.hex()} {int(c.side)} {c.ts} {c.unsigned.hex()} {c.signed.hex()}"
+              for c in vf.sign]
     for v in vf.vectors:
-        lines += [f"vector {v.name}", f"wire {_hex(v.wire)}"]
+        lines.append(f"vector {v.name}")
+        r = v.receiver
+        if r is not None:
+            lines.append(f"auth {r.side.name.lower()} {r.key.hex()} {r.session.hex()} {r.rx_last} "
+                         f"{r.nonce.hex() if r.nonce else '-'}")
+        lines.append(f"wire {_hex(v.wire)}")
         lines += [f"frame {f}" for f in v.frames]
         lines.append(f"counters {describe_counters(v.counters)}")
+        if v.session_after is not None:
+            lines.append(f"session {v.session_after[0].hex()} {v.session_after[1]}")
         if v.roundtrip:
             lines.append("roundtrip")
         lines.append("end")
@@ -181,10 +257,22 @@ def parse(text: str) -> VectorFile:
             vf.cobs.append((_unhex(f[0]), _unhex(f[1])))
         elif kind == "schema":
             vf.schema.append((f[0], f[1].split(","), int(f[2], 16)))
+        elif kind == "sha256":
+            vf.sha256.append((_unhex(f[0]), bytes.fromhex(f[1])))
+        elif kind == "hmac":
+            vf.hmac.append((bytes.fromhex(f[0]), _unhex(f[1]), bytes.fromhex(f[2])))
+        elif kind == "sign":
+            vf.sign.append(SignCase(bytes.fromhex(f[0]), bytes.fromhex(f[1]), Side(int(f[2])), int(f[3]),
+                                    bytes.fromhex(f[4]), bytes.fromhex(f[5])))
         elif kind == "vector":
             cur = Vector(rest, b"", [], {})
         elif cur is None:
             raise ValueError(f"line {number}: {kind!r} outside a vector")
+        elif kind == "auth":
+            cur.receiver = Receiver(Side[f[0].upper()], bytes.fromhex(f[1]), bytes.fromhex(f[2]), int(f[3]),
+                                    None if f[4] == "-" else bytes.fromhex(f[4]))
+        elif kind == "session":
+            cur.session_after = (bytes.fromhex(f[0]), int(f[1]))
         elif kind == "wire":
             cur.wire = _unhex(rest)
         elif kind == "frame":
@@ -295,7 +383,7 @@ def _vectors() -> List[Vector]:  # noqa: C901 - a flat list of cases reads best
     valid("action_shutdown", Action(seq=10, action=-1, source=ActionSource.FALLBACK, reason=Reason.SHUTDOWN,
                                      answers_seq=0, name="stop"))
     valid("heartbeat", Heartbeat(seq=9, t_us=4_294_967_295))
-    valid("heartbeat_unknown_flags_ignored", Heartbeat(seq=1, flags=0xFE))
+    valid("heartbeat_unknown_flags_ignored", Heartbeat(seq=1, flags=0xFC))
     valid("error_text", ErrorReport(seq=11, t_us=5_000, code=3, text="IMU not responding"))
     valid("error_empty_text", ErrorReport(seq=12, code=65535))
 
@@ -382,6 +470,127 @@ def _vectors() -> List[Vector]:  # noqa: C901 - a flat list of cases reads best
     return out
 
 
+# --- signing ---------------------------------------------------------------------------------------
+
+KEY = bytes(range(1, 33))  #: the vectors' link key (never use a published key on a real link)
+OTHER_KEY = bytes(range(101, 133))
+HOST_NONCE = bytes.fromhex("a1a2a3a4a5a6a7a8")
+DEVICE_NONCE = bytes.fromhex("d1d2d3d4d5d6d7d8")
+SESSION = HOST_NONCE + DEVICE_NONCE
+
+
+def signer(side: Side, session: bytes = SESSION, ts: int = 1, key: bytes = KEY) -> LinkAuth:
+    """A sender's signing state whose next frame gets ``ts``."""
+    auth = LinkAuth(key, side)
+    auth.session, auth.tx_ts = session, ts - 1
+    return auth
+
+
+def signed(frame: LinkFrame, side: Side = Side.DEVICE, ts: int = 1, session: bytes = SESSION,
+           key: bytes = KEY) -> bytes:
+    return encode(frame, signer(side, session, ts, key))
+
+
+def _refill_crc(wire: bytes, change) -> bytes:
+    """Decode, let ``change`` edit the inner frame (before the CRC), fix the CRC: a tamperer who knows CRCs."""
+    from .cobs import cobs_decode
+    inner = bytearray(cobs_decode(wire[:-1]) or b"")
+    body = bytearray(inner[:-CRC.size])
+    change(body)
+    return _wire(bytes(body) + CRC.pack(crc16_ccitt_false(bytes(body))))
+
+
+def _sign_cases() -> List[SignCase]:
+    out = []
+    for frame, side, session, ts in (
+            (Heartbeat(seq=1, t_us=1000), Side.HOST, SESSION, 2),
+            (Action(seq=3, t_us=1_000_000, action=2, source=ActionSource.MODEL, answers_seq=7, name="walking"),
+             Side.HOST, SESSION, 0x0102030405),
+            (Sensor(seq=4, t_us=400_000, flags=0x01, sample_type=I16, values=(5, 0, -7)), Side.DEVICE, SESSION, 9),
+            (Heartbeat(seq=0), Side.DEVICE, ZERO_SESSION, 1),
+            (Session(seq=0, t_us=5, host_nonce=HOST_NONCE), Side.HOST, ZERO_SESSION, 1),
+            (Session(seq=1, t_us=6, host_nonce=HOST_NONCE, device_nonce=DEVICE_NONCE), Side.DEVICE, ZERO_SESSION, 1)):
+        out.append(SignCase(KEY, session, side, ts, encode(frame), signed(frame, side, ts, session)))
+    return out
+
+
+def _signed_vectors() -> List[Vector]:  # noqa: C901 - a flat list of cases reads best
+    out: List[Vector] = []
+    host = Receiver(Side.HOST, KEY, SESSION, rx_last=4)
+    device = Receiver(Side.DEVICE, KEY, SESSION, rx_last=4)
+    sensor = Sensor(seq=5, t_us=500_000, sample_type=I16, values=(1, -2, 3))
+    sensor2 = Sensor(seq=6, t_us=600_000, sample_type=I16, values=(4, 5, 6))
+
+    def case(name: str, receiver: Optional[Receiver], wire: bytes, frames: Sequence[LinkFrame], after_ts: int = -1,
+             after_session: Optional[bytes] = None, **errors: int) -> None:
+        after = None
+        if receiver is not None:
+            after = (receiver.session if after_session is None else after_session,
+                     receiver.rx_last if after_ts < 0 else after_ts)
+        out.append(Vector(name, wire, [describe(f) for f in frames], _counters(len(frames), **errors),
+                          receiver=receiver, session_after=after))
+
+    def as_signed(frame: LinkFrame) -> LinkFrame:
+        return replace(frame, flags=frame.flags | Flags.SIGNED)
+
+    ok = signed(sensor, ts=5)
+    case("signed_sensor_in_session", host, ok, [as_signed(sensor)], after_ts=5)
+    case("signed_frames_ts_rising", host, ok + signed(sensor2, ts=6), [as_signed(sensor), as_signed(sensor2)],
+         after_ts=6)
+    case("signed_replay_same_frame_twice", host, ok + ok, [as_signed(sensor)], after_ts=5, replayed=1)
+    case("signed_ts_not_advanced", host, ok + signed(sensor2, ts=5), [as_signed(sensor)], after_ts=5, replayed=1,
+         seq_gaps=0)
+    case("signed_ts_at_floor", host, signed(sensor, ts=4), [], replayed=1)
+    case("signed_ts_48_bit", host, signed(sensor, ts=(1 << 48) - 1), [as_signed(sensor)], after_ts=(1 << 48) - 1)
+    case("unsigned_at_keyed_receiver", host, encode(sensor), [], unsigned=1)
+    case("signed_other_key", host, signed(sensor, ts=5, key=OTHER_KEY), [], bad_signature=1)
+    case("signed_other_session", host, signed(sensor, ts=5, session=DEVICE_NONCE + HOST_NONCE), [],
+         bad_signature=1)
+    case("signed_tag_changed_crc_fixed", host, _refill_crc(ok, lambda b: b.__setitem__(len(b) - 1, b[-1] ^ 1)), [],
+         bad_signature=1)
+    case("signed_payload_changed_crc_fixed", host,
+         _refill_crc(ok, lambda b: b.__setitem__(HEADER.size + 1, b[HEADER.size + 1] ^ 0x40)), [], bad_signature=1)
+    case("signed_ts_changed_crc_fixed", host,
+         _refill_crc(ok, lambda b: b.__setitem__(len(b) - 14, b[-14] ^ 0x10)), [], bad_signature=1)
+    case("signed_reflected_link_id", host, signed(sensor, side=Side.HOST, ts=5), [], bad_signature=1)
+    case("signed_unbound_sender_lost_its_session", host, signed(sensor, ts=5, session=ZERO_SESSION), [], unbound=1)
+    case("signed_trailer_cut", host, _wire(_inner(FrameType.HEARTBEAT, b"\x01" * 14, flags=Flags.SIGNED)), [],
+         bad_length=1)
+    case("signed_at_receiver_without_key", None, ok, [], no_key=1)
+    case("signed_not_delivered_before_session", Receiver(Side.HOST, KEY), signed(sensor, ts=5), [],
+         bad_signature=1)
+    # the session handshake
+    offer = Session(seq=0, t_us=5, host_nonce=HOST_NONCE)
+    answer = Session(seq=1, t_us=6, host_nonce=HOST_NONCE, device_nonce=DEVICE_NONCE)
+    hello = Hello(seq=2, fw_version=(1, 0, 0), sample_type=I16, sample_rate_millihz=10_000,
+                  schema_hash=schema_hash(["a", "b", "c"], I16), scales=(1.0, 1.0, 1.0), channels=("a", "b", "c"))
+    offered = Receiver(Side.HOST, KEY, HOST_NONCE + bytes(NONCE_LEN))
+    case("session_answer_then_hello", offered, signed(answer, ts=1, session=ZERO_SESSION) + signed(hello, ts=2),
+         [as_signed(answer), as_signed(hello)], after_ts=2, after_session=SESSION)
+    case("session_answer_to_another_offer", Receiver(Side.HOST, KEY, b"\x77" * 8 + bytes(NONCE_LEN)),
+         signed(answer, ts=1), [], replayed=1)
+    case("session_second_answer", host, signed(answer, ts=9), [], replayed=1)
+    case("session_answer_signed_for_another", offered,
+         _refill_crc(signed(answer, ts=1), lambda b: b.__setitem__(HEADER.size + 9, b[HEADER.size + 9] ^ 1)), [],
+         bad_signature=1)
+    action = Action(seq=1, t_us=7, action=1, source=ActionSource.MODEL, answers_seq=3)
+    fresh = Receiver(Side.DEVICE, KEY, nonce=DEVICE_NONCE)
+    case("session_offer_starts_a_device_session", fresh,
+         signed(offer, side=Side.HOST, ts=1, session=ZERO_SESSION) + signed(action, side=Side.HOST, ts=2),
+         [as_signed(offer), as_signed(action)], after_ts=2, after_session=SESSION)
+    case("session_offer_replaces_the_old_session", Receiver(Side.DEVICE, KEY, b"\x55" * 8 + b"\x66" * 8, 900,
+                                                          nonce=DEVICE_NONCE),
+         signed(offer, side=Side.HOST, ts=1) + signed(action, side=Side.HOST, ts=1, session=b"\x55" * 8 + b"\x66" * 8),
+         [as_signed(offer)], after_ts=1, after_session=SESSION, bad_signature=1)
+    case("session_offer_of_the_current_session", device, signed(offer, side=Side.HOST, ts=9), [], replayed=1)
+    case("session_offer_with_a_device_nonce", fresh, signed(answer, side=Side.HOST, ts=1), [], bad_value=1)
+    case("session_unsigned_at_keyed_receiver", fresh, encode(offer), [], unsigned=1)
+    case("session_bad_length", fresh, _wire(_inner(FrameType.SESSION, b"\x01" * (16 + 14), flags=Flags.SIGNED)),
+         [], bad_length=1)
+    case("session_at_receiver_without_key", None, encode(offer), [offer])
+    return out
+
+
 def build() -> VectorFile:
     """All vectors, each checked against the Python decoder (AssertionError if they disagree)."""
     check = b"123456789"
@@ -394,13 +603,21 @@ def build() -> VectorFile:
             b"\x01" * 508, b"\x01" * 509)],
         schema=[(t.label, IMU, schema_hash(IMU, t)) for t in SampleType]
         + [("float32", ["x"], schema_hash(["x"], F32))],
-        vectors=_vectors(),
+        sha256=[(d, hashlib.sha256(d).digest()) for d in (b"", b"abc", bytes(range(64)), bytes(range(200)))],
+        hmac=[(KEY, d, hmac.new(KEY, d, hashlib.sha256).digest()) for d in (b"", b"edge-link", bytes(range(150)))],
+        sign=_sign_cases(),
+        vectors=_vectors() + _signed_vectors(),
     )
     assert schema_string(IMU, I16) == "int16:acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"
     for v in vf.vectors:
-        dec = FrameDecoder()
+        dec = v.decoder()
         got = [describe(f) for f in dec.feed(v.wire)]
         assert got == v.frames and dec.counters.as_dict() == v.counters, (v.name, got, dec.counters)
+        if dec.auth is not None:
+            assert (dec.auth.session, dec.auth.rx_last) == v.session_after, (v.name, dec.auth.session.hex())
+    for c in vf.sign:
+        frame = decode_frame(c.unsigned[:-1])
+        assert not isinstance(frame, Reject) and signed(frame, c.side, c.ts, c.session, c.key) == c.signed
     return vf
 
 

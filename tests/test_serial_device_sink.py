@@ -152,3 +152,25 @@ def test_a_shutdown_decision_from_the_loop_is_not_sent_twice(model, tmp_path):
         source.close()
         device.close()
     assert len(actions(device)) == 1 and source.counters()["actions_sent"] == 1
+
+
+def test_a_device_that_says_hello_again_every_few_frames_keeps_the_model_deciding(model, tmp_path):
+    """Before: each HELLO with its seq back at 0 was taken for a reboot and reset the window, so a device that
+    re-sends HELLO more often than a window fills got no model decision at all. A re-HELLO is not a reboot."""
+    device = ScriptedDevice(tmp_path / "dev")
+    run = LiveRun(model, device.link, no_data_ms=0)
+    frames, burst = 5 * WINDOW, WINDOW - HOP  # a HELLO every 12 frames, a window is 16
+    try:
+        wait_for(lambda: device.read(0.02) is not None and device.of_type(Heartbeat), "the host's heartbeat")
+        for i in range(frames):
+            if i % burst == 0:
+                device.enc.next_seq = 0
+                device.send(hello_for())
+            device.sensor([float(i + c) for c in range(len(CHANNELS))], 100_000 * i)
+        expected = (frames - WINDOW) // HOP + 1
+        wait_for(lambda: device.read(0.02) is not None and len(actions(device)) >= expected, "the ACTIONs")
+        summary = run.finish()
+    finally:
+        device.close()
+    assert summary["model_decisions"] == expected and summary["source"]["device_restarts"] == 0
+    assert summary["source"]["hellos"] == -(-frames // burst)

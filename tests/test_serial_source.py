@@ -17,9 +17,10 @@ from serial_helpers import CHANNELS, ScriptedDevice, hello_for, pump_until, wait
 from edge_infer import sources
 from edge_infer.errors import SourceError
 from edge_infer.sources import DEFAULT_BAUD, SerialAddress, parse_source_uri
-from edge_infer.sources.serial_link import SEQ_RING, SerialSource
+from edge_infer.sources.serial_link import RATE_BLOCK, SEQ_RING, SerialSource
 from edge_infer.sources.serial_port import Backoff, SerialPort, by_id_tip
 from firmware_bridge.protocol import (
+    MIN_SAFE_TIMEOUT_MS,
     Action,
     ActionSource,
     ErrorReport,
@@ -29,6 +30,7 @@ from firmware_bridge.protocol import (
     SchemaMismatch,
     Sensor,
     encode,
+    heartbeat_interval_s,
 )
 
 
@@ -379,3 +381,89 @@ def test_a_missing_port_is_opened_as_soon_as_it_reappears_not_at_the_next_backof
     finally:
         port.close()
         device.close()
+
+
+# --- the host behaviour a device must fit (PROTOCOL.md 7.2) ----------------------------------------
+
+
+@pytest.mark.parametrize("safe_timeout_ms, interval_s", [
+    (0, 0.125), (1, 0.025), (99, 0.025), (100, 0.025), (200, 0.05), (500, 0.125), (4000, 1.0), (65535, 1.0)])
+def test_the_heartbeat_interval_is_a_quarter_of_the_clamped_safe_timeout(safe_timeout_ms, interval_s):
+    assert heartbeat_interval_s(safe_timeout_ms) == interval_s
+
+
+@pytest.mark.parametrize("safe_timeout_ms", [200, 1])
+def test_the_heartbeat_rate_fits_the_devices_safe_timeout(source, device, safe_timeout_ms, caplog):
+    """Measured from the heartbeats' own send stamps (the host's t_us), so a busy machine cannot fake it:
+    the host never speaks more often than its interval, and (safe timeout 1 ms) not 1,592 times a second."""
+    interval_us = heartbeat_interval_s(safe_timeout_ms) * 1e6
+    with caplog.at_level(logging.WARNING):
+        greet(source, device, hello_for(safe_timeout_ms=safe_timeout_ms))
+        before = len(device.of_type(Heartbeat))
+        pump_until(source, device, lambda _: len(device.of_type(Heartbeat)) >= before + 12, "12 heartbeats")
+    stamps = [h.t_us for h in device.of_type(Heartbeat)[before:]]
+    steps = np.diff(stamps)
+    assert steps.min() >= interval_us - 1000, steps  # never faster than the interval (1 ms: clock rounding)
+    span_s = (stamps[-1] - stamps[0]) / 1e6
+    assert (len(stamps) - 1) / span_s <= 1e6 / interval_us
+    assert ("shorter than a host can keep fed" in caplog.text) == (safe_timeout_ms < MIN_SAFE_TIMEOUT_MS)
+
+
+def test_a_re_hello_with_its_numbering_restarted_is_not_a_reboot(source, device):
+    """A device that says HELLO again every few frames, its seq from 0 each time, its clock running on."""
+    restarts = []
+    source.restart_listeners.append(lambda: restarts.append(True))
+    greet(source, device)
+    t = 0
+    for burst in range(4):
+        device.enc.next_seq = 0
+        device.send(hello_for())
+        for _ in range(5):
+            t += 100_000
+            device.sensor(rows(1)[0], t)
+    frames = pump_until(source, device, lambda got: len(got) == 20, "20 frames")
+    assert source.counters()["device_restarts"] == 0 and len(restarts) == 1  # the connect only
+    assert np.allclose(np.diff([f.t for f in frames]), 0.1)
+    assert source.counters()["hellos"] == 5
+
+
+def test_a_hello_after_which_the_device_clock_went_back_is_a_reboot(source, device):
+    greet(source, device)
+    device.sensor(rows(1)[0], 9_000_000)
+    pump_until(source, device, lambda got: len(got) == 1, "a frame")
+    device.enc.next_seq = 0
+    device.send(hello_for())
+    device.sensor(rows(1)[0], 50_000)
+    (after,) = pump_until(source, device, lambda got: len(got) == 1, "a frame after the reboot")
+    assert source.counters()["device_restarts"] == 1 and after.t > 9.0
+
+
+def test_a_hello_with_another_sample_rate_than_the_model_is_refused_in_one_line(device):
+    source = SerialSource(str(device.link), channels=list(CHANNELS), sample_rate_hz=10.0)
+    try:
+        greet(source, device, Hello(**{**hello_for().__dict__, "sample_rate_millihz": 50_000}))
+        with pytest.raises(SchemaMismatch) as info:
+            pump_until(source, device, lambda _: False, "the refusal")
+        assert "samples at 50 Hz, the model expects 10 Hz" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        source.close()
+
+
+def test_a_hello_rate_within_two_percent_of_the_model_is_taken(device):
+    source = SerialSource(str(device.link), channels=list(CHANNELS), sample_rate_hz=10.0)
+    try:
+        greet(source, device, Hello(**{**hello_for().__dict__, "sample_rate_millihz": 10_150}))
+        device.sensor(rows(1)[0], 0)
+        pump_until(source, device, lambda got: len(got) == 1, "a frame")
+    finally:
+        source.close()
+
+
+def test_a_device_clock_that_disagrees_with_its_hello_rate_is_counted_and_logged(source, device, caplog):
+    greet(source, device)  # HELLO says 10 Hz
+    with caplog.at_level(logging.WARNING):
+        for i in range(RATE_BLOCK + 1):
+            device.sensor(rows(1)[0], i * 50_000)  # but it samples at 20 Hz
+        pump_until(source, device, lambda got: len(got) == RATE_BLOCK + 1, "the frames")
+    assert source.counters()["rate_mismatch"] == 1
+    assert "its clock (t_us) says 20 samples/s" in caplog.text and "its HELLO says 10 Hz" in caplog.text

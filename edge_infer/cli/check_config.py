@@ -13,9 +13,13 @@ while you edit); the service waits for it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from firmware_bridge.keys import load_key
+
 from ..deadline.options import runtime_options
+from ..errors import ConfigError
 from ..io import read_log
 from ..model.loader import bundled_log
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
@@ -42,10 +46,29 @@ def _run_options() -> "list[str]":
     return list(vars(parser.parse_args(["run"])))
 
 
+#: Where systemd puts the service's credentials (systemd/drop-ins/link-key.conf): only the service sees them.
+CREDENTIALS = "/run/credentials/"
+
+
+def _check_link_key(path: str) -> str:
+    """Check the key file as the service will; a systemd credential only exists inside the service."""
+    if path.startswith(CREDENTIALS) and not os.path.exists(path):
+        return (f"; link key {path} is a systemd credential, checked when the service starts (check its source "
+                "file with: python -m firmware_bridge.keys check /etc/edge-infer/link.key)")
+    load_key(path)
+    return ""
+
+
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.path, supported=_run_options())
     options = config.options
+    key_note = ""
     source = options.get("source") or str(bundled_log())
+    if options.get("link_key"):  # what the service would refuse at start: a key for a log, a bad key file
+        if not is_source_uri(source):
+            raise ConfigError(f"config {config.path}: [source].link_key signs a serial link, but the source is "
+                              f"the recorded log {source}; remove link_key or set [source].uri = \"serial:...\"")
+        key_note = _check_link_key(options["link_key"])
     log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
     run_args = argparse.Namespace(**{**dict.fromkeys(_run_options()), **options})
     # with [trust] keys: the bundle's signature and (with a state dir) its version, as run checks them
@@ -57,6 +80,6 @@ def main(args: argparse.Namespace) -> int:
     if options.get("metrics_http"):
         HttpExporter(options["metrics_http"])
     print(f"config {config.path} is valid: {config.describe()}; model {spec.name or spec.model_path.name} "
-          f"on {engine.backend.name}, budget {spec.budget_ms:g} ms, fallback {spec.fallback_action!r}",
+          f"on {engine.backend.name}, budget {spec.budget_ms:g} ms, fallback {spec.fallback_action!r}{key_note}",
           file=sys.stdout)
     return 0

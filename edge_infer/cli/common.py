@@ -91,6 +91,19 @@ def add_source_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", metavar="LOG|serial:PORT",
                         help="where frames come from: a recorded log path, or a device on a serial port, "
                              "serial:PORT[?baud=N] (default: the bundled log)")
+    parser.add_argument("--link-key", metavar="FILE",
+                        help="sign the serial link with the key in FILE (32 raw bytes or 64 hex digits, mode "
+                             "0600): frames not signed with it are dropped and counted (docs/link-security.md)")
+
+
+LINK_KEY_FOR_A_LOG = ("--link-key signs a serial link; the source is a recorded log, which has none "
+                      "(drop --link-key, or give --source serial:PORT)")
+
+
+def refuse_link_key_for_logs(args: argparse.Namespace) -> None:
+    """A key given for a recorded log would protect nothing: say so rather than ignore it."""
+    if getattr(args, "link_key", None):
+        raise EdgeInferError(LINK_KEY_FOR_A_LOG)
 
 
 def add_run_options(parser: argparse.ArgumentParser, service: bool = False) -> None:
@@ -134,6 +147,7 @@ def read_usable_log(path: str, strict: bool) -> RecordedLog:
 
 def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
     """A runtime replaying ``log_path`` (the bundled log if None) through the model the options name."""
+    refuse_link_key_for_logs(args)
     path = log_path or str(bundled_log())
     log = read_usable_log(path, args.strict)
     spec, engine = open_model_for(args, log.channels)
@@ -145,14 +159,16 @@ def log_runtime(args: argparse.Namespace, log_path: Optional[str]) -> Runtime:
 
 
 def open_source(text: Optional[str], channels: Optional[List[str]] = None, *, speed: Optional[float] = None,
-                strict: bool = False) -> Source:
+                strict: bool = False, link_key_file: Optional[str] = None) -> Source:
     """The frame source a ``--source`` value names: a recorded log path (the bundled log if None).
 
     ``channels`` picks and orders the source's channels by name; None keeps all of them in the source's order.
     Live sources (``serial:...``) plug in here.
     """
     if text is not None and is_source_uri(text):  # serial:PORT[?baud=N]: a device (docs/serial.md)
-        return open_live_source(text, channels)
+        return open_live_source(text, channels, link_key_file=link_key_file)
+    if link_key_file:
+        raise EdgeInferError(LINK_KEY_FOR_A_LOG)
     path = text or str(bundled_log())
     log = read_usable_log(path, strict)
     names = list(channels) if channels is not None else log.channels

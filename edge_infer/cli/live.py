@@ -27,7 +27,8 @@ def is_live_source(text: Optional[str]) -> bool:
 def live_runtime(args: argparse.Namespace, uri: str) -> Runtime:
     """A runtime deciding on the frames of the device ``uri`` names, answering it with ACTION frames."""
     spec, engine = open_model_for(args)
-    source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels)
+    source = open_live_source(uri, spec.channels if spec.spec_path is not None else None, engine.channels,
+                              sample_rate_hz=spec.sample_rate_hz, link_key_file=args.link_key)
     options = runtime_options(spec, args)  # before the sinks: a bad option must not leave a run_start behind
     runtime = Runtime(spec, engine, source, build_sinks(args, spec, engine, uri), **options)
     attach_device(runtime)

@@ -41,7 +41,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 def main(args: argparse.Namespace) -> int:
     check_mcap_path(args.out, "--out")
     limit = max_bytes(args)
-    source = open_source(args.source, None, speed=args.speed, strict=args.strict)
+    source = open_source(args.source, None, speed=args.speed, strict=args.strict, link_key_file=args.link_key)
     try:
         recorder = RecordingSink(args.out, source.channels, source_metadata(source), max_bytes=limit)
     except BaseException:

@@ -131,7 +131,7 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _rule(values.MILLISECONDS))},
     "scheduling": {"cpu_affinity": _Key("cpu_affinity", _cpus), "realtime": _Key("realtime", _boolean)},
     "source": {"uri": _Key("source", _string, _SOURCE), "speed": _Key("speed", _speed),
-               "strict": _Key("strict", _boolean)},
+               "strict": _Key("strict", _boolean), "link_key": _Key("link_key", _string, _PATH)},
     "sinks": {"decisions": _Key("decisions", _string, _PATH), "show": _Key("show", _one_of(SHOW_MODES))},
     "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _rule(values.MEGABYTES))},
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
@@ -155,7 +155,7 @@ class ServiceConfig:
         """A one-line account of what the service will do, for check-config and the start-up log."""
         opts = self.options
         parts = [f"model {opts.get('model', 'bundled')}", f"source {opts.get('source', 'bundled log')}"]
-        for dest, what in (("decisions", "decisions"), ("record", "recording"),
+        for dest, what in (("link_key", "link key"), ("decisions", "decisions"), ("record", "recording"),
                            ("metrics_textfile", "metrics textfile"), ("metrics_http", "metrics http")):
             if dest in opts:
                 parts.append(f"{what} {opts[dest]}")

@@ -21,18 +21,26 @@ __all__ = ["DEFAULT_BAUD", "HELLO_TIMEOUT_S", "SCHEMES", "SERIAL_OPTIONS", "Seri
 HELLO_TIMEOUT_S = 10.0
 
 
-def open_live_source(text: str, channels: Optional[Sequence[str]] = None, channel_count: Optional[int] = None):
+def open_live_source(text: str, channels: Optional[Sequence[str]] = None, channel_count: Optional[int] = None, *,
+                     sample_rate_hz: Optional[float] = None, link_key_file: Optional[str] = None):
     """The :class:`~.serial_link.SerialSource` a URI names; the port opens on the first ``recv``.
 
+    ``sample_rate_hz`` is the model's (HELLO's rate must agree);
+    ``link_key_file`` a key file's path: the link is signed with its key (read
+    now, so a bad key file is refused before the port opens).
     ``channels`` are the model's (the device's HELLO is checked against them);
     None takes the device's own, and without a ``channel_count`` either the
     caller needs their names before the first frame (a recording without a
     model), so the source first waits up to ``HELLO_TIMEOUT_S`` for the HELLO.
     """
     address = parse_source_uri(text)
-    from .serial_link import SerialSource  # late: log replays need neither pyserial nor the protocol
+    from firmware_bridge.keys import load_key  # late: log replays need neither pyserial nor the protocol
 
-    source = SerialSource(address.path, address.baud, channels, channel_count, name=text)
+    from .serial_link import SerialSource
+
+    key = load_key(link_key_file) if link_key_file else None
+    source = SerialSource(address.path, address.baud, channels, channel_count, name=text,
+                          sample_rate_hz=sample_rate_hz, link_key=key)
     if channels is None and channel_count is None:
         try:
             source.wait_for_hello(HELLO_TIMEOUT_S)

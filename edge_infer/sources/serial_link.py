@@ -15,16 +15,28 @@ that reopens itself after an unplug:
   for the device to time out, then speaks again: 0.75 s, doubling up to 66 s
   (the longest safe timeout a HELLO can announce).
 * While connected it sends a HEARTBEAT whenever nothing else went out for a
-  quarter of the device's safe timeout (HELLO carries it), so the device
+  quarter of the device's safe timeout (HELLO carries it; clamped by
+  :func:`~firmware_bridge.protocol.heartbeat_interval_s`), so the device
   stays out of its safe state between decisions.
+* With a link key (``link_key``, PROTOCOL.md section 13) it speaks with a
+  signed SESSION offer instead of a HEARTBEAT, takes only frames signed in
+  the session the device answered, signs everything it sends, and offers a
+  new session when the device's frames show it lost the old one. Frames that
+  are unsigned, signed with another key or session, or replayed are dropped
+  and counted; there is no unsigned fallback.
+* HELLO's sample rate is checked against the model's (a mismatch is refused,
+  like a schema mismatch), and the device's ``t_us`` against HELLO's rate (a
+  mismatch is counted in ``rate_mismatch`` and logged).
 * SENSOR values are multiplied by the HELLO's scales into float32 physical
   values. The schema hash covers the channel names in order, so the
   device's order is the model's order.
 * When the port disappears, ``recv`` keeps returning None on time, so the
   loop keeps deciding (``no_data``), and the port is reopened with backoff.
 
-A reconnect, or a HELLO whose sequence number does not continue the stream
-(the device rebooted), starts a new *epoch*: frames on either side are not
+A reconnect, or a device clock that does not continue across a HELLO (it
+went back, or moved by much more than the host's clock: the device
+rebooted), starts a new *epoch*; a HELLO alone does not (a device may say
+HELLO again at any time, PROTOCOL.md 7.2): frames on either side are not
 contiguous, so ``restart_listeners`` are told (the runtime resets its window:
 the first decision after a reconnect needs a whole window of fresh frames),
 device sequence numbers of older frames are forgotten (no ACTION answers a
@@ -46,8 +58,8 @@ import time
 from array import array
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 
+from firmware_bridge.auth import LinkAuth, Side
 from firmware_bridge.protocol import (
     Action,
     ActionSource,
@@ -58,7 +70,10 @@ from firmware_bridge.protocol import (
     LinkFrame,
     SchemaMismatch,
     Sensor,
+    Session,
     check_hello,
+    check_sample_rate,
+    heartbeat_interval_s,
 )
 from firmware_bridge.stream import FrameDecoder
 
@@ -74,7 +89,10 @@ log = logging.getLogger(__name__)
 HELLO_WAIT_S = 1.0  #: how long to wait for a HELLO after speaking before going quiet
 QUIET_FIRST_S = 0.75  #: the first quiet period: longer than the default 500 ms safe timeout
 QUIET_MAX_S = 66.0  #: longer than the largest safe timeout a HELLO can announce (65.535 s)
-DEFAULT_HEARTBEAT_S = 0.125  #: a quarter of the default safe timeout, until a HELLO says otherwise
+#: Across a HELLO, the device clock must move like the host's, within this (plus 5 %), or it rebooted.
+CLOCK_SLACK_S = 1.0
+RATE_BLOCK = 32  #: SENSOR intervals per sample-rate check
+RATE_TOLERANCE = 0.1  #: the median interval may differ from HELLO's period by this fraction
 #: Recent frames whose device sequence numbers are kept, for the ACTION that answers them.
 SEQ_RING = 256
 
@@ -91,8 +109,12 @@ class SerialSource(Source):
 
     def __init__(self, path: str, baud: int = DEFAULT_BAUD, channels: Optional[Sequence[str]] = None,
                  channel_count: Optional[int] = None, *, clock: Optional[Clock] = None,
-                 port: Optional[SerialPort] = None, name: Optional[str] = None):
+                 port: Optional[SerialPort] = None, name: Optional[str] = None,
+                 sample_rate_hz: Optional[float] = None, link_key: Optional[bytes] = None):
         self.port = port or SerialPort(path, baud)
+        self._rate_hz = sample_rate_hz  # the model's; HELLO's must agree
+        #: The host's signing state (None: an unsigned link); see PROTOCOL.md section 13.
+        self.auth = LinkAuth(link_key, Side.HOST) if link_key is not None else None
         self.name = name or f"serial:{path}"
         self._expected = list(channels) if channels is not None else None
         self._count = len(channels) if channels is not None else channel_count
@@ -100,26 +122,26 @@ class SerialSource(Source):
         self.channels: List[str] = (list(channels) if channels is not None
                                     else [f"ch{i}" for i in range(channel_count or 0)])
         self._clock = clock or Clock()
-        self._decoder = FrameDecoder()
-        self._encoder = FrameEncoder()
+        self._decoder = FrameDecoder(auth=self.auth)
+        self._encoder = FrameEncoder(auth=self.auth)
         self._pending: Deque[Frame] = collections.deque()
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
         #: Called when the sample stream restarts (reconnect, device reboot): older frames are not contiguous.
         self.restart_listeners: List[Callable[[], None]] = []
-        self._scales = np.ones(self._count or 1, dtype=np.float32)
         self._ready = False  # a HELLO was accepted since the port opened
         self._greeted = False  # a HELLO arrived in this connection (a later one may be a reboot)
         self._need_delimiter = True
         self._last_tx = 0.0
-        self._heartbeat_s = DEFAULT_HEARTBEAT_S
+        self._heartbeat_s = heartbeat_interval_s(0)
+        self._hello_again = False  # a HELLO came after the first: check the device clock at the next SENSOR
+        self._rate_dts: List[float] = []
+        self._warned: set = set()  # kinds of link trouble already logged in this connection
         self._hello_due: Optional[float] = None
         self._quiet_until: Optional[float] = None
         self._quiet_s = QUIET_FIRST_S
         self._hello_requests_here = 0
-        self._last_rx_seq = -1
-        self._last_rx_ns = 0
         # frames: our numbering, the device's numbering of recent ones, the time line
         self._seq = 0
         self._epoch_first_seq = 0
@@ -130,7 +152,7 @@ class SerialSource(Source):
         self._n: Dict[str, int] = dict.fromkeys(
             ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
              "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
-             "actions_unsent"), 0)
+             "actions_unsent", "rate_mismatch", "session_offers", "sessions_lost"), 0)
 
     # --- Source -----------------------------------------------------------------------------
 
@@ -166,6 +188,7 @@ class SerialSource(Source):
         out: Dict[str, Union[int, bool, str, None]] = {"port": port.path, "low_latency": port.low_latency}
         out.update(self._decoder.counters.as_dict())
         out.update(self._n)
+        out.update(link_signed=self.auth is not None, sessions=self.auth.sessions if self.auth is not None else 0)
         out.update(reconnects=port.reconnects, disconnects=port.disconnects, write_timeouts=port.write_timeouts,
                    disconnected_ms=port.disconnected_ms)
         return out
@@ -225,14 +248,22 @@ class SerialSource(Source):
         self._quiet_until = None
         self._quiet_s = QUIET_FIRST_S
         self._hello_requests_here = 0
+        self._warned.clear()
         self._new_epoch()
-        log.info("serial port %s open at %d baud: asking the device for its HELLO", self.port.path, self.port.baud)
+        log.info("serial port %s open at %d baud: asking the device for its HELLO%s", self.port.path, self.port.baud,
+                 " (signed link)" if self.auth is not None else "")
         self._speak(now)
 
     def _speak(self, now: float) -> None:
-        """A HEARTBEAT that a device which thinks the host is absent answers with HELLO."""
+        """A HEARTBEAT that a device which thinks the host is absent answers with HELLO; signed: a SESSION offer."""
         self._hello_due = now + HELLO_WAIT_S
-        self._send_heartbeat()
+        if self.auth is None:
+            self._send_heartbeat()
+            return
+        self._ready = False
+        offer = Session(host_nonce=self.auth.offer())
+        if self._send(self._encoder.encode(offer)):
+            self._n["session_offers"] += 1
 
     def _keep_alive(self, now: float) -> None:
         if self._quiet_until is not None:
@@ -241,7 +272,7 @@ class SerialSource(Source):
                 self._speak(now)
         elif not self._ready and self._hello_due is not None and now >= self._hello_due:
             self._go_quiet(now)
-        elif now - self._last_tx >= self._heartbeat_s:
+        elif now - self._last_tx >= self._heartbeat_s and (self.auth is None or self.auth.established):
             self._send_heartbeat()
 
     def _next_keep_alive(self) -> float:
@@ -283,6 +314,7 @@ class SerialSource(Source):
     # --- receiving ---------------------------------------------------------------------------
 
     def _feed(self, data: bytes, recv_ns: int) -> None:
+        unbound = self._decoder.counters.unbound
         for frame in self._decoder.feed(data):
             if isinstance(frame, Sensor):
                 self._on_sensor(frame, recv_ns)
@@ -290,14 +322,33 @@ class SerialSource(Source):
                 self._on_hello(frame, recv_ns)
             else:
                 self._on_other(frame)
-            self._last_rx_seq, self._last_rx_ns = frame.seq, recv_ns
+        if self.auth is not None or self._decoder.counters.no_key:
+            self._check_signing(self._decoder.counters.unbound > unbound)
+
+    def _check_signing(self, unbound: bool) -> None:
+        """Say once per connection why frames are dropped; offer a new session when the device lost its own."""
+        c = self._decoder.counters
+        for kind, count, why in (
+                ("unsigned", c.unsigned, "sends unsigned frames, but this host has a link key: they are dropped; "
+                                         "give the device the same key (docs/link-security.md)"),
+                ("bad_signature", c.bad_signature, "sends frames whose signature does not verify (another key, an "
+                                                   "old session, or someone else on the line): they are dropped"),
+                ("replayed", c.replayed, "sent signed frames that were already received (replayed): dropped"),
+                ("no_key", c.no_key, "signs its frames, but this host has no link key: they are dropped; give "
+                                     "--link-key (or [source].link_key) the device's key")):
+            if count and kind not in self._warned:
+                self._warned.add(kind)
+                log.warning("device on %s %s", self.port.path, why)
+        if unbound and self.auth is not None and self.auth.established:
+            self._n["sessions_lost"] += 1  # it rebooted, or timed out on us: its frames are in no session
+            log.warning("device on %s lost its signed session (reboot or safe timeout): offering a new one",
+                        self.port.path)
+            self._speak(time.monotonic())
 
     def _on_hello(self, hello: Hello, recv_ns: int) -> None:
-        log.debug("HELLO seq %d from %s (last frame seq %d)", hello.seq, self.port.path, self._last_rx_seq)
+        log.debug("HELLO seq %d from %s", hello.seq, self.port.path)
         self._check(hello)
-        if self._greeted and not self._continues(hello, recv_ns):
-            self._n["device_restarts"] += 1  # its numbering restarted: it rebooted, the stream is cut
-            self._new_epoch()
+        self._hello_again = self._greeted  # the stream continues unless the device clock says otherwise
         self._greeted = self._ready = True
         self._hello_due = self._quiet_until = None
         self._quiet_s = QUIET_FIRST_S
@@ -307,25 +358,51 @@ class SerialSource(Source):
                      hello.sample_type.label, ",".join(self.channels), hello.sample_rate_hz, hello.safe_timeout_ms)
         self.hello = hello
         self._n["hellos"] += 1
-        self._scales = np.asarray(hello.scales, dtype=np.float32)
-        self._heartbeat_s = hello.safe_timeout_ms / 4000.0 if hello.safe_timeout_ms else DEFAULT_HEARTBEAT_S
+        self._heartbeat_s = heartbeat_interval_s(hello.safe_timeout_ms)
+        if hello.safe_timeout_ms and self._heartbeat_s * 4 > hello.safe_timeout_ms / 1000.0 and \
+                "short_timeout" not in self._warned:
+            self._warned.add("short_timeout")
+            log.warning("device on %s announces a safe timeout of %d ms, shorter than a host can keep fed: "
+                        "heartbeats every %g ms (PROTOCOL.md 7.2); it will go safe between them",
+                        self.port.path, hello.safe_timeout_ms, self._heartbeat_s * 1000)
         for listener in self.hello_listeners:
             listener(hello, recv_ns)
 
-    def _continues(self, hello: Hello, recv_ns: int) -> bool:
-        """Does a HELLO continue the device's numbering (it greets a host back), or restart it (a reboot)?
+    def _clock_continues(self, t_us: int, recv_ns: int) -> bool:
+        """After a HELLO: did the device clock move like the host's since the last frame (no reboot)?"""
+        if self._t_last_us is None:
+            return True
+        delta = (t_us - self._t_last_us) & 0xFFFFFFFF
+        device_s = (delta - (1 << 32) if delta >= 1 << 31 else delta) / 1e6
+        host_s = max(0, recv_ns - self._t_last_recv_ns) / 1e9
+        return device_s >= 0 and abs(device_s - host_s) <= CLOCK_SLACK_S + 0.05 * host_s
 
-        Frames may have been lost before it, so "continues" means at most as far
-        ahead as the device can have counted since the last frame we saw:
-        its samples and heartbeats (4/s), twice over, plus a margin.
-        """
-        ahead = (hello.seq - self._last_rx_seq - 1) & 0xFFFF
-        elapsed_s = max(0, recv_ns - self._last_rx_ns) / 1e9
-        return ahead <= 16 + 2 * (hello.sample_rate_hz or 1000.0) * elapsed_s + 8 * elapsed_s
+    def _check_rate(self, t_us: int) -> None:
+        """Compare the median SENSOR interval (device clock) with HELLO's rate, every RATE_BLOCK frames."""
+        hello = self.hello
+        rate = (hello.sample_rate_hz if hello is not None else 0.0) or self._rate_hz
+        if not rate or self._t_last_us is None:
+            return
+        self._rate_dts.append(((t_us - self._t_last_us) & 0xFFFFFFFF) / 1e6)
+        if len(self._rate_dts) < RATE_BLOCK:
+            return
+        median = sorted(self._rate_dts)[RATE_BLOCK // 2]
+        self._rate_dts.clear()
+        if abs(median * rate - 1.0) > RATE_TOLERANCE:
+            self._n["rate_mismatch"] += 1
+            log.warning("device on %s: its clock (t_us) says %.4g samples/s (median interval %.4g ms), its HELLO "
+                        "says %g Hz: the model sees data at the wrong rate, or the device clock is off",
+                        self.port.path, 1.0 / median if median > 0 else math.inf, median * 1000, rate)
 
     def _check(self, hello: Hello) -> None:
         """Refuse a device that does not send the model's channels (or, without a model, changed its own)."""
         self._ready = False  # a refused device gets no ACTION, not even the shutdown one
+        check_sample_rate(hello, self._rate_hz)
+        if not hello.sample_rate_millihz and "no_rate" not in self._warned:
+            self._warned.add("no_rate")
+            log.warning("device on %s announces no sample rate (0: not fixed): %s", self.port.path,
+                        f"its clock is checked against the model's {self._rate_hz:g} Hz" if self._rate_hz
+                        else "the model has none either, so the rate is not checked")
         if self._expected is not None:
             check_hello(hello, self._expected)
             return
@@ -348,14 +425,19 @@ class SerialSource(Source):
         if not self._ready or hello is None:
             self._n["ignored_before_hello"] += 1
             return
-        if len(sensor.values) != hello.channel_count or sensor.sample_type != hello.sample_type:
+        if not hello.fits(sensor):
             self._n["sensor_mismatch"] += 1
             log.warning("device on %s: SENSOR frame seq %d has %d %s values, its HELLO announced %d %s channels; "
                         "dropped", self.port.path, sensor.seq, len(sensor.values), sensor.sample_type.label,
                         hello.channel_count, hello.sample_type.label)
             return
-        values = np.array(sensor.values, dtype=np.float32)
-        values *= self._scales
+        values = hello.physical_values(sensor)
+        if self._hello_again:
+            self._hello_again = False
+            if not self._clock_continues(sensor.t_us, recv_ns):
+                self._n["device_restarts"] += 1  # its clock restarted: it rebooted, the stream is cut
+                self._new_epoch()
+        self._check_rate(sensor.t_us)
         seq = self._seq
         self._seq = seq + 1
         self._device_seqs[seq % SEQ_RING] = sensor.seq
@@ -364,7 +446,12 @@ class SerialSource(Source):
                                    values=values, label=None, device_seq=sensor.seq))
 
     def _on_other(self, frame: LinkFrame) -> None:
-        if isinstance(frame, Heartbeat):
+        if isinstance(frame, Session):  # the decoder took the device's answer: HELLO comes next
+            if self.auth is None:
+                return  # a keyless host has no sessions (a signed SESSION was already dropped as no_key)
+            log.info("device on %s answered: signed session %s established", self.port.path,
+                     self.auth.session.hex())
+        elif isinstance(frame, Heartbeat):
             self._n["heartbeats_received"] += 1
         elif isinstance(frame, ErrorReport):
             self._n["device_errors"] += 1
@@ -378,6 +465,7 @@ class SerialSource(Source):
     def _new_epoch(self) -> None:
         self._epoch_first_seq = self._seq
         self._t_last_us = None
+        self._rate_dts.clear()
         for listener in self.restart_listeners:
             listener()
 

@@ -8,6 +8,15 @@
 
 #include <string.h>
 
+#if defined(__AVR__) /* constant tables stay in flash: RAM is 2 KB on an ATmega328P */
+#include <avr/pgmspace.h>
+#define EL_ROM PROGMEM
+#define EL_ROM_U32(p) pgm_read_dword(p)
+#else
+#define EL_ROM
+#define EL_ROM_U32(p) (*(p))
+#endif
+
 typedef char el_float_must_be_32_bits[(sizeof(float) == 4) ? 1 : -1];
 
 /* ---- little-endian helpers -------------------------------------------- */
@@ -379,6 +388,308 @@ size_t el_encode_error(uint8_t *out, size_t cap, uint16_t seq, uint32_t t_us, ui
     return b_finish(&b);
 }
 
+size_t el_encode_session(uint8_t *out, size_t cap, uint16_t seq, uint32_t t_us, uint8_t flags,
+                         const uint8_t *host_nonce, const uint8_t *device_nonce)
+{
+    uint8_t payload[EL_SESSION_LEN];
+    memcpy(payload, host_nonce, EL_NONCE_LEN);
+    if (device_nonce) {
+        memcpy(payload + EL_NONCE_LEN, device_nonce, EL_NONCE_LEN);
+    } else {
+        memset(payload + EL_NONCE_LEN, 0, EL_NONCE_LEN);
+    }
+    return el_encode_raw(out, cap, EL_VERSION, EL_SESSION, flags, seq, t_us, payload, sizeof payload);
+}
+
+/* ---- SHA-256 (FIPS 180-4), HMAC (RFC 2104) -------------------------------- */
+/* A 16-word rolling message schedule: 64 bytes of stack, not 256, for small MCUs. */
+
+static const uint32_t K256[64] EL_ROM = {
+    0x428a2f98UL, 0x71374491UL, 0xb5c0fbcfUL, 0xe9b5dba5UL, 0x3956c25bUL, 0x59f111f1UL, 0x923f82a4UL,
+    0xab1c5ed5UL, 0xd807aa98UL, 0x12835b01UL, 0x243185beUL, 0x550c7dc3UL, 0x72be5d74UL, 0x80deb1feUL,
+    0x9bdc06a7UL, 0xc19bf174UL, 0xe49b69c1UL, 0xefbe4786UL, 0x0fc19dc6UL, 0x240ca1ccUL, 0x2de92c6fUL,
+    0x4a7484aaUL, 0x5cb0a9dcUL, 0x76f988daUL, 0x983e5152UL, 0xa831c66dUL, 0xb00327c8UL, 0xbf597fc7UL,
+    0xc6e00bf3UL, 0xd5a79147UL, 0x06ca6351UL, 0x14292967UL, 0x27b70a85UL, 0x2e1b2138UL, 0x4d2c6dfcUL,
+    0x53380d13UL, 0x650a7354UL, 0x766a0abbUL, 0x81c2c92eUL, 0x92722c85UL, 0xa2bfe8a1UL, 0xa81a664bUL,
+    0xc24b8b70UL, 0xc76c51a3UL, 0xd192e819UL, 0xd6990624UL, 0xf40e3585UL, 0x106aa070UL, 0x19a4c116UL,
+    0x1e376c08UL, 0x2748774cUL, 0x34b0bcb5UL, 0x391c0cb3UL, 0x4ed8aa4aUL, 0x5b9cca4fUL, 0x682e6ff3UL,
+    0x748f82eeUL, 0x78a5636fUL, 0x84c87814UL, 0x8cc70208UL, 0x90befffaUL, 0xa4506cebUL, 0xbef9a3f7UL,
+    0xc67178f2UL,
+};
+
+static uint32_t ror(uint32_t x, uint8_t n)
+{
+    return (x >> n) | (x << (32u - n));
+}
+
+static void sha256_block(el_sha256 *s)
+{
+    uint32_t w[16], v[8], t1, t2, s0, s1;
+    uint8_t i, j;
+    for (i = 0; i < 16u; i++) {
+        w[i] = ((uint32_t)s->block[4u * i] << 24) | ((uint32_t)s->block[4u * i + 1u] << 16) |
+               ((uint32_t)s->block[4u * i + 2u] << 8) | (uint32_t)s->block[4u * i + 3u];
+    }
+    memcpy(v, s->h, sizeof v);
+    for (i = 0; i < 64u; i++) {
+        if (i >= 16u) {
+            j = (uint8_t)(i & 15u);
+            s0 = w[(j + 1u) & 15u];
+            s1 = w[(j + 14u) & 15u];
+            s0 = ror(s0, 7) ^ ror(s0, 18) ^ (s0 >> 3);
+            s1 = ror(s1, 17) ^ ror(s1, 19) ^ (s1 >> 10);
+            w[j] += s0 + s1 + w[(j + 9u) & 15u];
+        }
+        t1 = v[7] + (ror(v[4], 6) ^ ror(v[4], 11) ^ ror(v[4], 25)) + ((v[4] & v[5]) ^ (~v[4] & v[6])) +
+             EL_ROM_U32(&K256[i]) + w[i & 15u];
+        t2 = (ror(v[0], 2) ^ ror(v[0], 13) ^ ror(v[0], 22)) + ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7u * sizeof v[0]);
+        v[4] += t1;
+        v[0] = t1 + t2;
+    }
+    for (i = 0; i < 8u; i++) {
+        s->h[i] += v[i];
+    }
+}
+
+void el_sha256_init(el_sha256 *s)
+{
+    static const uint32_t iv[8] EL_ROM = {0x6a09e667UL, 0xbb67ae85UL, 0x3c6ef372UL, 0xa54ff53aUL,
+                                          0x510e527fUL, 0x9b05688cUL, 0x1f83d9abUL, 0x5be0cd19UL};
+    uint8_t i;
+    for (i = 0; i < 8u; i++) {
+        s->h[i] = EL_ROM_U32(&iv[i]);
+    }
+    s->bytes = 0;
+    s->used = 0;
+}
+
+void el_sha256_update(el_sha256 *s, const uint8_t *data, size_t len)
+{
+    while (len--) {
+        s->block[s->used++] = *data++;
+        s->bytes++;
+        if (s->used == 64u) {
+            sha256_block(s);
+            s->used = 0;
+        }
+    }
+}
+
+void el_sha256_final(el_sha256 *s, uint8_t digest[32])
+{
+    uint32_t bits_hi = s->bytes >> 29, bits_lo = s->bytes << 3;
+    uint8_t i;
+    s->block[s->used++] = 0x80u;
+    if (s->used > 56u) {
+        memset(s->block + s->used, 0, 64u - s->used);
+        sha256_block(s);
+        s->used = 0;
+    }
+    memset(s->block + s->used, 0, 56u - s->used);
+    for (i = 0; i < 4u; i++) {
+        s->block[56u + i] = (uint8_t)(bits_hi >> (24u - 8u * i));
+        s->block[60u + i] = (uint8_t)(bits_lo >> (24u - 8u * i));
+    }
+    sha256_block(s);
+    for (i = 0; i < 32u; i++) {
+        digest[i] = (uint8_t)(s->h[i / 4u] >> (24u - 8u * (i % 4u)));
+    }
+}
+
+static void hmac_pad(el_sha256 *s, const uint8_t *key, size_t key_len, uint8_t pad)
+{
+    uint8_t i, x;
+    el_sha256_init(s);
+    for (i = 0; i < 64u; i++) {
+        x = (uint8_t)((i < key_len ? key[i] : 0u) ^ pad);
+        el_sha256_update(s, &x, 1u);
+    }
+}
+
+void el_hmac_begin(el_sha256 *s, const uint8_t *key, size_t key_len)
+{
+    hmac_pad(s, key, key_len, 0x36u);
+}
+
+void el_hmac_end(el_sha256 *s, const uint8_t *key, size_t key_len, uint8_t mac[32])
+{
+    uint8_t inner[32];
+    el_sha256_final(s, inner);
+    hmac_pad(s, key, key_len, 0x5cu);
+    el_sha256_update(s, inner, sizeof inner);
+    el_sha256_final(s, mac);
+}
+
+/* ---- a signed link ---------------------------------------------------------- */
+
+static const uint8_t ZERO_SESSION[EL_SESSION_LEN] = {0};
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+    uint8_t acc = 0;
+    while (n--) {
+        acc |= *p++;
+    }
+    return acc == 0u;
+}
+
+void el_auth_init(el_auth *a, const uint8_t key[EL_KEY_LEN], uint8_t side,
+                  void (*new_nonce)(uint8_t nonce[EL_NONCE_LEN]))
+{
+    memset(a, 0, sizeof *a);
+    memcpy(a->key, key, EL_KEY_LEN);
+    a->side = side;
+    a->new_nonce = new_nonce;
+}
+
+int el_auth_established(const el_auth *a)
+{
+    return !all_zero(a->session, EL_NONCE_LEN) && !all_zero(a->session + EL_NONCE_LEN, EL_NONCE_LEN);
+}
+
+static void auth_begin(el_auth *a, const uint8_t *host_nonce, const uint8_t *device_nonce, uint64_t rx_last,
+                       int reset_tx)
+{
+    memmove(a->session, host_nonce, EL_NONCE_LEN);
+    memmove(a->session + EL_NONCE_LEN, device_nonce, EL_NONCE_LEN);
+    a->rx_last = rx_last;
+    if (reset_tx) {
+        a->tx_ts = 0;
+    }
+    if (el_auth_established(a)) {
+        a->sessions++;
+    }
+}
+
+void el_auth_end(el_auth *a)
+{
+    auth_begin(a, ZERO_SESSION, ZERO_SESSION, 0, 1);
+}
+
+/* The first EL_TAG_LEN bytes of HMAC(key, session || signed). */
+static void compute_tag(const el_auth *a, const uint8_t *session, const uint8_t *signed_part, size_t len,
+                        uint8_t tag[32])
+{
+    el_sha256 s;
+    el_hmac_begin(&s, a->key, EL_KEY_LEN);
+    el_sha256_update(&s, session, EL_SESSION_LEN);
+    el_sha256_update(&s, signed_part, len);
+    el_hmac_end(&s, a->key, EL_KEY_LEN, tag);
+}
+
+static int tag_matches(const el_auth *a, const uint8_t *session, const uint8_t *signed_part, size_t len,
+                       const uint8_t *tag)
+{
+    uint8_t want[32], diff = 0, i;
+    compute_tag(a, session, signed_part, len, want);
+    for (i = 0; i < EL_TAG_LEN; i++) { /* no early exit: the time does not say how much matched */
+        diff |= (uint8_t)(want[i] ^ tag[i]);
+    }
+    return diff == 0u;
+}
+
+static uint64_t rd48(const uint8_t *p)
+{
+    return (uint64_t)rd32(p) | ((uint64_t)rd16(p + 4) << 32);
+}
+
+static el_status auth_session(el_auth *a, const uint8_t *payload, uint64_t ts)
+{
+    const uint8_t *host = payload, *device = payload + EL_NONCE_LEN;
+    uint8_t nonce[EL_NONCE_LEN];
+    if (all_zero(host, EL_NONCE_LEN)) {
+        return EL_REJECT_BAD_VALUE;
+    }
+    if (a->side == EL_LINK_DEVICE) { /* the host offers a session */
+        if (!all_zero(device, EL_NONCE_LEN)) {
+            return EL_REJECT_BAD_VALUE;
+        }
+        if (memcmp(host, a->session, EL_NONCE_LEN) == 0) {
+            return EL_REJECT_REPLAYED; /* the offer of the session we are in */
+        }
+        if (!a->new_nonce) {
+            return EL_REJECT_BAD_VALUE; /* a device without a nonce source cannot begin a session */
+        }
+        a->new_nonce(nonce);
+        auth_begin(a, host, nonce, ts, 1);
+        return EL_OK;
+    }
+    if (all_zero(device, EL_NONCE_LEN)) { /* the host: the device answers our offer */
+        return EL_REJECT_BAD_VALUE;
+    }
+    if (memcmp(host, a->session, EL_NONCE_LEN) != 0 || el_auth_established(a)) {
+        return EL_REJECT_REPLAYED;
+    }
+    auth_begin(a, host, device, ts, 0);
+    return EL_OK;
+}
+
+/* Checks the trailer of a signed frame whose header and payload are buf[0 .. end). */
+static el_status auth_check(el_auth *a, const uint8_t *buf, size_t end, uint8_t type)
+{
+    size_t signed_len = end + 1u + 6u;
+    const uint8_t *tag = buf + signed_len;
+    uint64_t ts = rd48(buf + end + 1u);
+    if (type == EL_SESSION && end - EL_HEADER_LEN != EL_SESSION_LEN) {
+        return EL_REJECT_BAD_LENGTH;
+    }
+    if (buf[end] != (a->side == EL_LINK_DEVICE ? EL_LINK_HOST : EL_LINK_DEVICE)) {
+        return EL_REJECT_BAD_SIGNATURE; /* not signed by the other side: reflected, or a third party */
+    }
+    if (type == EL_SESSION) {
+        if (!tag_matches(a, buf + EL_HEADER_LEN, buf, signed_len, tag)) {
+            return EL_REJECT_BAD_SIGNATURE;
+        }
+        return auth_session(a, buf + EL_HEADER_LEN, ts);
+    }
+    if (el_auth_established(a) && tag_matches(a, a->session, buf, signed_len, tag)) {
+        if (ts <= a->rx_last) {
+            return EL_REJECT_REPLAYED;
+        }
+        a->rx_ts = ts;
+        return EL_OK;
+    }
+    if (tag_matches(a, ZERO_SESSION, buf, signed_len, tag)) {
+        return EL_REJECT_UNBOUND;
+    }
+    return EL_REJECT_BAD_SIGNATURE;
+}
+
+size_t el_sign(el_auth *a, uint8_t *buf, size_t len, size_t cap)
+{
+    size_t n, m, plen, i;
+    uint8_t tag[32];
+    uint16_t crc;
+    if (len < 2u || buf[len - 1u] != 0u || !el_cobs_decode(buf, len - 1u, buf, len, &n) || n < EL_MIN_INNER) {
+        return 0u;
+    }
+    plen = n - EL_MIN_INNER;
+    if (plen > EL_MAX_SIGNED_PAYLOAD || cap < EL_WIRE_SIZE(plen + EL_AUTH_LEN) ||
+        a->tx_ts >= 0xFFFFFFFFFFFFULL) {
+        return 0u;
+    }
+    m = n - EL_CRC_LEN;
+    buf[2] |= EL_FLAG_SIGNED;
+    a->tx_ts++;
+    buf[m++] = a->side;
+    for (i = 0; i < 6u; i++) {
+        buf[m++] = (uint8_t)(a->tx_ts >> (8u * i));
+    }
+    compute_tag(a, (buf[1] == EL_SESSION && plen == EL_SESSION_LEN) ? buf + EL_HEADER_LEN : a->session, buf, m,
+                tag);
+    memcpy(buf + m, tag, EL_TAG_LEN);
+    m += EL_TAG_LEN;
+    crc = el_crc16(buf, m);
+    buf[m++] = (uint8_t)(crc & 0xFFu);
+    buf[m++] = (uint8_t)(crc >> 8);
+    /* COBS in place: move the frame to the end; the encoder's writes never overtake its reads there */
+    memmove(buf + cap - m, buf, m);
+    n = el_cobs_encode(buf + cap - m, m, buf);
+    buf[n++] = 0u;
+    return n;
+}
+
 /* ---- decoding ------------------------------------------------------------ */
 
 static el_status parse_hello(const uint8_t *p, size_t len, el_hello *h)
@@ -491,10 +802,30 @@ static el_status parse_error(const uint8_t *p, size_t len, el_error *e)
     return EL_OK;
 }
 
+static el_status parse_session(const uint8_t *p, size_t len, el_session *s)
+{
+    if (len != EL_SESSION_LEN) {
+        return EL_REJECT_BAD_LENGTH;
+    }
+    s->host_nonce = p;
+    s->device_nonce = p + EL_NONCE_LEN;
+    return EL_OK;
+}
+
+typedef el_status (*verify_fn)(el_auth *, const uint8_t *, size_t, uint8_t);
+
+static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify);
+
 el_status el_decode_frame(uint8_t *buf, size_t len, el_frame *out)
+{
+    return decode(buf, len, out, NULL, NULL);
+}
+
+static el_status decode(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify)
 {
     size_t n, plen;
     const uint8_t *p;
+    el_status st;
     if (!el_cobs_decode(buf, len, buf, len, &n)) {
         return EL_REJECT_COBS;
     }
@@ -516,6 +847,24 @@ el_status el_decode_frame(uint8_t *buf, size_t len, el_frame *out)
     out->t_us = rd32(buf + 5);
     p = buf + EL_HEADER_LEN;
     plen = n - EL_MIN_INNER;
+    if (out->type == 0u || out->type > EL_SESSION) {
+        return EL_REJECT_UNKNOWN_TYPE;
+    }
+    if (out->flags & EL_FLAG_SIGNED) {
+        if (plen < EL_AUTH_LEN) {
+            return EL_REJECT_BAD_LENGTH;
+        }
+        plen -= EL_AUTH_LEN;
+        if (!auth || !verify) {
+            return EL_REJECT_NO_KEY;
+        }
+        st = verify(auth, buf, EL_HEADER_LEN + plen, out->type);
+        if (st != EL_OK) {
+            return st;
+        }
+    } else if (auth) {
+        return EL_REJECT_UNSIGNED;
+    }
     switch (out->type) {
     case EL_HELLO:
         return parse_hello(p, plen, &out->u.hello);
@@ -528,8 +877,22 @@ el_status el_decode_frame(uint8_t *buf, size_t len, el_frame *out)
     case EL_ERROR:
         return parse_error(p, plen, &out->u.error);
     default:
-        return EL_REJECT_UNKNOWN_TYPE;
+        return parse_session(p, plen, &out->u.session);
     }
+}
+
+static el_status decode_and_accept(uint8_t *buf, size_t len, el_frame *out, el_auth *auth, verify_fn verify)
+{
+    el_status st = decode(buf, len, out, auth, verify);
+    if (st == EL_OK && auth && out->type != EL_SESSION && auth->rx_ts > auth->rx_last) {
+        auth->rx_last = auth->rx_ts; /* delivered: its ts is the new floor */
+    }
+    return st;
+}
+
+el_status el_decode_frame_auth(uint8_t *buf, size_t len, el_frame *out, el_auth *auth)
+{
+    return decode_and_accept(buf, len, out, auth, auth_check);
 }
 
 /* ---- the incremental decoder -------------------------------------------- */
@@ -539,6 +902,12 @@ void el_decoder_init(el_decoder *d, uint8_t *buf, uint16_t cap)
     memset(d, 0, sizeof *d);
     d->buf = buf;
     d->cap = cap;
+}
+
+void el_decoder_set_auth(el_decoder *d, el_auth *auth)
+{
+    d->auth = auth;
+    d->verify = auth ? auth_check : NULL;
 }
 
 void el_decoder_reset(el_decoder *d)
@@ -559,6 +928,11 @@ static void count_reject(el_decoder *d, el_status why)
     case EL_REJECT_BAD_VALUE: c->bad_value++; break;
     case EL_REJECT_BAD_VERSION: c->bad_version++; break;
     case EL_REJECT_UNKNOWN_TYPE: c->unknown_type++; break;
+    case EL_REJECT_UNSIGNED: c->unsigned_frames++; return; /* an intact frame refused: no loss of sync */
+    case EL_REJECT_NO_KEY: c->no_key++; return;
+    case EL_REJECT_BAD_SIGNATURE: c->bad_signature++; return;
+    case EL_REJECT_UNBOUND: c->unbound++; return;
+    case EL_REJECT_REPLAYED: c->replayed++; return;
     case EL_OK: return;
     }
     d->in_error = 1;
@@ -588,7 +962,7 @@ int el_decoder_push(el_decoder *d, uint8_t byte, el_frame *out)
     }
     len = d->len;
     d->len = 0;
-    st = el_decode_frame(d->buf, len, out);
+    st = decode_and_accept(d->buf, len, out, d->auth, d->verify);
     if (st != EL_OK) {
         count_reject(d, st);
         return 0;

@@ -6,7 +6,8 @@
  * Python twin is ../protocol.py and ../stream.py, and both pass the shared
  * vectors in ../test_vectors.txt (see test_vectors.c).
  *
- * Made for small MCUs: no heap, no libc beyond string.h, every buffer is
+ * Made for small MCUs: no heap, no libc beyond string.h (and avr/pgmspace.h on
+ * AVR, to keep the SHA-256 table in flash), every buffer is
  * the caller's, and no floating-point arithmetic (float32 samples and
  * scales are copied bit for bit; IEEE-754 binary32 floats are assumed, as
  * on AVR and ARM). Works where int is 16 bits.
@@ -58,6 +59,7 @@ extern "C" {
 #define EL_ACTION 3u
 #define EL_HEARTBEAT 4u
 #define EL_ERROR 5u
+#define EL_SESSION 6u /* signed links: the session handshake (PROTOCOL.md section 13) */
 
 #define EL_INT16 1u   /* physical = raw * scale */
 #define EL_FLOAT32 2u
@@ -67,6 +69,18 @@ extern "C" {
 #define EL_SAFE_ACTION (-1) /* ACTION code: "go to your own safe default" */
 
 #define EL_FLAG_DEVICE_SAFE 0x01u /* device -> host: the device is in its safe state */
+#define EL_FLAG_SIGNED 0x02u      /* the frame carries the signing trailer */
+
+/* ---- signing (PROTOCOL.md section 13) ----------------------------------- */
+
+#define EL_KEY_LEN 32u
+#define EL_NONCE_LEN 8u
+#define EL_SESSION_LEN 16u      /* host nonce, device nonce */
+#define EL_TAG_LEN 8u           /* HMAC-SHA256, truncated */
+#define EL_AUTH_LEN 15u         /* trailer: link_id u8, ts u48, tag */
+#define EL_MAX_SIGNED_PAYLOAD 240u
+#define EL_LINK_DEVICE 0u       /* link_id of frames the device signs */
+#define EL_LINK_HOST 1u         /* link_id of frames the host signs */
 
 /* ACTION reason codes: edge_infer/reasons.py is the master list (append only). */
 #define EL_REASON_NONE 0u
@@ -99,7 +113,12 @@ typedef enum {
     EL_REJECT_BAD_LENGTH,   /* bad_length */
     EL_REJECT_BAD_VALUE,    /* bad_value */
     EL_REJECT_BAD_VERSION,  /* bad_version */
-    EL_REJECT_UNKNOWN_TYPE  /* unknown_type */
+    EL_REJECT_UNKNOWN_TYPE, /* unknown_type */
+    EL_REJECT_UNSIGNED,     /* unsigned: an unsigned frame at a receiver with a key */
+    EL_REJECT_NO_KEY,       /* no_key: a signed frame at a receiver without a key */
+    EL_REJECT_BAD_SIGNATURE,/* bad_signature: wrong tag (key, session, forgery, reflection) */
+    EL_REJECT_UNBOUND,      /* unbound: signed by a sender without a session */
+    EL_REJECT_REPLAYED      /* replayed: a correct tag whose ts is not above the last accepted */
 } el_status;
 
 /* ---- decoded frames --------------------------------------------------- */
@@ -139,7 +158,12 @@ typedef struct {
 } el_error;
 
 typedef struct {
-    uint8_t type;                 /* EL_HELLO ... EL_ERROR */
+    const uint8_t *host_nonce;    /* EL_NONCE_LEN bytes */
+    const uint8_t *device_nonce;  /* EL_NONCE_LEN bytes, all zero in the host's offer */
+} el_session;
+
+typedef struct {
+    uint8_t type;                 /* EL_HELLO ... EL_SESSION */
     uint8_t flags;
     uint16_t seq;
     uint32_t t_us;
@@ -148,6 +172,7 @@ typedef struct {
         el_sensor sensor;
         el_action action;
         el_error error;
+        el_session session;
     } u;
 } el_frame;
 
@@ -190,10 +215,66 @@ size_t el_encode_heartbeat(uint8_t *out, size_t cap, uint16_t seq, uint32_t t_us
 size_t el_encode_error(uint8_t *out, size_t cap, uint16_t seq, uint32_t t_us, uint8_t flags,
                        const el_error *e);
 
+/* The host's offer (device_nonce NULL: all zero) or the device's answer. Sign it with el_sign(). */
+size_t el_encode_session(uint8_t *out, size_t cap, uint16_t seq, uint32_t t_us, uint8_t flags,
+                         const uint8_t *host_nonce, const uint8_t *device_nonce);
+
+/* ---- SHA-256, HMAC-SHA256 ------------------------------------------------ */
+
+typedef struct {
+    uint32_t h[8];
+    uint32_t bytes;               /* message length so far (messages < 512 MB) */
+    uint8_t block[64];
+    uint8_t used;
+} el_sha256;
+
+void el_sha256_init(el_sha256 *s);
+void el_sha256_update(el_sha256 *s, const uint8_t *data, size_t len);
+void el_sha256_final(el_sha256 *s, uint8_t digest[32]);
+/* HMAC in two halves around el_sha256_update() of the message; key_len <= 64. */
+void el_hmac_begin(el_sha256 *s, const uint8_t *key, size_t key_len);
+void el_hmac_end(el_sha256 *s, const uint8_t *key, size_t key_len, uint8_t mac[32]);
+
+/* ---- a signed link ------------------------------------------------------ */
+
+/*
+ * One side's signing state. The session is host_nonce || device_nonce, agreed
+ * in one round trip of SESSION frames; every other frame's tag is bound to it,
+ * so frames recorded before a reboot, a restart or a safe timeout do not verify
+ * in the next session. A device needs one thing across reboots: new_nonce must
+ * never give the same nonce twice for a key (a boot counter in EEPROM plus a
+ * counter of sessions since boot; or random bytes from a true RNG).
+ */
+typedef struct {
+    uint8_t key[EL_KEY_LEN];
+    uint8_t session[EL_SESSION_LEN]; /* all zero: no session */
+    uint8_t side;                    /* EL_LINK_DEVICE or EL_LINK_HOST: the link_id this side signs with */
+    uint64_t tx_ts;                  /* ts of the last frame signed */
+    uint64_t rx_last;                /* highest ts accepted from the peer in this session */
+    uint64_t rx_ts;                  /* ts of the frame being checked */
+    uint32_t sessions;               /* sessions begun */
+    void (*new_nonce)(uint8_t nonce[EL_NONCE_LEN]); /* device side: a never-repeating nonce */
+} el_auth;
+
+void el_auth_init(el_auth *a, const uint8_t key[EL_KEY_LEN], uint8_t side,
+                  void (*new_nonce)(uint8_t nonce[EL_NONCE_LEN]));
+/* Both nonces known: frames of the session can be acted on. */
+int el_auth_established(const el_auth *a);
+/* Forget the session (the host went silent): its frames are refused from now on. */
+void el_auth_end(el_auth *a);
+/*
+ * Sign, in place, a frame made by any el_encode_*: buf holds its len wire bytes and has room for cap.
+ * Returns the new wire length, or 0 if it does not fit (cap >= EL_WIRE_SIZE(payload + EL_AUTH_LEN),
+ * payload <= EL_MAX_SIGNED_PAYLOAD) or buf is not a frame.
+ */
+size_t el_sign(el_auth *a, uint8_t *buf, size_t len, size_t cap);
+
 /* ---- decoding ---------------------------------------------------------- */
 
 /* Decode one COBS frame (the bytes between delimiters) in place: buf is overwritten. */
 el_status el_decode_frame(uint8_t *buf, size_t len, el_frame *out);
+/* The same at a receiver with a key (auth NULL: none); updates auth (session changes, replay floor). */
+el_status el_decode_frame_auth(uint8_t *buf, size_t len, el_frame *out, el_auth *auth);
 
 typedef struct {
     uint32_t frames;        /* valid frames delivered */
@@ -206,6 +287,11 @@ typedef struct {
     uint32_t unknown_type;
     uint32_t seq_gaps;      /* frames missing from the sender's seq numbering */
     uint32_t resyncs;       /* valid frames that followed rejected chunks */
+    uint32_t unsigned_frames; /* "unsigned" */
+    uint32_t bad_signature;
+    uint32_t unbound;
+    uint32_t replayed;
+    uint32_t no_key;
 } el_counters;
 
 typedef struct {
@@ -216,6 +302,9 @@ typedef struct {
     uint8_t in_error;       /* a chunk was rejected since the last valid frame */
     uint8_t have_seq;
     uint16_t next_seq;
+    el_auth *auth;          /* NULL: no key (set with el_decoder_set_auth) */
+    /* the signing check, set with auth: a device that never signs links no SHA-256 code */
+    el_status (*verify)(el_auth *auth, const uint8_t *inner, size_t end, uint8_t type);
     el_counters counters;
 } el_decoder;
 
@@ -223,6 +312,8 @@ typedef struct {
 void el_decoder_init(el_decoder *d, uint8_t *buf, uint16_t cap);
 /* Forget a partial frame and the seq anchor; counters are kept. */
 void el_decoder_reset(el_decoder *d);
+/* Give the decoder a key: from then on it delivers only frames signed in auth's session. */
+void el_decoder_set_auth(el_decoder *d, el_auth *auth);
 /* Feed one received byte. Returns 1 when *out holds a valid frame; it stays valid until the next push. */
 int el_decoder_push(el_decoder *d, uint8_t byte, el_frame *out);
 

@@ -8,7 +8,7 @@
  * protocol work is done by edge_link.c, the code that runs on the boards;
  * this file is only the POSIX harness around it (files, clocks, a tty).
  *
- *   sim_device LOG [--port PATH] [--speed FACTOR|max] [--int16] [--linger S] [--safe-ms MS]
+ *   sim_device LOG [--port PATH] [--speed FACTOR|max] [--int16] [--linger S] [--safe-ms MS] [--link-key FILE]
  *
  * With --port the device talks over that tty (a pty slave, a USB serial
  * adapter, ...) and prints its summary to stdout; without it, it writes
@@ -16,7 +16,14 @@
  * summary is one JSON line. After the last row it waits up to --linger
  * seconds (default 1) for the ACTIONs still owed, then exits. SIGINT and
  * SIGTERM end it early, with the summary. Exit status: 0, or 2 for bad
- * arguments or an unreadable log.
+ * arguments, an unreadable log or an unusable key.
+ *
+ * With --link-key the link is signed (PROTOCOL.md section 13): every frame
+ * goes out signed, only host frames signed in the current session are acted
+ * on, a host's SESSION offer begins a new session (the device goes safe and
+ * answers with SESSION and HELLO), and host silence ends the session. The
+ * key file holds 32 raw bytes or 64 hex digits and must not be readable by
+ * group or others; the device's session nonces come from /dev/urandom.
  *
  * Build: gcc -std=c99 -Wall -Wextra -Werror -pedantic -o sim_device sim_device.c edge_link.c
  */
@@ -24,6 +31,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -145,6 +153,8 @@ static unsigned safe_ms = EL_DEFAULT_SAFE_TIMEOUT_MS;
 static el_hello hello;
 static float scales[EL_MAX_CHANNELS];
 static int as_int16;
+static el_auth auth;
+static int keyed;
 
 /* summary counts */
 static unsigned long frames_sent, hellos_sent, heartbeats_sent, actions_received, actions_bad;
@@ -176,6 +186,9 @@ static void on_signal(int sig)
 static void send(size_t n)
 {
     size_t done = 0;
+    if (keyed && n > 0) { /* a link with a key never sends an unsigned frame */
+        n = el_sign(&auth, tx, n, sizeof tx);
+    }
     if (n == 0 || link_lost) {
         return;
     }
@@ -218,6 +231,15 @@ static void enter_safe(void)
 
 static void on_frame(const el_frame *f)
 {
+    if (keyed && f->type == EL_SESSION) { /* the decoder began a session: start it safe, tell the host who we are */
+        enter_safe();
+        host_present = 1;
+        last_host = now_s();
+        send(el_encode_session(tx, sizeof tx, tx_seq, clock_us(), flags(), auth.session,
+                               auth.session + EL_NONCE_LEN));
+        send_hello();
+        return;
+    }
     if (!host_present) { /* the host (re)appeared: tell it who we are */
         host_present = 1;
         send_hello();
@@ -229,6 +251,9 @@ static void on_frame(const el_frame *f)
         const el_action *a = &f->u.action;
         unsigned s = a->answers_seq;
         actions_received++;
+        if (a->action == EL_SAFE_ACTION) { /* "go safe" is obeyed whatever frame it answers (PROTOCOL.md 7) */
+            enter_safe();
+        }
         if (!(sent_seqs[s / 8] & (1u << (s % 8)))) {
             actions_bad++; /* answers a SENSOR frame this device never sent (rejected frames add to it) */
             return;
@@ -241,7 +266,6 @@ static void on_frame(const el_frame *f)
         by_reason[a->reason]++;
         if (a->action == EL_SAFE_ACTION) {
             actions_safe++;
-            enter_safe();
         } else {
             safe_state = 0;
         }
@@ -306,6 +330,9 @@ static int idle_until(double until)
         if (host_present && now - last_host > safe_ms / 1000.0) {
             host_present = 0;
             enter_safe();
+            if (keyed) {
+                el_auth_end(&auth); /* frames held back from this session must never count later */
+            }
         }
         if (now - last_tx >= HEARTBEAT_S) {
             send(el_encode_heartbeat(tx, sizeof tx, tx_seq, clock_us(), flags()));
@@ -366,7 +393,8 @@ static void print_summary(FILE *out, const char *end)
                  "\"action_sources\": {\"model\": %lu, \"fallback\": %lu}, \"action_reasons\": {",
             frames_sent, hellos_sent, heartbeats_sent, actions_received,
             actions_bad + c->crc_errors + c->cobs_errors + c->oversize + c->bad_length + c->bad_value +
-                c->bad_version + c->unknown_type,
+                c->bad_version + c->unknown_type + c->unsigned_frames + c->bad_signature + c->unbound +
+                c->replayed + c->no_key,
             owed, actions_safe,
             heartbeats_received, other_received, safe_entries, (unsigned long)bad_rows, end, by_source[0],
             by_source[1]);
@@ -380,13 +408,17 @@ static void print_summary(FILE *out, const char *end)
             first = 0;
         }
     }
-    fprintf(out, "}, \"link\": {\"frames\": %lu, \"crc_errors\": %lu, \"cobs_errors\": %lu, \"oversize\": %lu, "
+    fprintf(out, "}, \"sessions\": %lu, \"link\": {\"frames\": %lu, \"crc_errors\": %lu, "
+                 "\"cobs_errors\": %lu, \"oversize\": %lu, "
                  "\"bad_length\": %lu, \"bad_value\": %lu, \"bad_version\": %lu, \"unknown_type\": %lu, "
-                 "\"seq_gaps\": %lu, \"resyncs\": %lu}}\n",
+                 "\"seq_gaps\": %lu, \"resyncs\": %lu, \"unsigned\": %lu, \"bad_signature\": %lu, "
+                 "\"unbound\": %lu, \"replayed\": %lu, \"no_key\": %lu}}\n",
+            (unsigned long)auth.sessions,
             (unsigned long)c->frames, (unsigned long)c->crc_errors, (unsigned long)c->cobs_errors,
             (unsigned long)c->oversize, (unsigned long)c->bad_length, (unsigned long)c->bad_value,
             (unsigned long)c->bad_version, (unsigned long)c->unknown_type, (unsigned long)c->seq_gaps,
-            (unsigned long)c->resyncs);
+            (unsigned long)c->resyncs, (unsigned long)c->unsigned_frames, (unsigned long)c->bad_signature,
+            (unsigned long)c->unbound, (unsigned long)c->replayed, (unsigned long)c->no_key);
     fflush(out);
 }
 
@@ -414,8 +446,81 @@ static int open_port(const char *path)
 static int usage(const char *msg)
 {
     fprintf(stderr, "sim_device: %s\nusage: sim_device LOG [--port PATH] [--speed FACTOR|max] [--int16] "
-                    "[--linger S] [--safe-ms MS]\n", msg);
+                    "[--linger S] [--safe-ms MS] [--link-key FILE]\n", msg);
     return 2;
+}
+
+static void urandom_nonce(uint8_t nonce[EL_NONCE_LEN])
+{
+    int fd = open("/dev/urandom", O_RDONLY);
+    ssize_t got = fd >= 0 ? read(fd, nonce, EL_NONCE_LEN) : -1;
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (got != (ssize_t)EL_NONCE_LEN) { /* no randomness: no session rather than a repeated nonce */
+        fprintf(stderr, "sim_device: cannot read /dev/urandom\n");
+        exit(2);
+    }
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* A key file: 32 raw bytes, or 64 hex digits and optional white space; no group or world access. */
+static int load_key(const char *path, uint8_t key[EL_KEY_LEN])
+{
+    uint8_t data[4 * EL_KEY_LEN];
+    struct stat st;
+    ssize_t n;
+    size_t i, k = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not hang the start: refused below */
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "sim_device: link key %s: cannot read it: %s\n", path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "sim_device: link key %s is not a regular file\n", path);
+        close(fd);
+        return 0;
+    }
+    if (st.st_mode & 077) {
+        fprintf(stderr, "sim_device: link key %s is accessible to others (mode %04o); chmod 600 %s\n", path,
+                (unsigned)(st.st_mode & 07777), path);
+        close(fd);
+        return 0;
+    }
+    n = read(fd, data, sizeof data);
+    close(fd);
+    if (n == (ssize_t)EL_KEY_LEN) {
+        memcpy(key, data, EL_KEY_LEN);
+        return 1;
+    }
+    for (i = 0; n > 0 && i < (size_t)n; i++) {
+        int hi;
+        if (data[i] == ' ' || data[i] == '\n' || data[i] == '\r' || data[i] == '\t') {
+            continue;
+        }
+        hi = hexval(data[i]);
+        if (hi < 0 || i + 1 >= (size_t)n || hexval(data[i + 1]) < 0 || k >= EL_KEY_LEN) {
+            k = 0;
+            break;
+        }
+        key[k++] = (uint8_t)(hi * 16 + hexval(data[i + 1]));
+        i++;
+    }
+    if (k != EL_KEY_LEN) {
+        fprintf(stderr, "sim_device: link key %s must hold 32 raw bytes or 64 hex digits\n", path);
+        return 0;
+    }
+    return 1;
 }
 
 int main(int argc, char **argv)
@@ -441,6 +546,13 @@ int main(int argc, char **argv)
             linger = strtod(argv[++i], NULL);
         } else if (!strcmp(argv[i], "--safe-ms") && more) {
             safe_ms = (unsigned)strtoul(argv[++i], NULL, 10);
+        } else if (!strcmp(argv[i], "--link-key") && more) {
+            uint8_t key[EL_KEY_LEN];
+            if (!load_key(argv[++i], key)) {
+                return 2;
+            }
+            el_auth_init(&auth, key, EL_LINK_DEVICE, urandom_nonce);
+            keyed = 1;
         } else if (!strcmp(argv[i], "--int16")) {
             as_int16 = 1;
         } else if (argv[i][0] == '-' || log_path) {
@@ -493,8 +605,12 @@ int main(int argc, char **argv)
     hello.safe_timeout_ms = (uint16_t)safe_ms;
     hello.names = names;
     /* names only if they fit in the HELLO payload (the hash is what the host checks) */
-    hello.names_len = (uint8_t)(15u + 4u * (size_t)n_channels + 1u + names_len <= EL_MAX_PAYLOAD ? names_len : 0u);
+    hello.names_len = (uint8_t)(15u + 4u * (size_t)n_channels + 1u + names_len <=
+                                        (keyed ? EL_MAX_SIGNED_PAYLOAD : EL_MAX_PAYLOAD) ? names_len : 0u);
     el_decoder_init(&rx, rx_buf, (uint16_t)sizeof rx_buf);
+    if (keyed) {
+        el_decoder_set_auth(&rx, &auth);
+    }
 
     tx[0] = 0; /* a lone delimiter ends whatever the receiver had half-read */
     if (write(out_fd, tx, 1) != 1) {

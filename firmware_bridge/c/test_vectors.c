@@ -4,6 +4,7 @@
  *   gcc -std=c99 -Wall -Wextra -Werror -pedantic -o test_vectors test_vectors.c edge_link.c
  *   ./test_vectors ../test_vectors.txt
  *   ./test_vectors --decode < streams.hex
+ *   ./test_vectors --decode-auth host|device KEY SESSION RX_LAST NONCE < streams.hex
  *
  * Exit status 0 when every check passes, 1 when any fails (each failure is
  * printed), 2 when the file cannot be read. With --decode it reads one hex
@@ -33,6 +34,16 @@ static char expected_counters[DESC_MAX];
 static int roundtrip;
 static char vector_name[256];
 static int failures, checks;
+/* the vector's receiver: a key and a session (has_auth), and the session expected after it */
+static int has_auth, has_session_after;
+static el_auth auth;
+static uint8_t vector_nonce[EL_NONCE_LEN];
+static char session_after[DESC_MAX];
+
+static void give_nonce(uint8_t nonce[EL_NONCE_LEN])
+{
+    memcpy(nonce, vector_nonce, EL_NONCE_LEN);
+}
 
 static void fail(const char *what, const char *detail_a, const char *detail_b)
 {
@@ -100,10 +111,10 @@ static unsigned long le32(const uint8_t *p)
 
 static void describe(const el_frame *f, char *buf)
 {
-    static const char *names[] = {"?", "HELLO", "SENSOR", "ACTION", "HEARTBEAT", "ERROR"};
+    static const char *names[] = {"?", "HELLO", "SENSOR", "ACTION", "HEARTBEAT", "ERROR", "SESSION"};
     uint8_t i;
     buf[0] = '\0';
-    PUT(buf, "%s seq=%u t_us=%lu flags=%u", names[f->type <= 5 ? f->type : 0], (unsigned)f->seq,
+    PUT(buf, "%s seq=%u t_us=%lu flags=%u", names[f->type <= 6 ? f->type : 0], (unsigned)f->seq,
         (unsigned long)f->t_us, (unsigned)f->flags);
     if (f->type == EL_HELLO) {
         const el_hello *h = &f->u.hello;
@@ -133,18 +144,39 @@ static void describe(const el_frame *f, char *buf)
     } else if (f->type == EL_ERROR) {
         PUT(buf, " code=%u text=", (unsigned)f->u.error.code);
         put_escaped(buf, f->u.error.text, f->u.error.text_len);
+    } else if (f->type == EL_SESSION) {
+        PUT(buf, " host=");
+        for (i = 0; i < EL_NONCE_LEN; i++) {
+            PUT(buf, "%02x", (unsigned)f->u.session.host_nonce[i]);
+        }
+        PUT(buf, " device=");
+        for (i = 0; i < EL_NONCE_LEN; i++) {
+            PUT(buf, "%02x", (unsigned)f->u.session.device_nonce[i]);
+        }
     }
+}
+
+static void describe_session(const el_auth *a, char *buf)
+{
+    uint8_t i;
+    buf[0] = '\0';
+    for (i = 0; i < EL_SESSION_LEN; i++) {
+        PUT(buf, "%02x", (unsigned)a->session[i]);
+    }
+    PUT(buf, " %llu", (unsigned long long)a->rx_last);
 }
 
 static void describe_counters(const el_counters *c, char *buf)
 {
     buf[0] = '\0';
     PUT(buf, "frames=%lu crc_errors=%lu cobs_errors=%lu oversize=%lu bad_length=%lu bad_value=%lu "
-             "bad_version=%lu unknown_type=%lu seq_gaps=%lu resyncs=%lu",
+             "bad_version=%lu unknown_type=%lu seq_gaps=%lu resyncs=%lu unsigned=%lu bad_signature=%lu "
+             "unbound=%lu replayed=%lu no_key=%lu",
         (unsigned long)c->frames, (unsigned long)c->crc_errors, (unsigned long)c->cobs_errors,
         (unsigned long)c->oversize, (unsigned long)c->bad_length, (unsigned long)c->bad_value,
         (unsigned long)c->bad_version, (unsigned long)c->unknown_type, (unsigned long)c->seq_gaps,
-        (unsigned long)c->resyncs);
+        (unsigned long)c->resyncs, (unsigned long)c->unsigned_frames, (unsigned long)c->bad_signature,
+        (unsigned long)c->unbound, (unsigned long)c->replayed, (unsigned long)c->no_key);
 }
 
 /* Re-encodes a decoded frame with the typed encoders. */
@@ -192,6 +224,9 @@ static void run_vector(void)
     size_t i, again_len = 0;
     int n = 0;
     el_decoder_init(&d, rxbuf, (uint16_t)sizeof rxbuf);
+    if (has_auth) {
+        el_decoder_set_auth(&d, &auth);
+    }
     for (i = 0; i < wire_len; i++) {
         if (!el_decoder_push(&d, wire[i], &f)) {
             continue;
@@ -216,6 +251,13 @@ static void run_vector(void)
     checks++;
     if (strcmp(got, expected_counters) != 0) {
         fail("counters differ", expected_counters, got);
+    }
+    if (has_auth && has_session_after) {
+        checks++;
+        describe_session(&auth, got);
+        if (strcmp(got, session_after) != 0) {
+            fail("session afterwards differs", session_after, got);
+        }
     }
     if (roundtrip) {
         checks++;
@@ -272,14 +314,129 @@ static void check_hex_pair(const char *kind, char *rest)
     }
 }
 
-static int decode_stdin(void)
+/* sha256 <data> <digest> | hmac <key> <data> <mac> */
+static void check_hash(const char *kind, char *rest)
+{
+    static uint8_t a[WIRE_MAX], b[64], want[64];
+    char *f1 = strtok(rest, " "), *f2 = strtok(NULL, " "), *f3 = strtok(NULL, " ");
+    size_t la, lb = 0, lw;
+    uint8_t got[32];
+    el_sha256 s;
+    int is_hmac = strcmp(kind, "hmac") == 0;
+    checks++;
+    if (!f1 || !f2 || (is_hmac && !f3)) {
+        fail("malformed line", kind, NULL);
+        return;
+    }
+    if (is_hmac) {
+        lb = unhex(f1, b, sizeof b);
+        la = unhex(f2, a, sizeof a);
+        lw = unhex(f3, want, sizeof want);
+    } else {
+        la = unhex(f1, a, sizeof a);
+        lw = unhex(f2, want, sizeof want);
+    }
+    if (la == (size_t)-1 || lb == (size_t)-1 || lw != 32u) {
+        fail("bad hex", kind, NULL);
+        return;
+    }
+    if (is_hmac) {
+        el_hmac_begin(&s, b, lb);
+        el_sha256_update(&s, a, la);
+        el_hmac_end(&s, b, lb, got);
+    } else {
+        el_sha256_init(&s);
+        el_sha256_update(&s, a, la);
+        el_sha256_final(&s, got);
+    }
+    if (memcmp(got, want, 32u) != 0) {
+        fail(is_hmac ? "hmac differs" : "sha256 differs", is_hmac ? f3 : f2, NULL);
+    }
+}
+
+/* sign <key> <session> <link_id> <ts> <unsigned wire> <signed wire> */
+static void check_sign(char *rest)
+{
+    static uint8_t buf[EL_MAX_WIRE], want[EL_MAX_WIRE];
+    uint8_t key[EL_KEY_LEN];
+    el_auth a;
+    char *f[6];
+    int i;
+    size_t n, lw;
+    checks++;
+    for (i = 0; i < 6; i++) {
+        f[i] = strtok(i ? NULL : rest, " ");
+        if (!f[i]) {
+            fail("malformed sign line", NULL, NULL);
+            return;
+        }
+    }
+    if (unhex(f[0], key, sizeof key) != EL_KEY_LEN) {
+        fail("bad key", f[0], NULL);
+        return;
+    }
+    el_auth_init(&a, key, (uint8_t)atoi(f[2]), NULL);
+    if (unhex(f[1], a.session, sizeof a.session) != EL_SESSION_LEN) {
+        fail("bad session", f[1], NULL);
+        return;
+    }
+    a.tx_ts = strtoull(f[3], NULL, 10) - 1u;
+    n = unhex(f[4], buf, sizeof buf);
+    lw = unhex(f[5], want, sizeof want);
+    if (n == (size_t)-1 || lw == (size_t)-1) {
+        fail("bad hex", NULL, NULL);
+        return;
+    }
+    n = el_sign(&a, buf, n, sizeof buf);
+    if (n != lw || memcmp(buf, want, lw) != 0) {
+        fail("signing differs", f[5], NULL);
+    }
+}
+
+/* auth <host|device> <key> <session> <rx_last> <nonce|-> */
+static void set_auth(char *rest)
+{
+    static uint8_t key[EL_KEY_LEN];
+    char *f[5];
+    int i;
+    for (i = 0; i < 5; i++) {
+        f[i] = strtok(i ? NULL : rest, " ");
+        if (!f[i]) {
+            fail("malformed auth line", NULL, NULL);
+            return;
+        }
+    }
+    if (unhex(f[1], key, sizeof key) != EL_KEY_LEN) {
+        fail("bad key", f[1], NULL);
+        return;
+    }
+    el_auth_init(&auth, key, strcmp(f[0], "host") == 0 ? EL_LINK_HOST : EL_LINK_DEVICE,
+                 strcmp(f[4], "-") ? give_nonce : NULL);
+    if (unhex(f[2], auth.session, sizeof auth.session) != EL_SESSION_LEN ||
+        (strcmp(f[4], "-") && unhex(f[4], vector_nonce, sizeof vector_nonce) != EL_NONCE_LEN)) {
+        fail("bad auth hex", NULL, NULL);
+        return;
+    }
+    auth.rx_last = strtoull(f[3], NULL, 10);
+    has_auth = 1;
+}
+
+/* With auth_line ("host|device KEY SESSION RX_LAST NONCE"), each stream starts from that signing state. */
+static int decode_stdin(const char *auth_line)
 {
     static uint8_t rxbuf[EL_MAX_ENCODED];
-    static char desc[DESC_MAX];
+    static char desc[DESC_MAX], spec[DESC_MAX];
     el_decoder d;
     el_frame f;
     size_t i, len;
     while (fgets(line, sizeof line, stdin)) {
+        if (auth_line) {
+            snprintf(spec, sizeof spec, "%s", auth_line);
+            set_auth(spec);
+            if (!has_auth) {
+                return 2;
+            }
+        }
         line[strcspn(line, "\r\n")] = '\0';
         wire_len = unhex(line, wire, sizeof wire);
         if (wire_len == (size_t)-1) {
@@ -287,6 +444,9 @@ static int decode_stdin(void)
             return 2;
         }
         el_decoder_init(&d, rxbuf, (uint16_t)sizeof rxbuf);
+        if (auth_line) {
+            el_decoder_set_auth(&d, &auth);
+        }
         for (i = 0; i < wire_len; i++) {
             if (el_decoder_push(&d, wire[i], &f)) {
                 describe(&f, desc);
@@ -295,7 +455,12 @@ static int decode_stdin(void)
         }
         describe_counters(&d.counters, desc);
         len = strlen(desc);
-        printf("counters %.*s\nend\n", (int)len, desc);
+        printf("counters %.*s\n", (int)len, desc);
+        if (auth_line) {
+            describe_session(&auth, desc);
+            printf("session %s\n", desc);
+        }
+        printf("end\n");
     }
     return 0;
 }
@@ -305,7 +470,12 @@ int main(int argc, char **argv)
     FILE *fp;
     int vectors = 0, in_vector = 0;
     if (argc == 2 && strcmp(argv[1], "--decode") == 0) {
-        return decode_stdin();
+        return decode_stdin(NULL);
+    }
+    if (argc == 7 && strcmp(argv[1], "--decode-auth") == 0) {
+        static char spec[DESC_MAX];
+        snprintf(spec, sizeof spec, "%s %s %s %s %s", argv[2], argv[3], argv[4], argv[5], argv[6]);
+        return decode_stdin(spec);
     }
     if (argc != 2) {
         fprintf(stderr, "usage: %s test_vectors.txt | --decode\n", argv[0]);
@@ -338,15 +508,25 @@ int main(int argc, char **argv)
         }
         if (!strcmp(line, "crc16") || !strcmp(line, "crc32") || !strcmp(line, "cobs") || !strcmp(line, "schema")) {
             check_hex_pair(line, rest);
+        } else if (!strcmp(line, "sha256") || !strcmp(line, "hmac")) {
+            check_hash(line, rest);
+        } else if (!strcmp(line, "sign")) {
+            check_sign(rest);
         } else if (!strcmp(line, "vector")) {
             snprintf(vector_name, sizeof vector_name, "%s", rest);
             wire_len = 0;
             n_expected = 0;
             roundtrip = 0;
             expected_counters[0] = '\0';
+            has_auth = has_session_after = 0;
             in_vector = 1;
         } else if (!in_vector) {
             fail("record outside a vector", line, NULL);
+        } else if (!strcmp(line, "auth")) {
+            set_auth(rest);
+        } else if (!strcmp(line, "session")) {
+            snprintf(session_after, DESC_MAX, "%s", rest);
+            has_session_after = 1;
         } else if (!strcmp(line, "wire")) {
             wire_len = unhex(rest, wire, sizeof wire);
             if (wire_len == (size_t)-1) {

@@ -119,7 +119,8 @@ def test_c_device_on_stdio(sim_device_exe, log):
     assert json.loads(proc.stderr)["frames_sent"] == 50
 
 
-@pytest.mark.parametrize("args", [[], ["{log}", "--speed", "0"], ["{log}", "--bogus"], ["/no/such.csv"]])
+@pytest.mark.parametrize("args", [[], ["{log}", "--speed", "0"], ["{log}", "--bogus"], ["/no/such.csv"],
+                                  ["{log}", "--link-key", "/dev/null"], ["{log}", "--link-key", "/no/such.key"]])
 def test_c_device_bad_arguments_exit_2(sim_device_exe, log, args):
     argv = [a.format(log=log) for a in args]
     proc = subprocess.run([str(sim_device_exe), *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -201,3 +202,146 @@ def test_arduino_sketch_compiles_for_an_8_bit_avr(tmp_path, defines):
         pytest.skip("avr-g++ is not installed (apt-get install gcc-avr avr-libc)")
     build_c(tmp_path / "sketch.o", compiler="avr-g++",
             flags=["-mmcu=atmega328p", "-std=gnu++11", "-Os", "-c", *defines, *SKETCH_FLAGS])
+
+
+def test_c_device_goes_safe_on_any_safe_action_even_for_a_frame_it_never_sent(sim_device_exe, tmp_path):
+    """PROTOCOL.md 7: ACTION -1 means "go safe" whatever frame it answers; the device must not ignore it."""
+    log = write_log(tmp_path / "log.csv", 25)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    dec, enc, sensors, state = FrameDecoder(), FrameEncoder(), [], {"unsafe_at": None, "safe_sent_at": None}
+    proc = subprocess.Popen([str(sim_device_exe), str(log), "--port", os.ttyname(slave), "--speed", "1",
+                             "--linger", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        os.write(master, enc.heartbeat())
+        end = time.monotonic() + TIMEOUT
+        while proc.poll() is None:
+            assert time.monotonic() < end, "sim_device did not finish"
+            if not select.select([master], [], [], 0.05)[0]:
+                continue
+            for frame in dec.feed(os.read(master, 4096)):
+                if not isinstance(frame, Sensor):
+                    continue
+                sensors.append(frame)
+                safe = bool(frame.flags & Flags.DEVICE_SAFE)
+                if state["unsafe_at"] is None and len(sensors) == 1:
+                    os.write(master, enc.action(1, source=ActionSource.MODEL, answers_seq=frame.seq))
+                elif not safe and state["unsafe_at"] is None:
+                    state["unsafe_at"] = len(sensors)
+                    os.write(master, enc.action(-1, source=ActionSource.FALLBACK, reason=Reason.NO_DATA,
+                                                answers_seq=(frame.seq + 30000) & 0xFFFF))
+                    state["safe_sent_at"] = len(sensors)
+                else:
+                    os.write(master, enc.heartbeat())  # keep the host present: only the ACTION may make it safe
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    after = sensors[state["safe_sent_at"] + 1:]
+    assert state["unsafe_at"] is not None and after, "the device never left its safe state"
+    assert all(s.flags & Flags.DEVICE_SAFE for s in after)
+    assert summary["actions_bad"] == 1 and summary["safe_entries"] == 1
+
+
+# --- the sketch with a link key -------------------------------------------------------------------
+
+SKETCH_KEY = bytes(range(1, 33))
+SIGNED_DEFINE = "-DEDGE_LINK_KEY={" + ",".join(str(b) for b in SKETCH_KEY) + "}"
+
+
+def test_arduino_sketch_with_a_key_obeys_only_its_session_and_keeps_its_nonces_fresh(tmp_path):
+    """The signed sketch on the simulated clock: the host's offer starts a session (SESSION and HELLO back,
+    signed), a signed ACTION is obeyed, an unsigned or replayed one is not, and silence ends the session.
+    A second boot (EEPROM kept) answers with a different nonce."""
+    from firmware_bridge.auth import LinkAuth, Side
+
+    harness = build_sketch(tmp_path / "harness_signed", SIGNED_DEFINE)
+    eeprom = tmp_path / "eeprom.bin"
+    host = LinkAuth(SKETCH_KEY, Side.HOST)
+    offer_nonce = host.offer()
+    enc = FrameEncoder(clock_us=lambda: 0, auth=host)
+    from firmware_bridge.protocol import Session
+    offer = enc.encode(Session(host_nonce=offer_nonce))
+    device_nonce = bytes([1, 0, 0, 0, 1, 0, 0, 0])  # boot 1 (a fresh EEPROM), session 1 of that boot
+    host.session = offer_nonce + device_nonce  # as if the answer had arrived: the script is written ahead
+    go = enc.action(1, source=ActionSource.MODEL, answers_seq=0, name="walk")
+    script = [(1000, offer), (1100, go), (1200, enc.heartbeat()),
+              (1300, encode(Action(action=2, source=ActionSource.MODEL, answers_seq=0))),  # unsigned: dropped
+              (1350, enc.action(-1, source=ActionSource.FALLBACK, answers_seq=0)), (1400, go)]  # replayed: dropped
+    env_harness = [str(harness)]
+
+    def run(until):
+        path = tmp_path / "script.txt"
+        path.write_text("".join(f"{ms} {data.hex()}\n" for ms, data in script))
+        proc = subprocess.run([*env_harness, str(path), str(until)], capture_output=True, text=True,
+                              timeout=TIMEOUT, env=dict(os.environ, HARNESS_EEPROM=str(eeprom)))
+        assert proc.returncode == 0, proc.stderr
+        observer = LinkAuth(SKETCH_KEY, Side.HOST)
+        observer.session = offer_nonce + bytes(8)
+        dec, frames, leds = FrameDecoder(auth=observer), [], []
+        for line in proc.stdout.splitlines():
+            ms, kind, value = line.split()
+            if kind == "LED":
+                leds.append((int(ms), int(value)))
+            else:
+                frames += [(int(ms), f) for f in dec.feed(bytes.fromhex(value))]
+        return frames, leds, dec
+
+    frames, leds, dec = run(2500)
+    kinds = [(ms, type(f).__name__) for ms, f in frames if not isinstance(f, Sensor)]
+    assert kinds[:2] == [(1000, "Session"), (1000, "Hello")]
+    assert frames[0][1].device_nonce == device_nonce
+    assert all(f.flags & Flags.SIGNED for _, f in frames)
+    sensors = [(ms, f) for ms, f in frames if isinstance(f, Sensor)]
+    assert [ms for ms, _ in sensors] == list(range(1000, 1801, 100))  # in the session: 1000 ms until the timeout
+    safe = [ms for ms, f in sensors if f.flags & Flags.DEVICE_SAFE]
+    assert safe == [1000, 1400, 1500, 1600, 1700, 1800]  # obeyed the signed 1 and -1; not the unsigned 2 or the replay
+    assert leds == [(0, 1), (1100, 0), (1350, 1)]
+    # before the session (boot HELLO, 9 samples) and after the silence ended it (7 samples): signed in none
+    assert dec.counters.unbound == 10 + 7 and dec.counters.bad_signature == 0
+
+    frames, _, _ = run(1100)  # the board boots again: the EEPROM kept its boot counter
+    assert frames[0][1].device_nonce == bytes([2, 0, 0, 0, 1, 0, 0, 0]) != device_nonce
+
+
+def test_arduino_sketch_with_a_key_compiles_for_an_8_bit_avr(tmp_path):
+    if shutil.which("avr-g++") is None:
+        pytest.skip("avr-g++ is not installed (apt-get install gcc-avr avr-libc)")
+    build_c(tmp_path / "sketch.o", compiler="avr-g++",
+            flags=["-mmcu=atmega328p", "-std=gnu++11", "-Os", "-c", SIGNED_DEFINE, *SKETCH_FLAGS])
+
+
+def test_c_device_with_a_key_answers_an_offer_and_is_clean_under_valgrind(sim_device_exe, log, tmp_path):
+    """sim_device --link-key on stdio: the host's offer begins a session (SESSION and HELLO back, signed in it);
+    host frames signed in another session are refused; valgrind finds nothing."""
+    from firmware_bridge.auth import LinkAuth, Side
+    from firmware_bridge.keys import load_key, write_new_key
+    from firmware_bridge.protocol import Session
+
+    key_path = tmp_path / "link.key"
+    write_new_key(key_path)
+    host = LinkAuth(load_key(key_path), Side.HOST)
+    enc = FrameEncoder(auth=host)
+    offer = host.offer()
+    wire = enc.encode(Session(host_nonce=offer))
+    host.session = offer + b"\x11" * 8  # not the device's nonce: these two are refused
+    wire += enc.action(1, source=ActionSource.MODEL, answers_seq=3) + enc.heartbeat()
+    valgrind = shutil.which("valgrind")
+    cmd = [valgrind, "-q", "--error-exitcode=9"] if valgrind else []
+    proc = subprocess.run([*cmd, str(sim_device_exe), str(log), "--speed", "max", "--linger", "0", "--link-key",
+                           str(key_path)], input=wire, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stderr.decode().strip().splitlines()[-1])
+    assert summary["sessions"] == 1 and summary["link"]["bad_signature"] == 2 and summary["actions_received"] == 0
+    observer = LinkAuth(host.key, Side.HOST)
+    observer.session = offer + bytes(8)
+    dec = FrameDecoder(auth=observer)
+    frames = dec.feed(proc.stdout)
+    assert isinstance(frames[0], Session) and frames[0].host_nonce == offer and isinstance(frames[1], Hello)
+    assert dec.counters.bad_signature == 0 and dec.counters.unsigned == 0
+    assert dec.counters.unbound >= 1  # what it sent before the offer: signed in no session

@@ -6,6 +6,7 @@ import math
 import re
 import struct
 
+import numpy as np
 import pytest
 from fb_helpers import C_DIR, CHANNELS
 
@@ -94,7 +95,9 @@ def test_check_hello_accepts_the_model_channels_and_refuses_others_clearly():
 
 
 def test_physical_values_apply_the_hello_scales():
-    assert HELLO.physical_values(FRAMES[1]) == (0.0, -0.5, 16383.5, -8192.0, 1.25, 1.5)
+    values = HELLO.physical_values(FRAMES[1])
+    assert values.dtype == np.float32 and values.tolist() == [0.0, -0.5, 16383.5, -8192.0, 1.25, 1.5]
+    assert HELLO.fits(FRAMES[1]) and not HELLO.fits(FRAMES[2])
     assert HELLO.sample_rate_hz == 10.0 and HELLO.channel_count == 6
     with pytest.raises(ValueError):
         HELLO.physical_values(FRAMES[2])
@@ -167,7 +170,8 @@ def test_reset_forgets_a_partial_frame_and_the_seq_anchor():
 
 def test_counter_names_are_the_documented_ones():
     assert COUNTER_NAMES == ("frames", "crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value",
-                             "bad_version", "unknown_type", "seq_gaps", "resyncs")
+                             "bad_version", "unknown_type", "seq_gaps", "resyncs", "unsigned", "bad_signature",
+                             "unbound", "replayed", "no_key")
 
 
 def _c_defines() -> dict:

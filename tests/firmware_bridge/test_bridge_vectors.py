@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,9 @@ from fb_helpers import (
 from firmware_bridge import vectors
 from firmware_bridge.cobs import cobs_decode, cobs_encode
 from firmware_bridge.crc import crc16_ccitt_false, crc32_iso_hdlc
-from firmware_bridge.protocol import SampleType, decode_frame, encode, schema_hash
-from firmware_bridge.stream import FrameDecoder
+from firmware_bridge.auth import ZERO_SESSION, Side
+from firmware_bridge.protocol import Flags, SampleType, decode_frame, encode, schema_hash
+from firmware_bridge.stream import COUNTER_NAMES, FrameDecoder
 
 VF = vectors.load()
 SPEC = ROOT / "firmware_bridge" / "PROTOCOL.md"
@@ -33,15 +37,15 @@ def test_vector_file_covers_every_frame_type_and_every_counter():
     described = " ".join(f for v in VF.vectors for f in v.frames)
     for kind in ("HELLO", "SENSOR", "ACTION", "HEARTBEAT", "ERROR"):
         assert kind + " " in described
-    for counter in ("crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value", "bad_version",
-                    "unknown_type", "seq_gaps", "resyncs"):
+    for counter in COUNTER_NAMES:
         assert any(v.counters[counter] for v in VF.vectors), counter
+    assert "SESSION " in described
 
 
 @pytest.mark.parametrize("vector", VF.vectors, ids=lambda v: v.name)
 def test_python_decoder_passes_the_vector(vector):
     for split in ("whole", "bytes", "random"):
-        dec = FrameDecoder()
+        dec = vector.decoder()
         if split == "whole":
             frames = dec.feed(vector.wire)
         elif split == "bytes":
@@ -54,10 +58,26 @@ def test_python_decoder_passes_the_vector(vector):
                 i += n
         assert [vectors.describe(f) for f in frames] == vector.frames, split
         assert dec.counters.as_dict() == vector.counters, split
+        if vector.receiver is not None:
+            assert (dec.auth.session, dec.auth.rx_last) == vector.session_after, split
     if vector.roundtrip:
         (frame,) = frames
         assert encode(frame) == vector.wire
         assert decode_frame(vector.wire[:-1]) == frame or vector.name == "sensor_float32_nonfinite"
+
+
+def test_python_passes_the_signing_lines():
+    assert VF.sha256 and VF.hmac and VF.sign
+    for data, digest in VF.sha256:
+        assert hashlib.sha256(data).digest() == digest
+    for key, data, mac in VF.hmac:
+        assert hmac.new(key, data, hashlib.sha256).digest() == mac
+    for case in VF.sign:
+        frame = decode_frame(case.unsigned[:-1])
+        assert vectors.signed(frame, case.side, case.ts, case.session, case.key) == case.signed
+        if case.session != ZERO_SESSION:  # the peer in that session takes it
+            peer = vectors.Receiver(case.side.peer, case.key, case.session).auth()
+            assert decode_frame(case.signed[:-1], peer) == replace(frame, flags=frame.flags | Flags.SIGNED)
 
 
 def test_python_passes_the_crc_cobs_and_schema_lines():
@@ -119,7 +139,7 @@ def test_c_core_builds_for_an_8_bit_avr_if_the_toolchain_is_there(tmp_path):
 def _random_valid_frame(rng: random.Random) -> bytes:
     from firmware_bridge import protocol as p
     kind = rng.randrange(5)
-    hdr = dict(seq=rng.randrange(65536), t_us=rng.randrange(2**32), flags=rng.randrange(256))
+    hdr = dict(seq=rng.randrange(65536), t_us=rng.randrange(2**32), flags=rng.randrange(256) & ~0x02)
     if kind == 0:
         n = rng.randint(1, 8)
         return encode(p.Hello(fw_version=(1, 2, 3), sample_type=rng.choice(list(SampleType)),
@@ -154,7 +174,8 @@ def _random_stream(rng: random.Random) -> bytes:
             parts.append(encode_raw(rng.choice([1, 2, 3, 4, 5, rng.randrange(256)]),
                                     bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 3, 7, 8, 15, 16, 40,
                                                                                           rng.randint(0, 255)]))),
-                                    seq=rng.randrange(65536), version=rng.choice([1, 1, 1, 1, 0, 2])))
+                                    seq=rng.randrange(65536), version=rng.choice([1, 1, 1, 1, 0, 2]),
+                                    flags=rng.choice([0, 0, 0x02])))  # signed, at a receiver without a key
         else:
             parts.append(bytes(rng.randrange(256) for _ in range(rng.randint(1, 400))))
     data = bytearray(b"".join(parts))
@@ -196,8 +217,7 @@ def test_c_and_python_decoders_agree_on_random_damaged_input(c_vector_test):
     assert proc.returncode == 0, proc.stderr
     c_out = proc.stdout.split("end\n")[:-1]
     assert len(c_out) == len(streams)
-    totals = dict.fromkeys(["frames", "crc_errors", "cobs_errors", "oversize", "bad_length", "bad_value",
-                            "bad_version", "unknown_type", "seq_gaps", "resyncs"], 0)
+    totals = dict.fromkeys(COUNTER_NAMES, 0)
     for stream, c_text in zip(streams, c_out):
         dec = FrameDecoder()
         lines = [f"frame {vectors.describe(f)}" for f in dec.feed(stream)]
@@ -206,4 +226,67 @@ def test_c_and_python_decoders_agree_on_random_damaged_input(c_vector_test):
         assert got == [_canonical_nans(x) for x in lines], stream.hex()
         for k, v in dec.counters.as_dict().items():
             totals[k] += v
-    assert all(totals.values()), totals  # the random input reached every counter
+    keyless = ("unsigned", "bad_signature", "unbound", "replayed")  # a receiver without a key never counts these
+    assert all(v for k, v in totals.items() if k not in keyless), totals  # the input reached every other counter
+
+
+def _random_signed_stream(rng: random.Random, receiver: vectors.Receiver) -> bytes:
+    """Frames from the receiver's peer: in its session or not, ts rising or not, other keys, SESSION frames,
+    reflections, unsigned ones; then damage."""
+    from firmware_bridge import protocol as p
+    peer = receiver.side.peer
+    ts, parts = receiver.rx_last, []
+    for _ in range(rng.randint(1, 8)):
+        r = rng.random()
+        ts = max(1, ts + rng.choice([1, 1, 1, 2, 0, -1, -5, 1000]))
+        frame = p.Heartbeat(seq=rng.randrange(65536)) if rng.random() < 0.3 else \
+            p.Sensor(seq=rng.randrange(65536), sample_type=SampleType.INT16,
+                     values=tuple(rng.randint(-5, 5) for _ in range(rng.randint(1, 4))))
+        if r < 0.45:
+            parts.append(vectors.signed(frame, peer, ts, receiver.session))
+        elif r < 0.55:
+            parts.append(vectors.signed(frame, peer, ts, receiver.session, vectors.OTHER_KEY))
+        elif r < 0.62:
+            parts.append(vectors.signed(frame, peer, ts, ZERO_SESSION))
+        elif r < 0.68:
+            parts.append(vectors.signed(frame, receiver.side, ts, receiver.session))
+        elif r < 0.75:
+            parts.append(encode(frame))
+        else:  # SESSION frames: offers (to a device) or answers (to a host), for this session or another
+            host = rng.choice([receiver.session[:8], vectors.HOST_NONCE, bytes(8), b"\x33" * 8])
+            device = bytes(8) if peer is Side.HOST and rng.random() < 0.8 else rng.choice(
+                [vectors.DEVICE_NONCE, b"\x44" * 8, bytes(8)])
+            parts.append(vectors.signed(p.Session(seq=rng.randrange(65536), host_nonce=host, device_nonce=device),
+                                        peer, rng.choice([1, ts]), ZERO_SESSION))
+    data = bytearray(b"".join(parts))
+    for _ in range(rng.choice([0, 0, 0, 1, 3])):
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [Side.HOST, Side.DEVICE])
+def test_c_and_python_agree_on_random_signed_input(c_vector_test, side):
+    established = vectors.Receiver(side, vectors.KEY, vectors.SESSION, 3, vectors.DEVICE_NONCE)
+    offered = vectors.Receiver(side, vectors.KEY, vectors.HOST_NONCE + bytes(8), 0, vectors.DEVICE_NONCE)
+    totals = dict.fromkeys(COUNTER_NAMES, 0)
+    for receiver in (established, offered):
+        rng = random.Random(f"{side.name}{receiver.session.hex()}")
+        streams = [_random_signed_stream(rng, receiver) for _ in range(600)]
+        args = [side.name.lower(), receiver.key.hex(), receiver.session.hex(), str(receiver.rx_last),
+                receiver.nonce.hex()]
+        proc = subprocess.run([str(c_vector_test), "--decode-auth", *args],
+                              input="".join(s.hex() + "\n" for s in streams),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        c_out = proc.stdout.split("end\n")[:-1]
+        assert len(c_out) == len(streams)
+        for stream, c_text in zip(streams, c_out):
+            dec = FrameDecoder(auth=receiver.auth())
+            lines = [f"frame {vectors.describe(f)}" for f in dec.feed(stream)]
+            lines.append(f"counters {vectors.describe_counters(dec.counters.as_dict())}")
+            lines.append(f"session {dec.auth.session.hex()} {dec.auth.rx_last}")
+            assert c_text.splitlines() == lines, stream.hex()
+            for k, v in dec.counters.as_dict().items():
+                totals[k] += v
+    assert all(totals[k] for k in ("frames", "crc_errors", "unsigned", "bad_signature", "unbound", "replayed")), totals

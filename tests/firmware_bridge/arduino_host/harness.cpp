@@ -12,11 +12,52 @@
 #include <string.h>
 
 #include "Arduino.h"
+#include "EEPROM.h"
 
 void setup();
 void loop();
 
 HostSerial Serial;
+HostEEPROM EEPROM;
+
+static uint8_t eeprom[1024];
+static int eeprom_loaded;
+
+static void eeprom_load(void)
+{
+    const char *path = getenv("HARNESS_EEPROM");
+    FILE *fp = path ? fopen(path, "rb") : NULL;
+    memset(eeprom, 0xFF, sizeof eeprom);
+    if (fp) {
+        if (fread(eeprom, 1, sizeof eeprom, fp) != sizeof eeprom) {
+            memset(eeprom, 0xFF, sizeof eeprom);
+        }
+        fclose(fp);
+    }
+    eeprom_loaded = 1;
+}
+
+uint8_t HostEEPROM::read(int address)
+{
+    if (!eeprom_loaded) {
+        eeprom_load();
+    }
+    return eeprom[address & 1023];
+}
+
+void HostEEPROM::update(int address, uint8_t value)
+{
+    const char *path = getenv("HARNESS_EEPROM");
+    FILE *fp;
+    if (!eeprom_loaded) {
+        eeprom_load();
+    }
+    eeprom[address & 1023] = value;
+    if (path && (fp = fopen(path, "wb")) != NULL) {
+        fwrite(eeprom, 1, sizeof eeprom, fp);
+        fclose(fp);
+    }
+}
 
 static unsigned long now_ms;
 static unsigned char inbox[1 << 16];

@@ -15,10 +15,27 @@
  * (slow triangle waves) so the link can be tried with a bare board.
  * Outputs: LED_BUILTIN lights while the board is in its safe state;
  * apply_action() is where a real device would drive its actuators.
+ *
+ * Signed link (PROTOCOL.md section 13, docs/link-security.md): make the key's
+ * header beside this file, `python -m firmware_bridge.keys c-header KEYFILE >
+ * link_key.h`, and uncomment the #include below (or pass -DEDGE_LINK_KEY=...).
+ * Then every frame goes out signed, only host frames signed in the current
+ * session are obeyed, and the board keeps one thing in EEPROM: a boot counter
+ * (4 bytes at EEPROM_BOOTS), so that its session nonces never repeat. Keep
+ * link_key.h out of version control.
  */
+/* #include "link_key.h" */
 #include <string.h>
 
 #include "edge_link.h"
+
+#ifdef EDGE_LINK_KEY
+#include <EEPROM.h>
+#define EEPROM_BOOTS 0 /* 4 bytes: boots since the EEPROM was erased (0xFFFFFFFF counts as 0) */
+#define AUTH_LEN EL_AUTH_LEN
+#else
+#define AUTH_LEN 0u
+#endif
 
 /* #define USE_MPU6050 */
 #ifdef USE_MPU6050
@@ -46,8 +63,9 @@ static const float SCALES[N_CHANNELS] = {
 };
 
 #define HELLO_PAYLOAD (15u + 4u * N_CHANNELS + 1u + (sizeof NAMES - 1u))
-static uint8_t tx[EL_WIRE_SIZE(HELLO_PAYLOAD)];              /* big enough for every frame we send */
-static uint8_t rx_buf[EL_RX_SIZE(EL_ACTION_MAX_PAYLOAD)];    /* the host only sends ACTION and HEARTBEAT */
+static uint8_t tx[EL_WIRE_SIZE(HELLO_PAYLOAD + AUTH_LEN)];   /* big enough for every frame we send */
+/* the host sends ACTION and HEARTBEAT (and, signed, SESSION: 16 bytes, smaller than an ACTION) */
+static uint8_t rx_buf[EL_RX_SIZE(EL_ACTION_MAX_PAYLOAD + AUTH_LEN)];
 static el_decoder rx;
 static el_hello hello;
 static uint16_t tx_seq;
@@ -56,10 +74,41 @@ static bool host_present; /* a valid frame from the host within SAFE_TIMEOUT_MS 
 static bool safe = true;
 static int16_t current_action = EL_SAFE_ACTION;
 
+#ifdef EDGE_LINK_KEY
+static el_auth auth;
+static uint32_t boots, sessions_this_boot;
+
+/* A session nonce that never repeats for this key: the boot counter, then the sessions since boot. */
+static void new_nonce(uint8_t nonce[EL_NONCE_LEN])
+{
+    uint8_t i;
+    sessions_this_boot++;
+    for (i = 0; i < 4u; i++) {
+        nonce[i] = (uint8_t)(boots >> (8u * i));
+        nonce[4u + i] = (uint8_t)(sessions_this_boot >> (8u * i));
+    }
+}
+
+static void count_boot(void)
+{
+    uint8_t i;
+    for (i = 0; i < 4u; i++) {
+        boots |= (uint32_t)EEPROM.read(EEPROM_BOOTS + i) << (8u * i);
+    }
+    boots = boots == 0xFFFFFFFFUL ? 1UL : boots + 1UL; /* written before the first session can use it */
+    for (i = 0; i < 4u; i++) {
+        EEPROM.update(EEPROM_BOOTS + i, (uint8_t)(boots >> (8u * i)));
+    }
+}
+#endif
+
 /* ---- sending ------------------------------------------------------------ */
 
 static void send(size_t n)
 {
+#ifdef EDGE_LINK_KEY
+    n = n > 0 ? el_sign(&auth, tx, n, sizeof tx) : 0; /* a link with a key never sends an unsigned frame */
+#endif
     if (n > 0) {
         Serial.write(tx, n);
         tx_seq++;
@@ -109,6 +158,17 @@ static void leave_safe(void)
 
 static void on_host_frame(const el_frame *f)
 {
+#ifdef EDGE_LINK_KEY
+    if (f->type == EL_SESSION) { /* the decoder began a new session: start it safe, tell the host who we are */
+        enter_safe();
+        host_present = true;
+        last_host_ms = millis();
+        send(el_encode_session(tx, sizeof tx, tx_seq, micros(), flags(), auth.session,
+                               auth.session + EL_NONCE_LEN));
+        send_hello();
+        return;
+    }
+#endif
     if (!host_present) { /* the host appeared (or came back): tell it who we are */
         host_present = true;
         send_hello();
@@ -193,6 +253,14 @@ void setup()
     Wire.endTransmission(true);
 #endif
     el_decoder_init(&rx, rx_buf, sizeof rx_buf);
+#ifdef EDGE_LINK_KEY
+    {
+        static const uint8_t key[EL_KEY_LEN] = EDGE_LINK_KEY;
+        count_boot();
+        el_auth_init(&auth, key, EL_LINK_DEVICE, new_nonce);
+        el_decoder_set_auth(&rx, &auth);
+    }
+#endif
     memset(&hello, 0, sizeof hello);
     hello.fw_major = FW_MAJOR;
     hello.fw_minor = FW_MINOR;
@@ -223,6 +291,9 @@ void loop()
     if (host_present && now - last_host_ms > SAFE_TIMEOUT_MS) {
         host_present = false; /* the host went quiet: our own safe state, HELLO when it is back */
         enter_safe();
+#ifdef EDGE_LINK_KEY
+        el_auth_end(&auth); /* frames held back from this session must never count later */
+#endif
     }
     if (now - last_sample_ms >= SAMPLE_PERIOD_MS) {
         last_sample_ms = (now - last_sample_ms >= 2u * SAMPLE_PERIOD_MS) ? now : last_sample_ms + SAMPLE_PERIOD_MS;
