@@ -35,6 +35,12 @@ Within an epoch ``Frame.t`` is the device's clock (``t_us``, unwrapped).
 The decision sink (:mod:`edge_infer.sinks.device`) writes ACTION frames
 through :meth:`SerialSource.send_action`, so heartbeats and actions share
 one sequence numbering, as the protocol requires.
+
+The runtime reads this source in a thread of its own (``live``:
+:mod:`edge_infer.sources.arrival`), so frames are stamped when they arrive,
+while ACTIONs are written from the loop's thread: ``_tx_lock`` keeps an
+ACTION and a HEARTBEAT from taking sequence numbers in one order and going
+out in the other.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 import time
 from array import array
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
@@ -89,6 +96,8 @@ class SerialSource(Source):
     without a model.
     """
 
+    live = True
+
     def __init__(self, path: str, baud: int = DEFAULT_BAUD, channels: Optional[Sequence[str]] = None,
                  channel_count: Optional[int] = None, *, clock: Optional[Clock] = None,
                  port: Optional[SerialPort] = None, name: Optional[str] = None):
@@ -103,6 +112,7 @@ class SerialSource(Source):
         self._decoder = FrameDecoder()
         self._encoder = FrameEncoder()
         self._pending: Deque[Frame] = collections.deque()
+        self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -184,9 +194,10 @@ class SerialSource(Source):
         sequence number means nothing now): counted in ``actions_unsent``.
         """
         answers = self.device_seq_of(frame_seq)
-        sent = (answers is not None and self._ready
-                and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                    name=name)))
+        with self._tx_lock:
+            sent = (answers is not None and self._ready
+                    and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                        name=name)))
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -269,8 +280,9 @@ class SerialSource(Source):
         self._quiet_s = min(self._quiet_s * 2, QUIET_MAX_S)
 
     def _send_heartbeat(self) -> None:
-        if self._send(self._encoder.heartbeat()):
-            self._n["heartbeats_sent"] += 1
+        with self._tx_lock:
+            if self._send(self._encoder.heartbeat()):
+                self._n["heartbeats_sent"] += 1
 
     def _send(self, wire: bytes) -> bool:
         if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
