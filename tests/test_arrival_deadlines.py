@@ -348,3 +348,24 @@ def test_the_start_up_check_compares_the_p99_with_the_window_period_too(caplog):
     unknown = report(19_000)
     check_budget(unknown, "inline", strict=True, window_period_ms=None)  # no sample rate: only the budget
     assert unknown.keeps_up is None
+
+
+def test_a_frame_read_late_is_dated_by_the_device_clock_mapped_onto_the_host():
+    from edge_infer.sources.arrival import DeviceClock
+
+    clock = DeviceClock()
+    host0 = 5 * 10**12
+    # frames every 10 ms of device time, each normally read 200 us after it was sent
+    assert clock.arrival_ns(0, host0 + 200_000) == host0 + 200_000
+    assert clock.arrival_ns(10 * MS, host0 + 10 * MS + 300_000) == host0 + 10 * MS + 200_000 + 5_050  # + 500 ppm
+    # the reader was starved for 40 ms: the frame is dated when it came, not when it was read
+    late = clock.arrival_ns(20 * MS, host0 + 60 * MS)
+    assert host0 + 20 * MS + 200_000 <= late <= host0 + 20 * MS + 250_000  # not + 40 ms
+    # a faster frame lowers the offset at once
+    assert clock.arrival_ns(30 * MS, host0 + 30 * MS + 100_000) == host0 + 30 * MS + 100_000
+    # a device clock that goes back (rebooted, broken) starts the mapping again, and never dates a frame
+    # more than MAX_LAG_NS before it was read, nor after
+    assert clock.arrival_ns(0, host0 + 40 * MS) == host0 + 40 * MS
+    clock.reset()
+    assert clock.arrival_ns(10**15, host0 + 50 * MS) == host0 + 50 * MS
+    assert clock.arrival_ns(10**15 + 1, host0 + 50 * MS + 5 * 10**9) >= host0 + 50 * MS + 5 * 10**9 - DeviceClock.MAX_LAG_NS

@@ -146,3 +146,39 @@ class ArrivalReader(Source):
             if self._thread.is_alive():
                 log.warning("the source's reader thread did not stop within %.1f s", 1.0 + READ_SLICE_S)
 
+
+
+class DeviceClock:
+    """When a frame left the device, on the host's clock: the device's timestamp plus the smallest delay seen.
+
+    A reader thread stamps a frame when it *read* it, which is later than when it arrived whenever the
+    reader itself waited for a CPU (a loaded machine) or the driver held the bytes. The device's own
+    timestamp is taken when it sent the frame; ``offset`` = the smallest ``read stamp − device time``
+    seen (the frame that came through fastest) maps device time onto the host clock, so a frame read
+    late is still dated when it came. The offset may only rise slowly (``DRIFT_PPM``, a crystal slower
+    than the host's), and a device clock that does not advance resets it. The mapped time is never
+    after the read stamp, and never more than ``MAX_LAG_NS`` before it (a device clock gone wrong must
+    not make every frame look ancient).
+    """
+
+    DRIFT_PPM = 500
+    MAX_LAG_NS = 1_000_000_000
+
+    def __init__(self) -> None:
+        self._offset: Optional[int] = None
+        self._last_device_ns = 0
+        self._last_read_ns = 0
+
+    def reset(self) -> None:
+        """A new epoch (reconnect, reboot): the device's clock restarted."""
+        self._offset = None
+
+    def arrival_ns(self, device_ns: int, read_ns: int) -> int:
+        sample = read_ns - device_ns
+        offset = self._offset
+        if offset is None or device_ns <= self._last_device_ns:
+            offset = sample
+        else:
+            offset = min(offset + (read_ns - self._last_read_ns) * self.DRIFT_PPM // 1_000_000, sample)
+        self._offset, self._last_device_ns, self._last_read_ns = offset, device_ns, read_ns
+        return max(device_ns + offset, read_ns - self.MAX_LAG_NS)

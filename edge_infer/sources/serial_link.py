@@ -37,7 +37,9 @@ through :meth:`SerialSource.send_action`, so heartbeats and actions share
 one sequence numbering, as the protocol requires.
 
 The runtime reads this source in a thread of its own (``live``:
-:mod:`edge_infer.sources.arrival`), so frames are stamped when they arrive,
+:mod:`edge_infer.sources.arrival`), so frames are stamped when they arrive
+(and dated by the device's ``t_us``, mapped onto the host clock, when the
+reader itself was late: :class:`~edge_infer.sources.arrival.DeviceClock`),
 while ACTIONs are written from the loop's thread: ``_tx_lock`` keeps an
 ACTION and a HEARTBEAT from taking sequence numbers in one order and going
 out in the other.
@@ -72,6 +74,7 @@ from firmware_bridge.stream import FrameDecoder
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
+from .arrival import DeviceClock
 from .base import Source
 from .serial_port import SerialPort
 from .uri import DEFAULT_BAUD
@@ -137,6 +140,7 @@ class SerialSource(Source):
         self._t_last_us: Optional[int] = None
         self._t_last: Optional[float] = None
         self._t_last_recv_ns = 0
+        self._device_clock = DeviceClock()  # arrival from the device's t_us (sources/arrival.py)
         self._n: Dict[str, int] = dict.fromkeys(
             ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
              "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
@@ -372,7 +376,8 @@ class SerialSource(Source):
         self._seq = seq + 1
         self._device_seqs[seq % SEQ_RING] = sensor.seq
         self._n["sensor_frames"] += 1
-        self._pending.append(Frame(seq=seq, t=self._device_time(sensor.t_us, recv_ns), recv_ns=recv_ns,
+        t = self._device_time(sensor.t_us, recv_ns)
+        self._pending.append(Frame(seq=seq, t=t, recv_ns=self._device_clock.arrival_ns(round(t * 1e9), recv_ns),
                                    values=values, label=None, device_seq=sensor.seq))
 
     def _on_other(self, frame: LinkFrame) -> None:
@@ -390,6 +395,7 @@ class SerialSource(Source):
     def _new_epoch(self) -> None:
         self._epoch_first_seq = self._seq
         self._t_last_us = None
+        self._device_clock.reset()
         for listener in self.restart_listeners:
             listener()
 
