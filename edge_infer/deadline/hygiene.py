@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Nice value of the model's worker thread or child process under ``--realtime``.
 WORKER_NICE = -10
+#: SCHED_FIFO, and a process forked from such a thread starts under the normal scheduler (a helper process,
+#: say the metrics server, scraped hard, must not inherit the loop's real-time priority and starve it).
+FIFO_POLICY = getattr(os, "SCHED_FIFO", 1) | getattr(os, "SCHED_RESET_ON_FORK", 0)
 
 
 class GcPacer:
@@ -161,7 +164,7 @@ class LoopPriority:
 
     def _make_fifo(self, tid: int) -> None:
         old = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(self._fifo_priority))
+        os.sched_setscheduler(tid, FIFO_POLICY, os.sched_param(self._fifo_priority))
         self._old_policies.append(old)
 
     def restore(self) -> None:

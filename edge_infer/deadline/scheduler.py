@@ -32,6 +32,7 @@ import numpy as np
 from ..decide.reasons import Reason
 from ..model.engine import Engine
 from .clock import Clock
+from .hygiene import FIFO_POLICY
 from .tail_estimate import TailEstimate
 from .watchdog import Pending, Watchdog
 
@@ -207,7 +208,7 @@ class InlineScheduler(Scheduler):
         try:
             engine.invoke()
         finally:
-            os.sched_setscheduler(0, os.SCHED_FIFO, self._fifo)
+            os.sched_setscheduler(0, FIFO_POLICY, self._fifo)
         return engine.output()
 
     def hung(self, now_ns: int) -> bool:
