@@ -109,10 +109,10 @@ class LoopPriority:
 
     The threads that wait for a deadline get SCHED_FIFO: they sleep nearly all the time and must win
     a CPU the moment their timer fires, even on a loaded machine. In the thread and process modes that
-    is the loop; inline, the watchdog waits and the loop both waits and computes: it keeps SCHED_FIFO
-    while it holds the GIL and drops to the normal scheduler for each invoke
-    (``InlineScheduler.set_worker_nice``); the source's reader thread, which stamps arrivals, gets
-    SCHED_FIFO too (:meth:`add_waiter`). The model's worker
+    is the loop; inline, the watchdog and the loop, which also runs the model (a model that keeps it
+    busy more than 95 % of the time then meets the kernel's real-time throttling: use the thread mode
+    for it); the source's reader thread, which stamps arrivals, gets SCHED_FIFO too
+    (:meth:`add_waiter`). The model's worker
     (thread or child process) stays under the normal scheduler with nice :data:`WORKER_NICE`: it wins
     most of the CPU against ordinary processes, but a model that is busy all the time (slower than
     the windows come) does not use up the real-time budget — once it is spent, the kernel throttles
