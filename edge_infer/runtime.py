@@ -75,6 +75,8 @@ class Runtime:
         #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
         self.device_sinks: List[Sink] = []
         self.sinks: List[Sink] = [self.stats, *sinks]
+        self._frame_sinks: List[Any] = []  # see _sinks_that_take_frames
+        self._sinks_seen = -1
         self._budget_ns = spec.budget_ns
         self._reserve_ns = self.options.reserve_ns(spec.budget_ns)
         period_ms = self._window_period_ms()
@@ -257,10 +259,10 @@ class Runtime:
         self._last_frame = frame
         if self._silence is not None:
             self._silence.on_frame(frame.recv_ns)
-        for sink in self.device_sinks:
-            sink.on_frame(frame)
-        for sink in self.sinks:
-            sink.on_frame(frame)
+        if self._sinks_seen != len(self.sinks) + len(self.device_sinks):  # a sink was attached since
+            self._frame_sinks = self._sinks_that_take_frames()
+        for take in self._frame_sinks:
+            take(frame)
         self.guard.on_frame(frame)
         window = self.window
         if not window.push(frame.values):
@@ -282,6 +284,12 @@ class Runtime:
         if self._gc.active:  # the slack after a decision: the next window is a hop away
             self._gc.slack()
         return decision
+
+    def _sinks_that_take_frames(self) -> List[Any]:
+        """The sinks' ``on_frame`` methods, leaving out the base class's no-op (one call per frame saved)."""
+        every = [*self.device_sinks, *self.sinks]
+        self._sinks_seen = len(every)
+        return [sink.on_frame for sink in every if type(sink).on_frame is not Sink.on_frame]
 
     def _can_catch_up(self, newer: int) -> bool:
         """May the model take a window while ``newer`` newer windows have already arrived?
