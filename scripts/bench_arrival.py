@@ -101,14 +101,16 @@ def invoke_ms(path: Path) -> float:
     window = np.zeros((engine.window, engine.channels), dtype=np.float32)
     for _ in range(3):
         engine.infer(window)
-    start = time.perf_counter()
-    for _ in range(5):
+    times = []
+    for _ in range(15):  # the fastest: what the model costs when it has a CPU (the machine's load varies)
+        start = time.perf_counter()
         engine.infer(window)
-    return (time.perf_counter() - start) / 5 * 1000
+        times.append(time.perf_counter() - start)
+    return min(times) * 1000
 
 
 def build_models(directory: Path, rate: float, budget_ms: float) -> Dict[str, Path]:
-    """The fast model, and one of about two window periods (checked by timing it here)."""
+    """The fast model, and one of about two window periods at its fastest (checked by timing it here)."""
     fast = write_model(directory / "fast.tflite", dense_model(WINDOW, len(CHANNELS), 4, seed=1))
     target = 2 * 1000.0 / rate
     rows = 64
