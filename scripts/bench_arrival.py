@@ -217,10 +217,14 @@ def free_port() -> int:
 
 
 SCRAPER = """
-import sys, time, urllib.request
+import signal, sys, time, urllib.request
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
 end = time.monotonic() + seconds
 n = 0
+def done(*_):
+    print(n, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
 while time.monotonic() < end:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -228,7 +232,7 @@ while time.monotonic() < end:
         n += 1
     except Exception:  # a refused or cut connection (the run is ending): try again
         time.sleep(0.01)
-print(n)
+done()
 """
 
 
