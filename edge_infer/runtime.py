@@ -3,9 +3,19 @@
 Each stage is its own module; this one only wires them and keeps time. The
 loop reads a frame, pushes it into the window buffer and, when a window is
 due, gets the model's answer by the window's deadline (its last frame's
-receipt time plus the budget) or falls back, and hands the decision to every
-sink. It stops at the end of a finite source, after ``duration_s``, or when
-``stop`` is set (signal handlers set it), and always closes the sinks.
+*arrival* plus the budget) or falls back, and hands the decision to the
+sinks, the device first. It stops at the end of a finite source, after
+``duration_s``, or when ``stop`` is set (signal handlers set it), and always
+closes the sinks.
+
+Never behind (docs/deadlines.md): a live source is read by a thread of its
+own that stamps frames as they arrive (:mod:`.sources.arrival`), and a paced
+log stamps each frame with its due time, so the loop always knows how old a
+frame is and how many more already wait. A window for which a newer one has
+already arrived, or whose deadline (minus the reserve) has passed before the
+model could start, is decided at once with reason ``overrun``; the model
+only ever takes the newest window, and the loop catches up instead of
+acting on old frames.
 """
 
 from __future__ import annotations
@@ -18,11 +28,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from .checks.guard import build_guard
 from .deadline import build_scheduler
 from .deadline.clock import Clock
-from .deadline.hygiene import GcPacer, LoopPriority
+from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
-from .deadline.scheduler import ModelAnswer, Scheduler
+from .deadline.scheduler import ALREADY_DECIDED, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
+from .deadline.watchdog import Pending
 from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
 from .decide.reasons import Reason
@@ -31,6 +42,7 @@ from .model.engine import Engine
 from .model.spec import ModelSpec
 from .sinks.base import Sink
 from .sinks.stats import RunStats
+from .sources.arrival import ArrivalReader
 from .sources.base import EndOfStream, Source
 from .window import WindowBuffer
 
@@ -39,6 +51,8 @@ if TYPE_CHECKING:  # the service module imports metrics and config; the loop onl
 
 #: How often a blocked source read wakes up to check for a stop request.
 POLL_S = 0.1
+#: Frames that have already arrived are taken this many at a time between two ticks.
+DRAIN = 32
 
 
 class Runtime:
@@ -58,20 +72,32 @@ class Runtime:
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
+        #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
+        self.device_sinks: List[Sink] = []
         self.sinks: List[Sink] = [self.stats, *sinks]
+        self._frame_sinks: List[Any] = []  # see _sinks_that_take_frames
+        self._sinks_seen = -1
         self._budget_ns = spec.budget_ns
+        self._reserve_ns = self.options.reserve_ns(spec.budget_ns)
+        period_ms = self._window_period_ms()
+        #: A backlog of windows the model could decide within this long is caught up by the model.
+        self._catch_up_ns = min(self._budget_ns, int(period_ms * 1e6)) if period_ms else self._budget_ns
+        #: Where the loop takes frames from: a live source through its reader thread, a log directly.
+        self.arrivals: Source = source
+        if source.live:
+            self.arrivals = reader = ArrivalReader(source)
+            reader.restart_listeners.append(self.window.reset)
         self._last_frame: Optional[Frame] = None  # what the shutdown decision answers
         self.elapsed_s = 0.0
         self.startup: Optional[StartupReport] = None
         self._started = False
         self._gc = GcPacer()
         self._priority = LoopPriority()
+        self._switch = SwitchInterval()
         self._silence: Optional[SilenceTimer] = None  # armed by start() if no_data is on
 
     def _build_scheduler(self) -> Scheduler:
         budget_ns, options = self.spec.budget_ns, self.options
-        if options.mode == "inline":
-            return build_scheduler("inline", self.engine, self.clock)
         return build_scheduler(options.mode, self.engine, self.clock, overload=options.overload,
                                admission=options.admission, reserve_ns=options.reserve_ns(budget_ns),
                                hang_limit_ns=options.hang_limit_ns(budget_ns))
@@ -99,12 +125,12 @@ class Runtime:
                     if wait < timeout:
                         timeout = wait if wait > 0.0 else 0.0
                 try:
-                    frame = self.source.recv(timeout)
+                    frame = self.arrivals.recv(timeout)
+                    if frame is not None:
+                        self._drain(frame)
                 except EndOfStream:
                     source_ended = True
                     break
-                if frame is not None:
-                    self.on_frame(frame)
                 now = self.clock.now_ns()
                 self._tick(now)
                 if hooks is not None:
@@ -120,6 +146,17 @@ class Runtime:
             self.close()
         return self.summary()
 
+    def _drain(self, frame: Frame) -> None:
+        """Take ``frame`` and up to ``DRAIN`` more that have already arrived, without the loop's timeout
+        arithmetic in between (the ticks come after them: at most ``DRAIN`` frames apart)."""
+        on_frame, recv = self.on_frame, self.arrivals.recv
+        on_frame(frame)
+        for _ in range(DRAIN):
+            frame = recv(0.0)
+            if frame is None:
+                return
+            on_frame(frame)
+
     def start(self) -> None:
         """Before the first frame (once): warm-up and budget check, CPU pinning/SCHED_FIFO, GC control, no_data.
 
@@ -134,10 +171,12 @@ class Runtime:
             self.startup = warm_up(self.scheduler, (self.spec.window, len(self.spec.channels)), options.warmup,
                                    self.spec.budget_ms, options.reserve_ns(budget_ns) / 1e6,
                                    options.hang_limit_ns(budget_ns), self.clock)
-            check_budget(self.startup, self.scheduler.mode, options.strict_budget)
+            check_budget(self.startup, self.scheduler.mode, options.strict_budget, self._window_period_ms())
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                    self.scheduler)
+        if options.switch_interval_ms:
+            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.gc_control:
             self._gc.start()
         hop_period_ns = (None if not self.spec.sample_rate_hz
@@ -145,6 +184,29 @@ class Runtime:
         gap_ns = options.no_data_ns(hop_period_ns)
         if gap_ns is not None and self.source.paced:  # an unpaced replay has no silence (Source.paced)
             self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
+        if isinstance(self.arrivals, ArrivalReader):
+            self.arrivals.start()  # last: frames are stamped from now on
+            self._priority.add_waiter(self.arrivals.native_id)
+
+    def _window_period_ms(self) -> Optional[float]:
+        """How often windows come (hop / sample rate), if the spec knows its sample rate."""
+        rate = self.spec.sample_rate_hz
+        return self.window.hop / rate * 1000.0 if rate else None
+
+    def add_device_sink(self, sink: Sink) -> None:
+        """A sink that talks to a device: it gets every decision before any other sink."""
+        self.device_sinks.append(sink)
+
+    def source_restarted(self) -> None:
+        """The source's stream restarted (reconnect, reboot): the next window needs a whole window of new frames.
+
+        Called by the source; with a reader thread, the reset is queued in order with the frames and done on
+        the loop's thread.
+        """
+        if isinstance(self.arrivals, ArrivalReader):
+            self.arrivals.mark_restart()
+        else:
+            self.window.reset()
 
     def _tick(self, now_ns: int) -> None:
         """Called after every frame and at least every ``POLL_S`` without one: what must happen on time anyway.
@@ -154,7 +216,8 @@ class Runtime:
         """
         self.scheduler.poll(now_ns)
         silence = self._silence
-        if silence is not None and now_ns >= silence.next_due_ns:
+        if silence is not None and now_ns >= silence.next_due_ns and not self.arrivals.backlog():
+            # (frames that arrived and wait to be read are not silence, however old the last one read is)
             self._no_data(silence.take_due(now_ns), now_ns)  # type: ignore[arg-type]
 
     def _no_data(self, due_ns: int, now_ns: int) -> Decision:
@@ -162,10 +225,8 @@ class Runtime:
         frame = self._last_frame
         decision = Decision(seq=-1 if frame is None else frame.seq, t=0.0 if frame is None else frame.t,
                             action=self.fallback.action(Reason.NO_DATA, now_ns), source="fallback",
-                            reason=Reason.NO_DATA, latency_us=(self.clock.now_ns() - due_ns) / 1000.0,
-                            invoke_us=None, output=None, label=None)
-        for sink in self.sinks:
-            sink.on_decision(decision)
+                            reason=Reason.NO_DATA, latency_us=0.0, invoke_us=None, output=None, label=None)
+        self._emit(decision, due_ns)
         if self._gc.active:
             self._gc.slack()
         return decision
@@ -183,7 +244,7 @@ class Runtime:
         decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.SHUTDOWN, now),
                             source="fallback", reason=Reason.SHUTDOWN, latency_us=0.0,  # no window waited for it
                             invoke_us=None, output=None, label=None)
-        for sink in self.sinks:
+        for sink in [*self.device_sinks, *self.sinks]:
             try:
                 sink.on_decision(decision)
             except Exception:  # one broken sink must not keep the device sink from sending the safe action
@@ -191,23 +252,86 @@ class Runtime:
         return decision
 
     def on_frame(self, frame: Frame) -> Optional[Decision]:
-        """Take one frame; if it completes a window, decide it and hand the decision to the sinks."""
+        """Take one frame; if it completes a window, decide it and hand the decision to the sinks.
+
+        Returns the decision, or None if no window completed or the watchdog decided it.
+        """
         self._last_frame = frame
         if self._silence is not None:
             self._silence.on_frame(frame.recv_ns)
-        for sink in self.sinks:
-            sink.on_frame(frame)
+        if self._sinks_seen != len(self.sinks) + len(self.device_sinks):  # a sink was attached since
+            self._frame_sinks = self._sinks_that_take_frames()
+        for take in self._frame_sinks:
+            take(frame)
         self.guard.on_frame(frame)
-        if not self.window.push(frame.values):
+        window = self.window
+        if not window.push(frame.values):
             return None
-        answer = (self.guard.check_window(self.window.view())  # a failed input check: no invoke, fall back
-                  or self.scheduler.run(self.window.view(), frame.recv_ns + self._budget_ns))
+        deadline = frame.recv_ns + self._budget_ns
+        waiting, until = self.arrivals.backlog(), window.until_due()
+        if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
+            return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
+        answer = self.guard.check_window(window.view())  # a failed input check: no invoke, fall back
+        if answer is None:
+            fire_at = deadline - self._reserve_ns
+            if self.clock.now_ns() >= fire_at:  # too late to start the model: never start a lost window
+                return self._overrun(frame)
+            answer = self.scheduler.run(window.view(), deadline, Pending(fire_at, deadline, frame, self._late))
+            if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
+                return None
         decision = self.guard.review(self._decide(frame, answer))
-        for sink in self.sinks:
-            sink.on_decision(decision)
+        self._emit(decision, frame.recv_ns)
         if self._gc.active:  # the slack after a decision: the next window is a hop away
             self._gc.slack()
         return decision
+
+    def _sinks_that_take_frames(self) -> List[Any]:
+        """The sinks' ``on_frame`` methods, leaving out the base class's no-op (one call per frame saved)."""
+        every = [*self.device_sinks, *self.sinks]
+        self._sinks_seen = len(every)
+        return [sink.on_frame for sink in every if type(sink).on_frame is not Sink.on_frame]
+
+    def _can_catch_up(self, newer: int) -> bool:
+        """May the model take a window while ``newer`` newer windows have already arrived?
+
+        Only if it can decide all of them within one window period (the recent p99 invoke, times the
+        windows): a burst of frames (a USB packet, a loop that was briefly descheduled) costs no model
+        decision a fast model could make, while a model slower than the windows come takes only the
+        newest and the loop never falls behind. Without an estimate yet, the model tries; the watchdog
+        still keeps the deadline.
+        """
+        estimate = self.scheduler.invoke_estimate_ns()
+        return estimate is None or (newer + 1) * estimate <= self._catch_up_ns
+
+    def _overrun(self, frame: Frame) -> Decision:
+        """The window the model cannot take: a newer one is waiting, or its deadline has (nearly) passed."""
+        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.OVERRUN, self.clock.now_ns()),
+                            source="fallback", reason=Reason.OVERRUN, latency_us=0.0, invoke_us=None, output=None,
+                            label=frame.label)
+        self._emit(decision, frame.recv_ns)
+        return decision
+
+    def _late(self, pending: Pending, now_ns: int) -> None:
+        """The watchdog's call (on its thread, the loop being inside the invoke): the fallback at the deadline."""
+        frame = pending.frame
+        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.DEADLINE, now_ns),
+                            source="fallback", reason=Reason.DEADLINE, latency_us=0.0, invoke_us=None, output=None,
+                            label=frame.label)
+        self._emit(decision, frame.recv_ns)
+
+    def _emit(self, decision: Decision, arrival_ns: int) -> None:
+        """Hand ``decision`` to the device sinks, stamp its latency from ``arrival_ns``, then the other sinks.
+
+        The time spent in all sinks is measured (``sink_us`` in the summary).
+        """
+        now_ns = self.clock.now_ns
+        start = now_ns()
+        for sink in self.device_sinks:
+            sink.on_decision(decision)
+        decision.latency_us = (now_ns() - arrival_ns) / 1000.0
+        for sink in self.sinks:
+            sink.on_decision(decision)
+        self.stats.sink_time.add(now_ns() - start)
 
     def _decide(self, frame: Frame, answer: ModelAnswer) -> Decision:
         reason = answer.reason
@@ -223,8 +347,7 @@ class Runtime:
             action = self.fallback.action(reason, now)
             source = "fallback"
         return Decision(
-            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason,
-            latency_us=(self.clock.now_ns() - frame.recv_ns) / 1000.0,
+            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason, latency_us=0.0,
             invoke_us=None if answer.invoke_ns is None else answer.invoke_ns / 1000.0,
             output=output, label=frame.label,
         )
@@ -233,7 +356,10 @@ class Runtime:
         """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""
         self._gc.stop()
         self._priority.restore()
-        for closer in [self.scheduler.close, *(s.close for s in self.sinks), self.source.close]:
+        self._switch.restore()
+        closers = [self.arrivals.close, self.scheduler.close, *(s.close for s in self.device_sinks),
+                   *(s.close for s in self.sinks), self.source.close]
+        for closer in closers:
             try:
                 closer()
             except Exception:  # a sink failing to flush must not keep the others from flushing
@@ -248,7 +374,7 @@ class Runtime:
             "model": self.spec.name or self.spec.model_path.name,
             "backend": self.engine.backend.name,
             "backend_version": self.engine.backend_version,
-            "source": self.source.counters(),
+            "source": self.arrivals.counters(),
             "scheduler": self.scheduler.counters(),
             "fallback": self.fallback.describe(),
             "startup": None if self.startup is None else self.startup.to_dict(),

@@ -185,7 +185,7 @@ def test_deadline_keys_come_from_the_spec(tmp_path):
     assert options.hang_limit_ns(spec.budget_ns) == 250 * MS
     assert options.no_data_ns(400 * MS) == 700 * MS
     defaults = options_for_spec(load_spec(write_spec(tmp_path)))
-    assert defaults.mode == "thread" and defaults.no_data_ns(400 * MS) == 1200 * MS
+    assert defaults.mode == "inline" and defaults.no_data_ns(400 * MS) == 1200 * MS
     assert defaults.no_data_ns(None) is None  # no sample rate: off unless asked for
     assert defaults.reserve_ns(50 * MS) == MS and defaults.reserve_ns(MS) == MS // 4
 
@@ -285,13 +285,17 @@ def test_a_slow_model_on_a_short_budget_is_decided_every_window_by_fallback(slow
     the fake-time test above asserts the logic, scripts/bench_deadline.py measures the real thing.
     """
     model, log = slow_setup
+    # --realtime: the loop and the watchdog under SCHED_FIFO, the invoke under the normal scheduler.
     args = ["replay", str(log), "--model", str(model), "--budget-ms", "5", "--hop", "4", "--json"]
     proc = run_cli(*args, *(["--realtime"] if realtime else []))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["decisions"] == 17 and summary["fallback_decisions"] == 17
-    assert set(summary["fallback_reasons"]) <= {"deadline", "busy"}
-    assert summary["scheduler"]["mode"] == "thread"
+    assert set(summary["fallback_reasons"]) == {"deadline"}  # decided at its deadline, never sent to the model late
+    # Which thread decided each one (the watchdog at the deadline, or the loop when a descheduled watchdog
+    # woke after the invoke returned) and whether it came by the deadline is timing, measured from outside
+    # by scripts/bench_arrival.py; the fake-clock tests in test_arrival_deadlines.py check the logic.
+    assert summary["scheduler"]["mode"] == "inline"
     assert summary["startup"]["within_budget"] is False
     # The start-up check says so in one line, naming the measured p99 and the budget.
     warning = [line for line in proc.stderr.splitlines() if "start-up check" in line]

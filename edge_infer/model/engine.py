@@ -125,8 +125,10 @@ class Engine:
     def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1,
                  check_sha256: Optional[Callable[[str], None]] = None, model_bytes: Optional[bytes] = None):
         """``check_sha256`` (a spec's :meth:`~edge_infer.model.spec.ModelSpec.check_hash`) may refuse the file by
-        its hash before the native interpreter parses it. ``model_bytes``: the model, already read (and
-        verified: a signed bundle's bytes); the file at ``model_path`` is then not read at all."""
+        its hash before the native interpreter parses it. ``model_bytes``: the model, already read and
+        verified (a signed bundle's bytes, or the bytes the isolated mode's parent checked); the file at
+        ``model_path`` then only names the model and is not read at all, so what runs is never what the file
+        holds by the time a child (re)starts."""
         self.path = Path(model_path)
         self.num_threads = num_threads
         self.model_bytes = read_model_bytes(self.path) if model_bytes is None else check_model_bytes(model_bytes,

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: ``STATUS=`` is sent at most this often (systemctl status shows the latest).
 STATUS_INTERVAL_S = 1.0
+#: The text the metrics HTTP endpoint serves is rendered this often, in the loop's slack (a tick).
+HTTP_REFRESH_S = 1.0
 
 
 def add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +48,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics-textfile", metavar="FILE",
                        help="write Prometheus metrics to FILE (node-exporter textfile collector), atomically")
     group.add_argument("--metrics-http", metavar="[HOST:]PORT",
-                       help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given; needs prometheus-client)")
+                       help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given), from a process of its own")
     group.add_argument("--metrics-interval", type=seconds, default=DEFAULT_INTERVAL_S, metavar="S",
                        help="rewrite the metrics textfile every S seconds")
 
@@ -63,6 +65,7 @@ class ServiceHooks:
         self.runtime: Any = None
         self.started_unix_s = 0.0
         self._next_status_ns = 0
+        self._next_http_ns = 0
         self._last_status = ""
         self._withholding = False
 
@@ -82,7 +85,7 @@ class ServiceHooks:
         self.runtime = runtime
         self.started_unix_s = time.time()
         if self.http is not None:
-            self.http.start(self.families)
+            self.http.start(self.render())
         if self.textfile is not None:
             self.textfile.write(self.render())
         model = runtime.spec.name or runtime.spec.model_path.name
@@ -106,6 +109,12 @@ class ServiceHooks:
                 self.notifier.status(text)
         if self.textfile is not None:
             self.textfile.maybe_write(now_ns, self.render)
+        if self.http is not None:
+            if now_ns >= self._next_http_ns:
+                self._next_http_ns = now_ns + int(HTTP_REFRESH_S * 1e9)
+                self.http.update(self.render())
+            else:
+                self.http.flush()
 
     def _feed_watchdog(self, now_ns: int) -> None:
         """Feed systemd's watchdog, unless the model is hung in this process.

@@ -47,6 +47,14 @@ Within an epoch ``Frame.t`` is the device's clock (``t_us``, unwrapped).
 The decision sink (:mod:`edge_infer.sinks.device`) writes ACTION frames
 through :meth:`SerialSource.send_action`, so heartbeats and actions share
 one sequence numbering, as the protocol requires.
+
+The runtime reads this source in a thread of its own (``live``:
+:mod:`edge_infer.sources.arrival`), so frames are stamped when they arrive
+(and dated by the device's ``t_us``, mapped onto the host clock, when the
+reader itself was late: :class:`~edge_infer.sources.arrival.DeviceClock`),
+while ACTIONs are written from the loop's thread: ``_tx_lock`` keeps an
+ACTION and a HEARTBEAT from taking sequence numbers in one order and going
+out in the other.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 import time
 from array import array
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
@@ -80,6 +89,7 @@ from firmware_bridge.stream import FrameDecoder
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
+from .arrival import DeviceClock
 from .base import Source
 from .serial_port import SerialPort
 from .uri import DEFAULT_BAUD
@@ -107,6 +117,8 @@ class SerialSource(Source):
     without a model.
     """
 
+    live = True
+
     def __init__(self, path: str, baud: int = DEFAULT_BAUD, channels: Optional[Sequence[str]] = None,
                  channel_count: Optional[int] = None, *, clock: Optional[Clock] = None,
                  port: Optional[SerialPort] = None, name: Optional[str] = None,
@@ -125,6 +137,7 @@ class SerialSource(Source):
         self._decoder = FrameDecoder(auth=self.auth)
         self._encoder = FrameEncoder(auth=self.auth)
         self._pending: Deque[Frame] = collections.deque()
+        self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -149,6 +162,7 @@ class SerialSource(Source):
         self._t_last_us: Optional[int] = None
         self._t_last: Optional[float] = None
         self._t_last_recv_ns = 0
+        self._device_clock = DeviceClock()  # arrival from the device's t_us (sources/arrival.py)
         self._n: Dict[str, int] = dict.fromkeys(
             ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
              "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
@@ -207,9 +221,10 @@ class SerialSource(Source):
         sequence number means nothing now): counted in ``actions_unsent``.
         """
         answers = self.device_seq_of(frame_seq)
-        sent = (answers is not None and self._ready
-                and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                    name=name)))
+        with self._tx_lock:
+            sent = (answers is not None and self._ready
+                    and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                        name=name)))
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -261,9 +276,10 @@ class SerialSource(Source):
             self._send_heartbeat()
             return
         self._ready = False
-        offer = Session(host_nonce=self.auth.offer())
-        if self._send(self._encoder.encode(offer)):
-            self._n["session_offers"] += 1
+        with self._tx_lock:  # the reader thread offers; the loop's thread may be writing an ACTION
+            offer = Session(host_nonce=self.auth.offer())
+            if self._send(self._encoder.encode(offer)):
+                self._n["session_offers"] += 1
 
     def _keep_alive(self, now: float) -> None:
         if self._quiet_until is not None:
@@ -300,8 +316,9 @@ class SerialSource(Source):
         self._quiet_s = min(self._quiet_s * 2, QUIET_MAX_S)
 
     def _send_heartbeat(self) -> None:
-        if self._send(self._encoder.heartbeat()):
-            self._n["heartbeats_sent"] += 1
+        with self._tx_lock:
+            if self._send(self._encoder.heartbeat()):
+                self._n["heartbeats_sent"] += 1
 
     def _send(self, wire: bytes) -> bool:
         if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
@@ -442,7 +459,8 @@ class SerialSource(Source):
         self._seq = seq + 1
         self._device_seqs[seq % SEQ_RING] = sensor.seq
         self._n["sensor_frames"] += 1
-        self._pending.append(Frame(seq=seq, t=self._device_time(sensor.t_us, recv_ns), recv_ns=recv_ns,
+        t = self._device_time(sensor.t_us, recv_ns)
+        self._pending.append(Frame(seq=seq, t=t, recv_ns=self._device_clock.arrival_ns(round(t * 1e9), recv_ns),
                                    values=values, label=None, device_seq=sensor.seq))
 
     def _on_other(self, frame: LinkFrame) -> None:
@@ -466,6 +484,7 @@ class SerialSource(Source):
         self._epoch_first_seq = self._seq
         self._t_last_us = None
         self._rate_dts.clear()
+        self._device_clock.reset()
         for listener in self.restart_listeners:
             listener()
 
