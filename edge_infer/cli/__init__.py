@@ -15,9 +15,9 @@ from typing import List, NoReturn, Optional
 from .._version import __version__
 from ..errors import EdgeInferError
 from ..service.config import apply_config
-from . import bench, check_config, convert, inspect_model, record, replay, run
+from . import bench, check_config, convert, fleet, inspect_model, record, replay, run
 
-COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert)
+COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert, fleet)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -112,7 +112,8 @@ def _listen(value: Any) -> str:
 
 
 #: How a value is checked, and whether it is a path (resolved against the config file's directory).
-_PATH, _SOURCE = "path", "source"
+#: A secret's path may start with a variable (``${CREDENTIALS_DIRECTORY}``), expanded when the file is read.
+_PATH, _SOURCE, _SECRET = "path", "source", "secret"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,16 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),
                 "interval_s": _Key("metrics_interval", _number)},
     "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _number)},
+    # docs/fleet.md. Secret files may be named by ${CREDENTIALS_DIRECTORY}/NAME (systemd's LoadCredential=).
+    "fleet": {"mqtt": _Key("mqtt", _string), "device_id": _Key("device_id", _string),
+              "spool": _Key("spool", _string, _PATH), "spool_max_mb": _Key("spool_max_mb", _number),
+              "ca_file": _Key("mqtt_ca", _string, _SECRET), "cert_file": _Key("mqtt_cert", _string, _SECRET),
+              "key_file": _Key("mqtt_key", _string, _SECRET), "username": _Key("mqtt_username", _string),
+              "password_file": _Key("mqtt_password_file", _string, _SECRET),
+              "control_key_file": _Key("control_key_file", _string, _SECRET),
+              "remote_recordings": _Key("remote_recordings", _string, _PATH),
+              "summary_interval_s": _Key("mqtt_summary_interval", _number),
+              "drain_timeout_s": _Key("mqtt_drain_timeout", _number)},
 }
 
 
@@ -154,7 +165,7 @@ class ServiceConfig:
         """A one-line account of what the service will do, for check-config and the start-up log."""
         opts = self.options
         parts = [f"model {opts.get('model', 'bundled')}", f"source {opts.get('source', 'bundled log')}"]
-        for dest, what in (("decisions", "decisions"), ("record", "recording"),
+        for dest, what in (("decisions", "decisions"), ("record", "recording"), ("mqtt", "mqtt"),
                            ("metrics_textfile", "metrics textfile"), ("metrics_http", "metrics http")):
             if dest in opts:
                 parts.append(f"{what} {opts[dest]}")
@@ -163,7 +174,7 @@ class ServiceConfig:
 
 def _resolve(text: str, kind: str, base: Path) -> str:
     """A path relative to the config file's directory (a service's working directory is /), or a source URI."""
-    if kind == _SOURCE and is_source_uri(text):
+    if (kind == _SOURCE and is_source_uri(text)) or (kind == _SECRET and text.startswith("$")):
         return text
     path = Path(text).expanduser()
     return text if path.is_absolute() else str((base / path).resolve())
