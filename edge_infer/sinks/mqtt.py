@@ -374,7 +374,7 @@ class MqttSink(Sink):
         elif command.recording == "start":
             self._start_recording(command, now)
         else:
-            self._stop_recording(f"command {command.id or '-'}")
+            self._stop_recording("command", command)
 
     def _start_recording(self, command: Command, now: float) -> None:
         if self._recorder_factory is None or self._recordings_dir is None:
@@ -399,15 +399,16 @@ class MqttSink(Sink):
         self._marks.append(mark)
         self._event({"event": "control", **mark})
 
-    def _stop_recording(self, why: str) -> None:
+    def _stop_recording(self, why: str, command: Optional[Command] = None) -> None:
         recorder, self.recording.inner = self.recording.inner, None
         self._recording_until = None
+        fields = {} if command is None else command.describe()
         if recorder is None:
-            self._event({"event": "control", "recording_state": "not recording", "by": why})
+            self._event({"event": "control", **fields, "recording_state": "not recording"})
             return
         recorder.close()
-        paths = [str(p) for p in getattr(recorder, "paths", [])]
-        mark = {"recording_state": "stopped", "by": why, "paths": paths}
+        mark = {**fields, "recording_state": "stopped", "by": why,
+                "paths": [str(p) for p in getattr(recorder, "paths", [])]}
         self._marks.append(mark)
         self._event({"event": "control", **mark})
 

@@ -1,0 +1,309 @@
+"""``run --mqtt`` against a real Mosquitto started by the tests: decisions arrive, nothing is lost while the
+broker is away (stopped for 5 s mid-run, or down for a whole run), status online/offline, TLS with a test CA
+and client certificates, passwords, the signed control topic, and ``fleet watch`` over two devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, read_jsonl, run_cli
+from mqtt_helpers import Broker, Collector, issue, make_ca
+from replay_helpers import timing_free, write_log, write_model, write_spec
+
+from edge_infer.fleet.control import sign
+from edge_infer.io import read_log
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("fleet-model")
+    spec = write_spec(directory / "m.toml", write_model(directory / "m.tflite", seed=3))
+    return directory, spec
+
+
+def log_of(directory: Path, rows: int, name: str = "log.csv") -> Path:
+    path = directory / name
+    if not path.exists():
+        write_log(path, rows)
+    return path
+
+
+def start_run(tmp_path: Path, url: str, device: str, log: Path, spec: Path, speed: str = "max", *extra: str,
+              decisions: str = None) -> "tuple[subprocess.Popen, Path]":
+    out = tmp_path / (decisions or f"decisions-{device}.jsonl")
+    args = [sys.executable, "-m", "edge_infer", "run", "--source", str(log), "--model", str(spec), "--speed", speed,
+            "--mqtt", url, "--device-id", device, "--spool", str(tmp_path / f"spool-{device}"),
+            "--decisions", str(out), "--show", "none", "--json", "--mqtt-drain-timeout", "5", *extra]
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def finish(proc: subprocess.Popen) -> "tuple[dict, str]":
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return json.loads(out), err
+
+
+@pytest.fixture
+def broker(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+def test_decisions_arrive_in_order_and_status_is_online_then_offline(tmp_path, broker, model_files):
+    directory, spec = model_files
+    sub = Collector(broker.port)
+    proc, decisions = start_run(tmp_path, broker.url, "d1", log_of(directory, 400), spec, "4")
+    assert sub.wait_for(lambda: b"online" in sub.on("d1", "status")), "never online"
+    summary, _ = finish(proc)
+    assert sub.wait_for(lambda: sub.on("d1", "status")[-1:] == [b"offline"]), sub.on("d1", "status")
+    local = read_jsonl(decisions)
+    assert len(local) == summary["decisions"] > 90
+    assert sub.wait_for(lambda: len(sub.decision_records("d1")) >= len(local))
+    assert timing_free(sub.decision_records("d1")) == timing_free(local)
+    events = [event["event"] for event in sub.events("d1")]
+    assert events[0] == "start" and "connected" in events and events[-1] == "stop"
+    final = sub.bodies("d1", "summary")[-1]
+    assert final["final"] and final["summary"]["decisions"] == len(local)
+    assert final["mqtt"]["dropped"] == 0 and final["mqtt"]["corrupt"] == 0
+    sub.close()
+
+
+def test_broker_stopped_for_5_s_mid_run_every_decision_still_arrives(tmp_path, broker, model_files):
+    directory, spec = model_files
+    sub = Collector(broker.port)
+    proc, decisions = start_run(tmp_path, broker.url, "d1", log_of(directory, 1000, "long.csv"), spec, "2")
+    assert sub.wait_for(lambda: len(sub.decision_records("d1")) > 10), "no decisions before the outage"
+    broker.stop()
+    stopped = time.monotonic()
+    time.sleep(5)
+    broker.start()
+    summary, err = finish(proc)
+    assert time.monotonic() - stopped < 30
+    local = read_jsonl(decisions)
+    assert len(local) == summary["decisions"] > 200
+    assert sub.wait_for(lambda: len(sub.decision_records("d1")) >= len(local), timeout=30), \
+        f"{len(sub.decision_records('d1'))} of {len(local)} arrived"
+    assert timing_free(sub.decision_records("d1")) == timing_free(local)  # all of them, in order, repeats dropped
+    events = sub.events("d1")
+    assert "disconnected" in [e["event"] for e in events]
+    reconnected = [e for e in events if e["event"] == "connected" and e["connections"] == 2]
+    assert reconnected and reconnected[0]["offline_s"] >= 4.0, events
+    assert sub.wait_for(lambda: sub.on("d1", "status")[-1:] == [b"offline"])
+    assert "spooling to" in err
+    sub.close()
+
+
+def test_a_run_while_the_broker_is_down_is_sent_at_the_next_start_first(tmp_path, model_files):
+    directory, spec = model_files
+    broker = Broker(tmp_path / "broker")  # not started: nothing listens on its port
+    log = log_of(directory, 400)
+    first, first_decisions = start_run(tmp_path, broker.url, "d1", log, spec, decisions="first.jsonl")
+    summary, err = finish(first)
+    assert "not reachable" in err and " 0 sent" in err and " 0 waiting" not in err
+    broker.start()
+    try:
+        sub = Collector(broker.port)
+        second, second_decisions = start_run(tmp_path, broker.url, "d1", log, spec, decisions="second.jsonl")
+        finish(second)
+        local = read_jsonl(first_decisions) + read_jsonl(second_decisions)
+        assert sub.wait_for(lambda: len(sub.decision_records("d1")) >= len(local))
+        assert timing_free(sub.decision_records("d1")) == timing_free(local)
+        starts = [e for e in sub.events("d1") if e["event"] == "start"]
+        assert [s["previous_stop"] for s in starts] == ["first start", "clean"]
+        assert starts[1]["backlog"] > 0
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_the_spool_bound_drops_the_oldest_and_says_so(tmp_path, model_files):
+    directory, spec = model_files
+    broker = Broker(tmp_path / "broker")
+    log = log_of(directory, 2000, "big.csv")
+    first, first_decisions = start_run(tmp_path, broker.url, "d1", log, spec, "max", "--spool-max-mb", "0.05",
+                                       decisions="first.jsonl")
+    _, err = finish(first)
+    assert "dropped the" in err
+    broker.start()
+    try:
+        sub = Collector(broker.port)
+        second, _ = start_run(tmp_path, broker.url, "d1", log_of(directory, 100, "small.csv"), spec,
+                              decisions="second.jsonl")
+        finish(second)
+        assert sub.wait_for(lambda: len([e for e in sub.events("d1") if e["event"] == "stop"]) == 2)
+        dropped = [e for e in sub.events("d1") if e["event"] == "spool_dropped"]
+        assert dropped and dropped[-1]["dropped_total"] > 0
+        first_run = dropped[-1]["run"]
+        kept = [r for body in sub.bodies("d1", "decisions") if body["run"] == first_run for r in body["records"]]
+        local = read_jsonl(first_decisions)
+        assert 0 < len(kept) < len(local)
+        assert timing_free(kept) == timing_free(local[-len(kept):])  # the newest survive, the oldest went
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_tls_with_a_test_ca_and_client_certificates(tmp_path, model_files):
+    directory, spec = model_files
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_ca(certs)
+    server = issue(certs, ca, "broker", server=True)
+    device_cert = issue(certs, ca, "d-tls", server=False)
+    broker = Broker(tmp_path / "broker", tls=(ca[0], *server), require_cert=True).start()
+    try:
+        sub = Collector(broker.port, host="localhost", tls_ca=ca[0], client_cert=issue(certs, ca, "watcher", False))
+        url = f"mqtts://localhost:{broker.port}"
+        log = log_of(directory, 200, "short.csv")
+        proc, decisions = start_run(tmp_path, url, "d-tls", log, spec, "max", "--mqtt-ca", str(ca[0]),
+                                    "--mqtt-cert", str(device_cert[0]), "--mqtt-key", str(device_cert[1]))
+        finish(proc)
+        local = read_jsonl(decisions)
+        assert sub.wait_for(lambda: len(sub.decision_records("d-tls")) >= len(local))
+        assert timing_free(sub.decision_records("d-tls")) == timing_free(local)
+        # A broker whose certificate another CA signed is not trusted: nothing is sent, all stays spooled.
+        other_ca = make_ca(certs, "some other CA")
+        proc, _ = start_run(tmp_path, url, "d-wrong-ca", log, spec, "max", "--mqtt-ca", str(other_ca[0]),
+                            "--mqtt-cert", str(device_cert[0]), "--mqtt-key", str(device_cert[1]))
+        _, err = finish(proc)
+        assert "waiting in" in err and " 0 sent" in err
+        time.sleep(0.5)
+        assert sub.on("d-wrong-ca", "decisions") == [] and sub.on("d-wrong-ca", "status") == []
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_password_from_a_file_and_a_wrong_one_refused(tmp_path, model_files):
+    directory, spec = model_files
+    broker = Broker(tmp_path / "broker", users={"dev": "s3cret-pass", "watch": "w"}).start()
+    try:
+        sub = Collector(broker.port, auth=("watch", "w"))
+        good, bad = tmp_path / "good", tmp_path / "bad"
+        good.write_text("s3cret-pass\n")
+        bad.write_text("guess\n")
+        good.chmod(0o600)
+        bad.chmod(0o600)
+        log = log_of(directory, 200, "short.csv")
+        proc, decisions = start_run(tmp_path, broker.url, "d-pw", log, spec, "max", "--mqtt-username", "dev",
+                                    "--mqtt-password-file", str(good))
+        finish(proc)
+        assert sub.wait_for(lambda: len(sub.decision_records("d-pw")) >= len(read_jsonl(decisions)))
+        proc, _ = start_run(tmp_path, broker.url, "d-bad", log, spec, "max", "--mqtt-username", "dev",
+                            "--mqtt-password-file", str(bad))
+        _, err = finish(proc)
+        assert "refused the connection" in err and sub.on("d-bad", "decisions") == []
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_a_password_over_plain_mqtt_to_another_host_is_refused_before_anything_starts(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    proc = run_cli("run", "--mqtt", "mqtt://192.0.2.7", "--mqtt-username", "u", "--mqtt-password-file", str(secret),
+                   "--spool", str(tmp_path / "spool"))
+    assert proc.returncode == 2 and "refusing to send a password over plain MQTT" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "spool").exists()
+
+
+def control(url: str, key: Path, *args: str) -> "tuple[int, dict]":
+    proc = run_cli("fleet", "control", "--mqtt", url, "--device-id", "d1", "--key-file", str(key), "--timeout", "15",
+                   *args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout.splitlines()[0])
+
+
+def test_control_sets_thresholds_and_records_signed_commands_only(tmp_path, broker, model_files):
+    directory, spec = model_files
+    key = tmp_path / "control.key"
+    key.write_bytes(KEY + b"\n")
+    key.chmod(0o600)
+    sub = Collector(broker.port)
+    recordings = tmp_path / "remote"
+    proc, decisions = start_run(tmp_path, broker.url, "d1", log_of(directory, 1000, "long.csv"), spec, "2",
+                                "--control-key-file", str(key), "--remote-recordings", str(recordings))
+    assert sub.wait_for(lambda: len(sub.decision_records("d1")) > 5)
+
+    code, answer = control(broker.url, key, "--set", "min_confidence=0.99")
+    assert code == 0, answer
+    assert answer["answer"]["event"] == "control" and answer["answer"]["thresholds"]["min_confidence"] == 0.99
+
+    code, answer = control(broker.url, key, "--recording", "start")
+    assert code == 0 and answer["answer"]["recording_state"] == "started"
+    time.sleep(1.5)
+    code, answer = control(broker.url, key, "--recording", "stop")
+    assert code == 0 and answer["answer"]["recording_state"] == "stopped"
+    recording = Path(answer["answer"]["paths"][0])
+    assert recording.parent == recordings and len(read_log(str(recording))) > 20
+
+    publish = sub.client.publish
+    now = time.time()
+    publish("edge-infer/d1/control", sign(b"not the device key at all!", {"device": "d1", "ts": now, "id": "x1",
+                                                                           "set": {"min_confidence": 0.1}}), qos=1)
+    time.sleep(1.3)  # refusals are announced at most once a second
+    publish("edge-infer/d1/control", sign(KEY, {"device": "d1", "ts": now + 1, "id": "x2",
+                                                "set": {"budget_ms": 1}}), qos=1)
+    time.sleep(1.3)
+    replay = sign(KEY, {"device": "d1", "ts": now - 100, "id": "x3", "set": {"min_confidence": 0.1}})
+    publish("edge-infer/d1/control", replay, qos=1)
+    summary, err = finish(proc)
+
+    refused = [e for e in sub.events("d1") if e["event"] == "control_refused"]
+    assert [r["refused"].split(" ")[0] for r in refused] == ["bad", "not", "replayed"], refused
+    assert refused[1]["id"] == "x2" and refused[0]["id"] is None
+    records = read_jsonl(decisions)
+    published = sub.decision_records("d1")
+    assert timing_free(published) == timing_free(records)
+    marked = [i for i, r in enumerate(published) if "control" in r and "set" in _first(r["control"])]
+    assert len(marked) == 1
+    before, after = published[:marked[0]], published[marked[0]:]
+    assert not any(r["reason"] == "low_confidence" for r in before)
+    assert any(r["reason"] == "low_confidence" for r in after)
+    assert all(r["reason"] == "low_confidence" for r in after if r["source"] == "fallback")
+    assert "control command" in err and "accepted" in err and "refused" in err  # every command is logged
+    sub.close()
+
+
+def _first(mark):
+    return mark[0] if isinstance(mark, list) else mark
+
+
+def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
+    directory, spec = model_files
+    log = log_of(directory, 600, "medium.csv")
+    runs = [start_run(tmp_path, broker.url, device, log, spec, "2") for device in ("alpha", "beta")]
+    sub = Collector(broker.port)
+    assert sub.wait_for(lambda: all(len(sub.decision_records(d)) > 5 for d in ("alpha", "beta")))
+    proc = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["device"]: row for row in json.loads(proc.stdout)}
+    assert set(rows) == {"alpha", "beta"}
+    for row in rows.values():
+        assert row["status"] == "online" and row["decisions_per_s"] > 0 and row["last_seen_s"] < 2
+    table = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1.5")
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and "DECISIONS/S" in lines[1] and "FALLBACK" in lines[1]
+    assert [line.split()[:2] for line in lines[2:4]] == [["alpha", "online"], ["beta", "online"]]
+    for proc_, _ in runs:
+        finish(proc_)
+    after = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1", "--json")
+    assert {row["device"]: row["status"] for row in json.loads(after.stdout)} == {"alpha": "offline", "beta": "offline"}
+    sub.close()
+
+
+def test_watch_reports_a_broker_it_cannot_reach(tmp_path):
+    proc = run_cli("fleet", "watch", "--mqtt", f"mqtt://127.0.0.1:{Broker(tmp_path / 'b').port}", "--once",
+                   "--duration", "1")
+    assert proc.returncode == 2 and "could not connect" in proc.stderr and "Traceback" not in proc.stderr
