@@ -56,7 +56,7 @@ class FleetView:
     def on_message(self, topic: str, payload: bytes, now: float, retained: bool = False) -> None:
         """``now``: wall-clock seconds at receipt. A retained message is old news: not counted as heard now."""
         parts = topics.split_topic(topic)
-        if parts is None:
+        if parts is None or parts[1] not in topics.PUBLISHED:
             return
         device, kind = parts
         state = self.devices.setdefault(device, DeviceState(device))
