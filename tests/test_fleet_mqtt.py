@@ -204,6 +204,21 @@ def test_password_from_a_file_and_a_wrong_one_refused(tmp_path, model_files):
                             "--mqtt-password-file", str(bad))
         _, err = finish(proc)
         assert "refused the connection" in err and sub.on("d-bad", "decisions") == []
+        # As a service: the [fleet] table, the password handed over as a systemd credential.
+        credentials = tmp_path / "credentials"
+        credentials.mkdir()
+        (credentials / "mqtt-password").write_text("s3cret-pass")
+        (credentials / "mqtt-password").chmod(0o600)
+        config = tmp_path / "config.toml"
+        config.write_text(f"""[source]\nuri = "{log}"\n[model]\nspec = "{spec}"\n[deadline]\nstrict_budget = false
+[sinks]\ndecisions = "service.jsonl"\n[fleet]\nmqtt = "{broker.url}"\ndevice_id = "d-service"\nspool = "spool-service"
+username = "dev"\npassword_file = "${{CREDENTIALS_DIRECTORY}}/mqtt-password"\n""")
+        service = run_cli("run", "--config", str(config), "--show", "none", "--json",
+                          env={"CREDENTIALS_DIRECTORY": str(credentials)})
+        assert service.returncode == 0, service.stderr
+        assert (tmp_path / "spool-service" / "acked").exists()  # relative to the config file
+        local = read_jsonl(tmp_path / "service.jsonl")
+        assert sub.wait_for(lambda: len(sub.decision_records("d-service")) >= len(local) > 0)
         sub.close()
     finally:
         broker.stop()

@@ -422,8 +422,10 @@ class MqttSink(Sink):
         except (OSError, ValueError):
             previous = None
         last_stop = "first start" if previous is None else ("clean" if previous.get("clean_stop") else "crash")
+        thresholds = None if self._guard is None else self._guard.thresholds()  # the spec's: commands do not persist
         self._event({"event": "start", "version": __version__, "model": self._model, "previous_stop": last_stop,
-                     "backlog": self.spool.backlog, "pid": os.getpid()})
+                     "backlog": self.spool.backlog, "thresholds": thresholds, "control": self._verifier is not None,
+                     "pid": os.getpid()})
         if previous is not None and previous.get("model", {}).get("sha256") != self._model.get("sha256"):
             self._event({"event": "model_changed", "from": previous.get("model"), "to": self._model})
         self._save_state(clean_stop=False)
