@@ -313,6 +313,9 @@ def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     assert [line.split()[:2] for line in lines[2:4]] == [["alpha", "online"], ["beta", "online"]]
     for proc_, _ in runs:
         finish(proc_)
+    live = run_cli("fleet", "watch", "--mqtt", broker.url, "--duration", "2", "--interval", "0.5")
+    assert live.returncode == 0 and live.stdout.count("DECISIONS/S") >= 3  # redrawn (plain text: not a terminal)
+    assert "\033[" not in live.stdout
     after = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1", "--json")
     assert {row["device"]: row["status"] for row in json.loads(after.stdout)} == {"alpha": "offline", "beta": "offline"}
     sub.close()
@@ -322,3 +325,34 @@ def test_watch_reports_a_broker_it_cannot_reach(tmp_path):
     proc = run_cli("fleet", "watch", "--mqtt", f"mqtt://127.0.0.1:{Broker(tmp_path / 'b').port}", "--once",
                    "--duration", "1")
     assert proc.returncode == 2 and "could not connect" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_killed_run_goes_offline_by_its_last_will_and_the_next_start_says_crash(tmp_path, broker, model_files):
+    directory, spec = model_files
+    sub = Collector(broker.port)
+    log = log_of(directory, 1000, "long.csv")
+    proc, _ = start_run(tmp_path, broker.url, "d1", log, spec, "2")
+    assert sub.wait_for(lambda: len(sub.decision_records("d1")) > 5)
+    proc.kill()
+    proc.communicate()
+    assert sub.wait_for(lambda: sub.on("d1", "status")[-1:] == [b"offline"], timeout=60)  # the broker's doing
+    again, _ = start_run(tmp_path, broker.url, "d1", log_of(directory, 100, "small.csv"), spec,
+                         decisions="again.jsonl")
+    finish(again)
+    assert sub.wait_for(lambda: len([e for e in sub.events("d1") if e["event"] == "start"]) == 2)
+    starts = [e for e in sub.events("d1") if e["event"] == "start"]
+    assert [s["previous_stop"] for s in starts] == ["first start", "crash"]
+
+
+def test_fleet_control_refuses_what_it_cannot_sign_before_connecting(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(KEY)
+    for args, message in ((["--set", "budget_ms=1"], "expected NAME=VALUE"), (["--set", "min_confidence=x"],
+                          "is not a number")):
+        proc = run_cli("fleet", "control", "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "d1", "--key-file",
+                       str(key), *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    key.write_bytes(b"short")
+    proc = run_cli("fleet", "control", "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "d1", "--key-file", str(key),
+                   "--recording", "stop")
+    assert proc.returncode == 2 and "at least 16" in proc.stderr

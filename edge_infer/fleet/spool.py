@@ -254,10 +254,6 @@ class Spool:
             self._cursor = record.end
             return record
 
-    def rewind(self) -> None:
-        """Send again from the last acknowledged position (after a new connection lost what was in flight)."""
-        self._cursor = self._ack
-
     def acknowledge(self, end: Position) -> None:
         """The broker acknowledged the record ending at ``end``; the caller acknowledges in order."""
         if end <= self._ack:  # its segment was dropped at the bound meanwhile: already counted
