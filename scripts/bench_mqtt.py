@@ -33,7 +33,7 @@ import threading
 import time
 import tty
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 

@@ -356,3 +356,18 @@ def test_fleet_control_refuses_what_it_cannot_sign_before_connecting(tmp_path):
     proc = run_cli("fleet", "control", "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "d1", "--key-file", str(key),
                    "--recording", "stop")
     assert proc.returncode == 2 and "at least 16" in proc.stderr
+
+
+def test_a_ca_file_that_is_no_certificate_is_one_line(tmp_path, model_files):
+    directory, spec = model_files
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate\n")
+    proc = run_cli("run", "--source", str(log_of(directory, 100, "small.csv")), "--model", str(spec),
+                   "--mqtt", "mqtts://localhost:1", "--mqtt-ca", str(bogus), "--spool", str(tmp_path / "spool"))
+    assert proc.returncode == 2 and "TLS set-up failed" in proc.stderr and "Traceback" not in proc.stderr
+    for args, message in ((["--mqtt", "mqtt://u:p@host"], "no credentials in the URL"),
+                          (["--mqtt", "http://host"], "expected mqtt://HOST"),
+                          (["--mqtt", "mqtt://host", "--device-id", "a/b"], "device id 'a/b'"),
+                          (["--mqtt", "mqtt://host", "--mqtt-ca", str(bogus)], "need a TLS broker URL")):
+        proc = run_cli("run", *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

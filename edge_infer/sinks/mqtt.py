@@ -142,8 +142,12 @@ class MqttSink(Sink):
         self._stop = threading.Event()
         self._closed = False
         self._started = time.monotonic()
-        self._client = new_client(f"edge-infer-{self.device_id}", options.url, options.credentials,
-                                  will=(self._topic(topics.STATUS), topics.OFFLINE))
+        try:
+            self._client = new_client(f"edge-infer-{self.device_id}", options.url, options.credentials,
+                                      will=(self._topic(topics.STATUS), topics.OFFLINE))
+        except BaseException:
+            self.spool.close()  # let go of the directory's lock
+            raise
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
