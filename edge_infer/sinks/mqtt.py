@@ -280,12 +280,12 @@ class MqttSink(Sink):
                     records = []
                 continue
             kind, payload = item
+            self._spool_decisions(records)  # what was decided before it goes first
+            records = []
             if kind == "control":  # applied by the loop: acknowledge, and mark the next decision record
                 self._marks.append(payload)
                 self._event({"event": "control_refused" if "refused" in payload else "control", **payload})
             elif kind == "summary":
-                self._spool_decisions(records)
-                records = []
                 self._event({"event": "stop", "reason": "clean"})
                 self._publish_summary(True, payload)
         self._spool_decisions(records)
