@@ -302,7 +302,7 @@ def _first(mark):
 
 def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     directory, spec = model_files
-    log = log_of(directory, 1500, "longer.csv")
+    log = log_of(directory, 4000, "longest.csv")  # stopped by the test once it has seen what it needs
     runs = [start_run(tmp_path, broker.url, device, log, spec, "2") for device in ("alpha", "beta")]
     sub = Collector(broker.port)
     assert sub.wait_for(lambda: all(len(sub.decision_records(d)) > 5 for d in ("alpha", "beta")))
@@ -316,7 +316,12 @@ def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     lines = table.stdout.splitlines()
     assert table.returncode == 0 and "DECISIONS/S" in lines[1] and "FALLBACK" in lines[1]
     assert [line.split()[:2] for line in lines[2:4]] == [["alpha", "online"], ["beta", "online"]]
+    screen = watch_in_a_terminal(tmp_path, broker.url)
+    assert screen.count("DECISIONS/S") == 1  # redrawn in place, not scrolled
+    assert [line.split()[:2] for line in screen.splitlines() if line.startswith(("alpha", "beta"))] == \
+        [["alpha", "online"], ["beta", "online"]]
     for proc_, _ in runs:
+        proc_.send_signal(signal.SIGINT)
         finish(proc_)
     live = run_cli("fleet", "watch", "--mqtt", broker.url, "--duration", "2", "--interval", "0.5")
     assert live.returncode == 0 and live.stdout.count("DECISIONS/S") >= 3  # redrawn (plain text: not a terminal)
@@ -324,6 +329,27 @@ def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     after = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1", "--json")
     assert {row["device"]: row["status"] for row in json.loads(after.stdout)} == {"alpha": "offline", "beta": "offline"}
     sub.close()
+
+
+def watch_in_a_terminal(tmp_path: Path, url: str) -> str:
+    """``fleet watch`` in a real terminal (a detached tmux on its own socket): the screen after a few redraws."""
+    tmux = ["tmux", "-L", f"edge-infer-test-{os.getpid()}-{time.monotonic_ns()}"]
+    command = (f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m edge_infer fleet watch --mqtt {url} "
+               f"--interval 0.3 --duration 30")
+    subprocess.run(tmux + ["new-session", "-d", "-x", "150", "-y", "20", command], check=True,
+                   env=dict(os.environ, TERM="xterm"))
+    try:
+        deadline = time.monotonic() + 20
+        screen = ""
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            screen = subprocess.run(tmux + ["capture-pane", "-p"], capture_output=True, text=True).stdout
+            if "beta" in screen and "alpha" in screen:
+                time.sleep(1.0)  # a few more redraws
+                return subprocess.run(tmux + ["capture-pane", "-p"], capture_output=True, text=True).stdout
+        return screen
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
 
 
 def test_watch_reports_a_broker_it_cannot_reach(tmp_path):
