@@ -40,6 +40,7 @@ def test_a_signed_threshold_command_is_accepted(verifier):
 
 @pytest.mark.parametrize("payload, why", [
     (b"min_confidence=0", "not a signed command"),
+    (b"{" + b" " * 5000 + b"}", "larger than any command"),
     (sign(b"x" * 32, body(set={"min_confidence": 0.1})), "bad signature"),
     (sign(KEY, body(set={"budget_ms": 1})), "not allowed: set budget_ms"),
     (sign(KEY, body(set={"min_confidence": 0.1}, fallback="go")), "not allowed: fallback"),

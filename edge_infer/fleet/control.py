@@ -41,6 +41,8 @@ THRESHOLDS = ("min_confidence", "ood_threshold")
 RECORDING = ("start", "stop")
 _BODY_KEYS = {"device", "ts", "id", "set", "recording", "max_s"}
 MIN_KEY_BYTES = 16
+#: A real command is about 200 bytes; anything much larger is not parsed at all.
+MAX_COMMAND_BYTES = 4096
 
 
 class Refused(Exception):
@@ -95,6 +97,8 @@ class CommandVerifier:
 
     def verify(self, payload: bytes, now: float) -> Command:
         """The command in ``payload``, or :class:`Refused`; an accepted command's ``ts`` is saved first."""
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise Refused(f"{len(payload)} bytes: larger than any command ({MAX_COMMAND_BYTES})")
         try:
             envelope = json.loads(payload)
             text, mac = envelope["command"], envelope["hmac_sha256"]
