@@ -12,7 +12,8 @@ Format (docs/fleet.md, "Spool"): a directory of append-only segment files
 (magic ``EI``, flags, topic length, payload length, CRC-32 of everything but
 the CRC) followed by the topic suffix and the payload. The file ``acked``
 holds the position (segment, offset) up to which the broker has
-acknowledged; it is replaced atomically (write, fsync, rename). A record is
+acknowledged; it is replaced atomically (write, fsync, rename, fsync of the
+directory). A record is
 appended with one ``write`` call; the segment is fsynced at most once per
 ``sync()`` (the sink calls it every second and at stop), so a power cut
 loses at most the last second of messages, and a torn record at a segment's
@@ -197,6 +198,7 @@ class Spool:
         self._active += 1
         self._sizes[self._active] = 0
         self._fd = self._open_append(self._active)
+        self._sync_directory()  # the new file's name survives a power cut too
 
     def _enforce_bound(self) -> int:
         """Drop whole oldest segments while the spool is over its bound; returns the records dropped."""
@@ -288,7 +290,15 @@ class Spool:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self.directory / ACK_FILE)
+            self._sync_directory()
             self._saved_ack = self._ack
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Sync and let go of the directory."""
