@@ -231,3 +231,5 @@ def test_the_fleet_table_keeps_credential_paths_for_systemd_and_resolves_the_res
     with pytest.raises(ConfigError, match=r"\[fleet\]\.spool_max_mb must be a number greater than 0.*"
                                           r"\[fleet\]\.password is not a known key"):
         parse_config(tmp_path / "c.toml", {"fleet": {"spool_max_mb": 0, "password": "hunter2"}})
+    with pytest.raises(ConfigError, match=r"\[fleet\]\.mqtt is not a broker URL: expected mqtt://HOST"):
+        parse_config(tmp_path / "c.toml", {"fleet": {"mqtt": "tcp://broker:1883"}})

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..deadline.options import MODES, OVERLOAD_POLICIES
 from ..errors import ConfigError
+from ..fleet.broker import parse_broker_url
 from ..settings.toml_file import read_toml
 from ..sinks.console import SHOW_MODES
 from .logs import LEVELS
@@ -102,6 +103,15 @@ def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
     return check
 
 
+def _broker_url(value: Any) -> str:
+    text = _string(value)
+    try:
+        parse_broker_url(text)
+    except ConfigError as exc:
+        raise _Problem("is not a broker URL: " + str(exc).replace(f"--mqtt {text!r}: ", "")) from None
+    return text
+
+
 def _listen(value: Any) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _string(value)
     try:
@@ -142,7 +152,7 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
                 "interval_s": _Key("metrics_interval", _number)},
     "logging": {"level": _Key("log_level", _one_of(LEVELS)), "repeat_interval_s": _Key("log_repeat_interval", _number)},
     # docs/fleet.md. Secret files may be named by ${CREDENTIALS_DIRECTORY}/NAME (systemd's LoadCredential=).
-    "fleet": {"mqtt": _Key("mqtt", _string), "device_id": _Key("device_id", _string),
+    "fleet": {"mqtt": _Key("mqtt", _broker_url), "device_id": _Key("device_id", _string),
               "spool": _Key("spool", _string, _PATH), "spool_max_mb": _Key("spool_max_mb", _number),
               "ca_file": _Key("mqtt_ca", _string, _SECRET), "cert_file": _Key("mqtt_cert", _string, _SECRET),
               "key_file": _Key("mqtt_key", _string, _SECRET), "username": _Key("mqtt_username", _string),
