@@ -64,7 +64,8 @@ def broker(tmp_path):
 def test_decisions_arrive_in_order_and_status_is_online_then_offline(tmp_path, broker, model_files):
     directory, spec = model_files
     sub = Collector(broker.port)
-    proc, decisions = start_run(tmp_path, broker.url, "d1", log_of(directory, 400), spec, "4")
+    proc, decisions = start_run(tmp_path, broker.url, "d1", log_of(directory, 400), spec, "4",
+                                "--mqtt-summary-interval", "0.5")
     assert sub.wait_for(lambda: b"online" in sub.on("d1", "status")), "never online"
     summary, _ = finish(proc)
     assert sub.wait_for(lambda: sub.on("d1", "status")[-1:] == [b"offline"]), sub.on("d1", "status")
@@ -74,7 +75,10 @@ def test_decisions_arrive_in_order_and_status_is_online_then_offline(tmp_path, b
     assert timing_free(sub.decision_records("d1")) == timing_free(local)
     events = [event["event"] for event in sub.events("d1")]
     assert events[0] == "start" and "connected" in events and events[-1] == "stop"
-    final = sub.bodies("d1", "summary")[-1]
+    summaries = sub.bodies("d1", "summary")
+    assert [body["final"] for body in summaries] == [False] * (len(summaries) - 1) + [True] and len(summaries) > 2
+    assert all(a["summary"]["decisions"] <= b["summary"]["decisions"] for a, b in zip(summaries, summaries[1:]))
+    final = summaries[-1]
     assert final["final"] and final["summary"]["decisions"] == len(local)
     assert final["mqtt"]["dropped"] == 0 and final["mqtt"]["corrupt"] == 0
     sub.close()
