@@ -214,3 +214,22 @@ show = "all"
     assert summary["model"] == "svc-test" and summary["frames"] == 400
     records = read_jsonl(tmp_path / "decisions.jsonl")  # from the file, relative to it
     assert len(records) == summary["decisions"] > 0
+
+
+def test_the_fleet_table_keeps_credential_paths_for_systemd_and_resolves_the_rest(tmp_path):
+    from edge_infer.service.config import parse_config
+
+    config = parse_config(tmp_path / "config.toml", {"fleet": {
+        "mqtt": "mqtts://broker", "device_id": "pi-1", "spool": "spool", "spool_max_mb": 8,
+        "password_file": "${CREDENTIALS_DIRECTORY}/mqtt-password", "ca_file": "ca.pem", "username": "pi-1",
+        "control_key_file": "/etc/edge-infer/secrets/control-key", "drain_timeout_s": 2}})
+    opts = config.options
+    assert opts["mqtt"] == "mqtts://broker" and opts["device_id"] == "pi-1" and opts["spool_max_mb"] == 8
+    assert opts["spool"] == str(tmp_path / "spool") and opts["mqtt_ca"] == str(tmp_path / "ca.pem")
+    assert opts["mqtt_password_file"] == "${CREDENTIALS_DIRECTORY}/mqtt-password"  # expanded when read
+    assert opts["control_key_file"] == "/etc/edge-infer/secrets/control-key" and opts["mqtt_drain_timeout"] == 2
+    with pytest.raises(ConfigError, match=r"\[fleet\]\.spool_max_mb must be a number greater than 0.*"
+                                          r"\[fleet\]\.password is not a known key"):
+        parse_config(tmp_path / "c.toml", {"fleet": {"spool_max_mb": 0, "password": "hunter2"}})
+    with pytest.raises(ConfigError, match=r"\[fleet\]\.mqtt is not a broker URL: expected mqtt://HOST"):
+        parse_config(tmp_path / "c.toml", {"fleet": {"mqtt": "tcp://broker:1883"}})

@@ -39,7 +39,7 @@ def exposure(unit):
     return float(match.group(1)), proc.stderr.strip()
 
 
-@pytest.mark.parametrize("drop_ins", [(), ("metrics-http.conf", "realtime.conf")])
+@pytest.mark.parametrize("drop_ins", [(), ("metrics-http.conf", "realtime.conf"), ("fleet-mqtt.conf",)])
 def test_systemd_analyze_verify_passes_without_a_warning(tmp_path, drop_ins):
     proc = subprocess.run([ANALYZE, "verify", str(unit_with_existing_binary(tmp_path, drop_ins))],
                           capture_output=True, text=True, timeout=120)
@@ -107,3 +107,27 @@ def test_install_keeps_an_existing_config(tmp_path):
 def test_install_refuses_unknown_options():
     proc = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown option --frobnicate" in proc.stderr
+
+
+def security_lines(unit):
+    proc = subprocess.run([ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
+                          capture_output=True, text=True, timeout=120)
+    return proc.stdout.splitlines()
+
+
+def test_the_fleet_drop_in_opens_the_network_to_an_allow_list_only(tmp_path):
+    """MQTT needs IP; the drop-in gives it with IPAddressDeny=any plus the broker's address, nothing wider."""
+    base, _ = exposure(unit_with_existing_binary(tmp_path / "base"))
+    fleet_unit = unit_with_existing_binary(tmp_path / "fleet", ("fleet-mqtt.conf",))
+    opened, warnings = exposure(fleet_unit)
+    assert warnings == "" and base < opened <= 2.5
+    deny = [line for line in security_lines(fleet_unit) if line.split()[1:2] == ["IPAddressDeny="]]
+    assert deny and "allow list" in deny[0]  # an allow list, not "does not define an IP address allow list"
+    settings = {}
+    for line in (DROP_INS / "fleet-mqtt.conf").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    assert settings["IPAddressDeny"] == ["any"] and settings["PrivateNetwork"] == ["no"]
+    assert all(value not in ("any", "0.0.0.0/0", "::/0") for value in settings["IPAddressAllow"])
+    assert "PrivateNetwork=yes" in UNIT.read_text()  # the base unit keeps no network

@@ -24,6 +24,7 @@ summary; the decision carries the first, in the order of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
@@ -89,8 +90,10 @@ class InputGuard:
         self._flag: Optional[Reason] = None
         # low confidence flagged instead of falling back: the guard takes the check over from the rule
         self._min_confidence = 0.0
-        if rule is not None and config.flags(Reason.LOW_CONFIDENCE) and rule.min_confidence > 0.0:
-            self._min_confidence, rule.min_confidence = rule.min_confidence, 0.0
+        self._rule = rule
+        self._flags_low_confidence = rule is not None and config.flags(Reason.LOW_CONFIDENCE)
+        if self._flags_low_confidence and rule.min_confidence > 0.0:  # type: ignore[union-attr]
+            self._min_confidence, rule.min_confidence = rule.min_confidence, 0.0  # type: ignore[union-attr]
         # counters for the summary
         self.windows = 0
         self.failed: Counter = Counter()
@@ -210,6 +213,33 @@ class InputGuard:
             elif self._min_confidence and decision.output and max(decision.output) < self._min_confidence:
                 decision.reason = Reason.LOW_CONFIDENCE
         return decision
+
+    # --- thresholds changed at run time (the fleet's control topic) --------------------------------
+
+    def thresholds(self) -> Dict[str, Optional[float]]:
+        """The thresholds in force: ``min_confidence`` (None without a decision rule) and ``ood_threshold``
+        (None without an OOD check)."""
+        if self._flags_low_confidence:
+            confidence: Optional[float] = self._min_confidence
+        else:
+            confidence = None if self._rule is None else self._rule.min_confidence
+        return {"min_confidence": confidence, "ood_threshold": None if self._ood is None else self._ood.threshold}
+
+    def set_thresholds(self, min_confidence: Optional[float] = None, ood_threshold: Optional[float] = None) -> None:
+        """Change thresholds between windows (call from the decision loop's thread); ValueError if the model
+        has no such check. The policy (fallback or flag) stays the spec's."""
+        if ood_threshold is not None and self._ood is None:
+            raise ValueError("this model has no OOD check ([ood] in its spec) whose threshold could be set")
+        if min_confidence is not None and self._rule is None:
+            raise ValueError("this guard has no decision rule whose min_confidence could be set")
+        if min_confidence is not None:
+            if self._flags_low_confidence:
+                self._min_confidence = min_confidence
+            else:
+                self._rule.min_confidence = min_confidence  # type: ignore[union-attr]
+        if ood_threshold is not None:
+            self._ood = dataclasses.replace(self._ood, threshold=ood_threshold)
+            self._ood_limit2 = ood_threshold ** 2
 
     def summary(self) -> Dict[str, Any]:
         """The bad-input part of the run summary: windows checked, failures per reason, the OOD score."""

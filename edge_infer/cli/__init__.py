@@ -15,9 +15,9 @@ from typing import List, NoReturn, Optional
 from .._version import __version__
 from ..errors import EdgeInferError
 from ..service.config import apply_config
-from . import bench, check_config, convert, inspect_model, keygen, record, replay, run, sign
+from . import bench, check_config, convert, fleet, inspect_model, keygen, record, replay, run, sign
 
-COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert, keygen, sign)
+COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert, keygen, sign, fleet)
 
 
 class _Parser(argparse.ArgumentParser):

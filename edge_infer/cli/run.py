@@ -9,6 +9,7 @@ import argparse
 
 from ..service.hooks import ServiceHooks, add_service_options
 from .common import add_run_options, add_source_option, log_runtime, print_summary, run_until_stopped
+from .fleet import add_mqtt_options, attach_mqtt, mqtt_options
 from .live import is_live_source, live_runtime
 from .recording import attach_recorder
 
@@ -20,14 +21,22 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     add_source_option(parser)
     add_run_options(parser, service=True)
     add_service_options(parser)
+    add_mqtt_options(parser)
     parser.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
     hooks = ServiceHooks.from_args(args)
+    fleet = mqtt_options(args) if args.mqtt else None  # a bad fleet option fails before the model loads
     try:
         runtime = live_runtime(args, args.source) if is_live_source(args.source) else log_runtime(args, args.source)
-        attach_recorder(runtime, args)
+        try:
+            attach_recorder(runtime, args)
+            if fleet is not None:
+                attach_mqtt(runtime, fleet)
+        except BaseException:
+            runtime.close()  # the scheduler's thread or process, the source, the sinks already made
+            raise
         summary = run_until_stopped(runtime, args.duration, hooks)
     finally:
         hooks.close()

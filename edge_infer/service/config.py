@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ..deadline.options import MODES, OVERLOAD_POLICIES
 from ..errors import ConfigError
 from ..settings import values
+from ..fleet.broker import parse_broker_url
 from ..settings.toml_file import read_toml
 from ..settings.values import ValueProblem
 from ..sinks.console import SHOW_MODES
@@ -95,6 +96,15 @@ def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
     return check
 
 
+def _broker_url(value: Any) -> str:
+    text = _string(value)
+    try:
+        parse_broker_url(text)
+    except ConfigError as exc:
+        raise _Problem("is not a broker URL: " + str(exc).replace(f"--mqtt {text!r}: ", "")) from None
+    return text
+
+
 def _listen(value: Any) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _string(value)
     try:
@@ -105,8 +115,9 @@ def _listen(value: Any) -> str:
 
 
 #: How a value is checked, and whether it is a path, or a list of paths (resolved against the config file's
-#: directory).
-_PATH, _PATHS, _SOURCE = "path", "paths", "source"
+#: directory). A secret's path may start with a variable (``${CREDENTIALS_DIRECTORY}``), expanded when the file
+#: is read.
+_PATH, _PATHS, _SOURCE, _SECRET = "path", "paths", "source", "secret"
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,16 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     # signed bundles (docs/security.md): keys add to --trusted-key; the state dir keeps accepted versions
     "trust": {"keys": _Key("trusted_key", _strings, _PATHS), "state_dir": _Key("state_dir", _string, _PATH),
               "allow_downgrade": _Key("allow_downgrade", _boolean)},
+    # docs/fleet.md. Secret files may be named by ${CREDENTIALS_DIRECTORY}/NAME (systemd's LoadCredential=).
+    "fleet": {"mqtt": _Key("mqtt", _broker_url), "device_id": _Key("device_id", _string),
+              "spool": _Key("spool", _string, _PATH), "spool_max_mb": _Key("spool_max_mb", _rule(values.MEGABYTES)),
+              "ca_file": _Key("mqtt_ca", _string, _SECRET), "cert_file": _Key("mqtt_cert", _string, _SECRET),
+              "key_file": _Key("mqtt_key", _string, _SECRET), "username": _Key("mqtt_username", _string),
+              "password_file": _Key("mqtt_password_file", _string, _SECRET),
+              "control_key_file": _Key("control_key_file", _string, _SECRET),
+              "remote_recordings": _Key("remote_recordings", _string, _PATH),
+              "summary_interval_s": _Key("mqtt_summary_interval", _rule(values.SECONDS)),
+              "drain_timeout_s": _Key("mqtt_drain_timeout", _rule(values.SECONDS))},
 }
 
 
@@ -156,6 +177,7 @@ class ServiceConfig:
         opts = self.options
         parts = [f"model {opts.get('model', 'bundled')}", f"source {opts.get('source', 'bundled log')}"]
         for dest, what in (("link_key", "link key"), ("decisions", "decisions"), ("record", "recording"),
+                           ("mqtt", "mqtt"),
                            ("metrics_textfile", "metrics textfile"), ("metrics_http", "metrics http")):
             if dest in opts:
                 parts.append(f"{what} {opts[dest]}")
@@ -166,7 +188,7 @@ def _resolve(text: Any, kind: str, base: Path) -> Any:
     """A path relative to the config file's directory (a service's working directory is /), or a source URI."""
     if kind == _PATHS:
         return [_resolve(item, _PATH, base) for item in text]
-    if kind == _SOURCE and is_source_uri(text):
+    if (kind == _SOURCE and is_source_uri(text)) or (kind == _SECRET and text.startswith("$")):
         return text
     path = Path(text).expanduser()
     return text if path.is_absolute() else str((base / path).resolve())
