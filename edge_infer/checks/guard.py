@@ -50,18 +50,14 @@ class InputGuard:
 
     def __init__(self, config: ChecksConfig, rule: Optional[DecisionRule] = None):
         self.config = config
-        window, channels = config.window, config.channels
+        window = config.window
         self.window = window
         self._answers = {reason: ModelAnswer(output=None, reason=reason, invoke_ns=None) for reason in Reason}
-        center = half_gate = None
         if config.range_min is not None:
             # in float32, as the samples are: a sample written as the limit's decimal is at it, not beyond
             self._high = config.range_max.astype(np.float32)  # type: ignore[union-attr]
             self._low = config.range_min.astype(np.float32)
-            span = config.range_max - config.range_min  # type: ignore[operator]
-            center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
-            half_gate = span / 2.0 - config.saturation_tolerance * span
-        self._stats = WindowStats(window, channels, config.stuck_frames or window, center, half_gate)
+        self._stats = window_stats(config)
         self._matrix, self._ood_rows = check_matrix(config, self._stats)
         self._ood = config.ood
         self._ood_limit2 = math.inf if config.ood is None else config.ood.threshold ** 2
@@ -95,6 +91,11 @@ class InputGuard:
         self.windows = 0
         self.failed: Counter = Counter()
         self._ood_max = 0.0
+
+    @property
+    def flag_min_confidence(self) -> float:
+        """The minimum confidence the guard checks itself (low confidence flagged, not a fallback), or 0."""
+        return self._min_confidence
 
     # --- per frame ------------------------------------------------------------------------------
 
@@ -221,6 +222,16 @@ class InputGuard:
             out["ood"] = {"threshold": round(self._ood.threshold, 3), "max_score": round(self._ood_max, 3),
                           "false_alarm_rate": self._ood.false_alarm_rate}
         return out
+
+
+def window_stats(config: ChecksConfig) -> WindowStats:
+    """The window sums the checks need: centred on the middle of the range, gated at the saturation band."""
+    center = half_gate = None
+    if config.range_min is not None:
+        span = config.range_max - config.range_min  # type: ignore[operator]
+        center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
+        half_gate = span / 2.0 - config.saturation_tolerance * span
+    return WindowStats(config.window, config.channels, config.stuck_frames or config.window, center, half_gate)
 
 
 def check_matrix(config: ChecksConfig, stats: WindowStats) -> Tuple[np.ndarray, int]:
