@@ -16,8 +16,10 @@ from .._version import __version__
 from ..errors import EdgeInferError
 from ..service.config import apply_config
 from . import bench, check_config, convert, inspect_model, record, replay, run
+from . import eval as eval_command
 
 COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert)
+COMMANDS += (eval_command,)
 
 
 class _Parser(argparse.ArgumentParser):
