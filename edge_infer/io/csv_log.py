@@ -166,9 +166,8 @@ def iter_csv_log(path: "str | Path", strict: bool = False, chunk_rows: int = CHU
 
 def _fast_chunk(lines: List[str], header: List[str]) -> Optional[RecordedLog]:
     """A chunk of plain lines parsed by ``numpy.loadtxt``, or None where only the row-by-row reader may judge."""
-    text_check = "".join(lines)
-    if ('"' in text_check or "\0" in text_check or text_check.count(",") != len(lines) * (len(header) - 1)
-            or any(not line.strip() for line in lines)):
+    text = "".join(lines)
+    if '"' in text or "\0" in text or text.count(",") != len(lines) * (len(header) - 1):
         return None
     t_col = header.index(TIME_COLUMN)
     label_col = header.index(LABEL_COLUMN) if LABEL_COLUMN in header else None
@@ -178,11 +177,15 @@ def _fast_chunk(lines: List[str], header: List[str]) -> Optional[RecordedLog]:
                              comments=None, ndmin=2)
     except ValueError:
         return None
-    if not np.isfinite(numbers[:, 0]).all():
+    if len(numbers) != len(lines) or not np.isfinite(numbers[:, 0]).all():  # a blank line: the reader's call
         return None
     with np.errstate(over="ignore"):
         values = numbers[:, 1:].astype(np.float32)
-    labels = None if label_col is None else [line.split(",")[label_col].strip() for line in lines]
+    labels = None
+    if label_col == len(header) - 1:
+        labels = [line.rsplit(",", 1)[1].strip() for line in lines]
+    elif label_col is not None:
+        labels = [line.split(",")[label_col].strip() for line in lines]
     return RecordedLog(t=np.ascontiguousarray(numbers[:, 0]), values=values,
                        channels=[header[i] for i in channel_cols], labels=labels)
 

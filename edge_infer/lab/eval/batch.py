@@ -47,7 +47,7 @@ class Decisions:
     reason: np.ndarray       #: int8 Reason values, 0 for a plain model decision
     output: np.ndarray       #: (n, outputs) float32
     has_output: np.ndarray   #: bool: False where an input check kept the model from running
-    label: List[Optional[str]]
+    label: Optional[np.ndarray]  #: str: the label of the window's last frame (None: the log has no labels)
     ood: np.ndarray          #: float64, NaN where the guard gives no score
 
     def __len__(self) -> int:
@@ -152,10 +152,9 @@ class WindowStream:
             action[fallback] = model.action_code(model.fallback.safe_action)
         else:
             self._hold(action, fallback, reason, t)
-        labels = chunk.labels
+        labels = None if chunk.labels is None else np.asarray(chunk.labels, dtype=str)[ends]
         return Decisions(seq=first + ends, t=t, action=action, fallback=fallback, reason=reason, output=outputs,
-                         has_output=has_output, label=[labels[i] for i in ends] if labels is not None else [None] * n,
-                         ood=verdicts.ood)  # type: ignore[attr-defined]
+                         has_output=has_output, label=labels, ood=verdicts.ood)  # type: ignore[attr-defined]
 
     def _hold(self, action: np.ndarray, fallback: np.ndarray, reason: np.ndarray, t: np.ndarray) -> None:
         """A strategy with memory (hold_last), window by window, on the log's clock: what the device would do

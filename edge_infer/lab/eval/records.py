@@ -37,6 +37,7 @@ FIRST_CHANGES = 10
 def records(d: Decisions, actions: Sequence[Action]) -> Iterator[Dict[str, Any]]:
     """The records of a chunk's decisions, in window order."""
     outputs = d.output.tolist()
+    labels = [None] * len(d) if d.label is None else d.label.tolist()
     for i, seq in enumerate(d.seq.tolist()):
         reason = int(d.reason[i])
         ood = float(d.ood[i])
@@ -49,7 +50,7 @@ def records(d: Decisions, actions: Sequence[Action]) -> Iterator[Dict[str, Any]]
             "latency_us": None,
             "invoke_us": None,
             "output": outputs[i] if d.has_output[i] else None,
-            "label": d.label[i],
+            "label": labels[i],
             "ood_score": None if math.isnan(ood) else round(ood, 3),
         }
 

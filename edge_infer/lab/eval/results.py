@@ -61,14 +61,13 @@ class Tally:
             self.ood_over += int((scored > ood_threshold).sum())
 
     def _labels(self, d: Decisions, actions: Sequence[Action]) -> None:
-        index: Dict[Optional[str], int] = {}
-        label_codes = np.fromiter((index.setdefault(label, len(index)) for label in d.label), dtype=np.int64,
-                                  count=len(d))
-        names = list(index)
+        if d.label is None or not len(d):
+            return
+        names, label_codes = np.unique(d.label, return_inverse=True)
         pairs, counts = np.unique(label_codes * len(actions) + d.action, return_counts=True)
         for pair, count in zip(pairs.tolist(), counts.tolist()):
-            label, action = names[pair // len(actions)], actions[pair % len(actions)]
-            if label is not None and comparable(action, label):
+            label, action = str(names[pair // len(actions)]), actions[pair % len(actions)]
+            if comparable(action, label):
                 self.confusion[(label, str(action))] += count
 
     def merge(self, other: "Tally") -> None:
