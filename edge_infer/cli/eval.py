@@ -60,6 +60,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (ray://HOST:10001 or HOST:6379; "
                                                               "default: start a local Ray)")
     parser.add_argument("--batch", type=int, metavar="N", help="windows per invoke (default: the fastest measured)")
+    parser.add_argument("--chunk-rows", type=int, default=EvalOptions.chunk_rows, metavar="N",
+                        help=f"log rows read at a time: memory per worker (default {EvalOptions.chunk_rows})")
     parser.set_defaults(handler=main)
 
 
@@ -69,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     logs = expand(args.paths)
     outputs_dirs(args, logs)
     options = EvalOptions(model=args.model, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
-                          fallback=args.fallback, strict=args.strict, batch=args.batch)
+                          fallback=args.fallback, strict=args.strict, batch=args.batch, chunk_rows=args.chunk_rows)
     # verify=None: the coordinator wires --trusted-key here (edge_infer.model's bundle check) at merge
     model = load_model(options, verify=None)
     baseline = None
@@ -103,6 +105,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise EdgeInferError(f"--workers must be at least 1, not {args.workers}")
     if args.batch is not None and args.batch < 1:
         raise EdgeInferError(f"--batch must be at least 1, not {args.batch}")
+    if args.chunk_rows < 1:
+        raise EdgeInferError(f"--chunk-rows must be at least 1, not {args.chunk_rows}")
     if args.update_golden and not args.golden:
         raise EdgeInferError("--update-golden needs --golden DIR (where to write them)")
     if args.ray_address and args.engine != "ray":

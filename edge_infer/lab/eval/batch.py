@@ -82,7 +82,7 @@ class WindowStream:
         verdicts = self.guard.check(chunk.t, values, ends)
         frames = np.concatenate([self._carry, values]) if len(self._carry) else values
         carried = len(self._carry)
-        self._carry = frames[len(frames) - (w - 1):].copy() if w > 1 else frames[:0]
+        self._carry = frames[max(0, len(frames) - (w - 1)):].copy() if w > 1 else frames[:0]
         self.frames += m
         n = len(ends)
         outputs = np.zeros((n, self.model.engine.output_size), dtype=np.float32)
