@@ -103,7 +103,7 @@ class BatchGuard:
         if self._carry is not None:
             cols = {k: np.concatenate([self._carry[k], v]) for k, v in cols.items()}
         keep = self.window - 1
-        self._carry = {k: v[max(0, len(v) - keep):] if keep else v[:0] for k, v in cols.items()}
+        self._carry = {k: v[max(0, len(v) - keep):].copy() for k, v in cols.items()}  # not a view: frees the chunk
         self._frames += len(t)
         n, w = len(ends), self.window
         newest = first + ends
@@ -138,7 +138,7 @@ class BatchGuard:
             fails[Reason.OUT_OF_DISTRIBUTION] = finite & (ood > self.config.ood.threshold)
         keep = w - 1
         joined = np.concatenate([self._previous_values, values])
-        self._previous_values = joined[max(0, len(joined) - keep):] if keep else joined[:0]
+        self._previous_values = joined[max(0, len(joined) - keep):].copy()
         return self._verdicts(fails, exact, ood, n)
 
     def _frame_columns(self, t: np.ndarray, values: np.ndarray) -> Dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 from ..errors import LogError
-from .csv_log import RecordedLog, iter_csv_log, read_csv_log
+from .csv_log import CHUNK_ROWS, RecordedLog, iter_csv_log, read_csv_log
 from .mcap_log import iter_mcap_log, read_mcap_log
 
 #: suffix -> reader(path, strict) -> RecordedLog
@@ -24,7 +24,7 @@ def _reader(path: Path, readers: Dict[str, Callable]) -> Callable:
     return reader
 
 
-def iter_log(path: "str | Path", strict: bool = False, chunk_rows: int = 32768) -> Iterator[RecordedLog]:
+def iter_log(path: "str | Path", strict: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[RecordedLog]:
     """A recorded log in chunks of at most ``chunk_rows`` rows (the same rows as :func:`read_log`)."""
     path = Path(path)
     return _reader(path, LOG_CHUNK_READERS)(path, strict=strict, chunk_rows=chunk_rows)

@@ -38,7 +38,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import EdgeInferError, LogError
-from .csv_log import RecordedLog
+from .csv_log import CHUNK_ROWS, RecordedLog
 
 TOPIC_FRAMES = "/sensor/frames"
 TOPIC_DECISIONS = "/decisions"
@@ -337,7 +337,7 @@ def read_mcap(path: "str | Path", strict: bool = False) -> McapRecording:
     return recording
 
 
-def iter_mcap_log(path: "str | Path", strict: bool = False, chunk_rows: int = 32768) -> Iterator[RecordedLog]:
+def iter_mcap_log(path: "str | Path", strict: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[RecordedLog]:
     """The frames of a recording in chunks of at most ``chunk_rows`` (``eval``: bounded memory), the same rows
     and ``bad_rows`` as :func:`read_mcap_log`; decisions and HELLOs in the file are skipped, a cut-off
     recording warns as there."""

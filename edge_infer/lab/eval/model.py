@@ -27,6 +27,7 @@ from ...checks.guard import build_guard
 from ...decide.decision import DecisionRule
 from ...decide.fallback import ConstantFallback, build_fallback
 from ...errors import ModelError
+from ...io import CHUNK_ROWS
 from ...model.engine import Engine
 from ...model.loader import open_model
 from ...model.spec import Action, ModelSpec
@@ -48,7 +49,7 @@ class EvalOptions:
     fallback: Optional[str] = None
     strict: bool = False
     batch: Optional[int] = None  #: windows per invoke; None: the fastest measured
-    chunk_rows: int = 32768
+    chunk_rows: int = CHUNK_ROWS
     #: single invokes timed for the invoke-time distribution: one window in this many
     time_every: int = 64
 
