@@ -148,7 +148,8 @@ def _verdict(results: List[LogResult], args: argparse.Namespace) -> int:
     """One stderr line per failed log and per changed golden log; 1 if there was any."""
     failed = [r for r in results if r.error is not None]
     for result in failed:
-        print(f"edge-infer: error: log {result.path}: {result.error}", file=sys.stderr)
+        named = result.error if result.path in (result.error or "") else f"log {result.path}: {result.error}"
+        print(f"edge-infer: error: {named}", file=sys.stderr)
     changed = [(r.name, r.golden) for r in results if r.golden is not None and not r.golden["same"]]
     for line in golden_lines(changed):
         print(f"edge-infer: {line}", file=sys.stderr)
