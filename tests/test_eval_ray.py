@@ -54,7 +54,7 @@ def without_timing(summary: Dict) -> Dict:
 
 
 def test_ray_engine_gives_the_local_results(ray_address: str, corpus: Dict[str, Path], tmp_path: Path) -> None:
-    args = [str(corpus["logs"]), "--model", str(corpus["spec"]), "--json"]
+    args = [str(corpus["logs"]), "--model", str(corpus["spec"]), "--json", "--batch", "64"]  # batch: measured otherwise
     local = run_cli("eval", *args, "--workers", "2")
     on_ray = run_cli("eval", *args, "--engine", "ray", "--ray-address", ray_address, "--workers", "2",
                      "--decisions-dir", str(tmp_path / "dd"))
