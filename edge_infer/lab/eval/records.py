@@ -73,12 +73,21 @@ class RecordFile:
         except OSError as exc:
             raise EdgeInferError(f"cannot write decision file {path}: {exc.strerror or exc}") from None
 
+        self.written = 0
+
     def write(self, record: Dict[str, Any]) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.written += 1
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+    def discard_if_empty(self) -> None:
+        """After a log failed: an empty file would only look like a log without windows (records are kept)."""
+        self.close()
+        if self.written == 0:
+            self.path.unlink(missing_ok=True)
 
 
 class GoldenWriter:

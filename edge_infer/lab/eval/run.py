@@ -54,6 +54,8 @@ def evaluate_log(log: LogPath, model: LoadedModel, baseline: Optional[LoadedMode
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         for sink in sinks:
+            if result.error is not None and isinstance(sink, RecordFile):
+                sink.discard_if_empty()
             sink.close()
     result.elapsed_s = time.perf_counter() - started
     return result
