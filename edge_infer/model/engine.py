@@ -219,10 +219,20 @@ class Engine:
         self._out = OutputConverter(self.output_params, batch * self.output_size)
         self.set_normalization(*self.normalization)
 
-    def infer_batch(self, windows: np.ndarray) -> np.ndarray:
-        """``(batch, window, channels)`` windows in (any strides), ``(batch, outputs)`` real outputs out (a reused
-        buffer). Each window is converted exactly as :meth:`set_input` converts it alone."""
-        self._in.convert(windows)
+    def convert_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Frames ``(n, channels)`` normalised and quantized into the input tensor's dtype.
+
+        The conversion is element by element, so a window cut from converted frames holds exactly what
+        :meth:`set_input` makes of that window; converting each frame once instead of in every window that
+        holds it saves ``window / hop`` conversions per frame.
+        """
+        return InputConverter(self.input_params, frames.shape, *self.normalization).convert(frames)
+
+    def infer_batch(self, converted: np.ndarray) -> np.ndarray:
+        """``(batch, window, channels)`` windows cut from :meth:`convert_frames` (any strides) in, ``(batch,
+        outputs)`` real outputs out (a reused buffer). Fewer than ``batch`` windows leave the rest of the input
+        as it was; their outputs are not meaningful."""
+        np.copyto(self._in.buffer.reshape(self.batch, self.window, self.channels)[:len(converted)], converted)
         self._interpreter.set_tensor(self._input_index, self._input_shaped)
         self._interpreter.invoke()
         return self.output().reshape(self.batch, self.output_size)

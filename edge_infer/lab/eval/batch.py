@@ -65,7 +65,6 @@ class WindowStream:
         self.guard = BatchGuard(model.checks)
         self.frames = 0
         self._carry = np.zeros((0, self.channels), dtype=np.float32)
-        self._staging = np.zeros((model.batch, self.window, self.channels), dtype=np.float32)
         self._tolerance = output_tolerance(model.engine)
         self._constant = type(model.fallback) is ConstantFallback
         self.invoke_us = Histogram()        #: single-window invokes, sampled
@@ -87,23 +86,20 @@ class WindowStream:
         n = len(ends)
         outputs = np.zeros((n, self.model.engine.output_size), dtype=np.float32)
         if n:
-            views = sliding_window_view(frames, (w, self.channels))[:, 0]  # (frames - w + 1, w, channels), no copy
-            windows = views[ends[0] + carried - w + 1::hop][:n]
-            self._invoke(windows, outputs)
+            offset = ends[0] + carried - w + 1
+            windows = _windows(frames, w, offset, hop, n)
+            converted = _windows(self.model.engine.convert_frames(frames), w, offset, hop, n)
+            self._invoke(windows, converted, outputs)
             self._time_sample(windows, first + ends)
         return self._decide(chunk, ends, first, verdicts, outputs)
 
-    def _invoke(self, windows: np.ndarray, outputs: np.ndarray) -> None:
+    def _invoke(self, windows: np.ndarray, converted: np.ndarray, outputs: np.ndarray) -> None:
         """Every window through the model, ``batch`` per invoke; near ties re-decided one window per invoke."""
         model, batch = self.model, self.model.batch
         started = time.perf_counter()
-        for s in range(0, len(windows), batch):
-            part = windows[s:s + batch]
-            if len(part) < batch:  # the last, partial batch: padded (the padding's outputs are dropped)
-                self._staging[:len(part)] = part
-                part = self._staging
-            result = model.engine.infer_batch(part)
-            outputs[s:s + batch] = result[:len(outputs) - s]
+        for s in range(0, len(converted), batch):
+            result = model.engine.infer_batch(converted[s:s + batch])
+            outputs[s:s + batch] = result[:len(outputs) - s]  # a last, partial batch: the rest is dropped
         self.batch_s += time.perf_counter() - started
         if batch > 1:
             for i in self._near_ties(outputs):
@@ -166,3 +162,8 @@ class WindowStream:
                 action[i] = model.action_code(model.fallback.action(Reason(int(reason[i])), now_ns))
             else:
                 model.fallback.observe_model_action(model.actions[action[i]], now_ns)
+
+
+def _windows(frames: np.ndarray, window: int, offset: int, hop: int, count: int) -> np.ndarray:
+    """``count`` windows of ``frames``, the first starting at ``offset``, every ``hop`` frames: a strided view."""
+    return sliding_window_view(frames, (window, frames.shape[1]))[offset::hop, 0][:count]

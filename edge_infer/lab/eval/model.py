@@ -145,7 +145,7 @@ def choose_batch(engine: Engine, single: Engine, spec: ModelSpec,
             engine.resize_batch(batch)
         except ModelError:
             break  # a graph that cannot take 16 cannot take more
-        got = engine.infer_batch(probe[:batch])[:64]
+        got = engine.infer_batch(_converted(engine, probe[:batch]))[:64]
         if np.max(np.abs(got - reference[:len(got)]), initial=0.0) > tolerance:
             continue
         cost = _cost(engine, probe, batch)
@@ -158,8 +158,8 @@ def choose_batch(engine: Engine, single: Engine, spec: ModelSpec,
 def _cost(engine: Engine, probe: np.ndarray, batch: int) -> float:
     """Seconds per window: the best of three timings of about BATCH_PROBE_WINDOWS windows."""
     rounds = max(1, BATCH_PROBE_WINDOWS // batch)
+    windows = probe[:batch] if batch == 1 else _converted(engine, probe[:batch])
     run = (lambda w: engine.infer(w[0])) if batch == 1 else engine.infer_batch
-    windows = probe[:batch]
     run(windows)
     best = float("inf")
     for _ in range(3):
@@ -168,3 +168,8 @@ def _cost(engine: Engine, probe: np.ndarray, batch: int) -> float:
             run(windows)
         best = min(best, (time.perf_counter() - start) / (rounds * batch))
     return best
+
+
+def _converted(engine: Engine, windows: np.ndarray) -> np.ndarray:
+    """Windows in the input tensor's dtype, as :meth:`Engine.infer_batch` takes them."""
+    return engine.convert_frames(windows.reshape(-1, windows.shape[2])).reshape(windows.shape)

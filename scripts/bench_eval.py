@@ -1,0 +1,200 @@
+"""Benchmark ``edge-infer eval``: speed against a hand-written loop and batched bare invoke, memory against log length,
+speed-up over workers. Results and commands: docs/performance.md ("Evaluating a corpus").
+
+    python scripts/bench_eval.py [--rounds 3] [--json eval.json] [--skip-workers] [--skip-memory]
+
+1. **Speed**, in one process, interleaved rounds, on a log of 84,480 windows (hop 1) of a 9-channel float32
+   model (the test builder's dense model, window 32): (a) ``eval``'s per-log work (read the CSV in chunks,
+   input checks, batched invokes, decisions, counts), (b) the hand-written loop of ``scripts/bench_loop.py``
+   (one invoke per window; the log already in memory), (b') the same plus reading the CSV with ``numpy.loadtxt``,
+   (c) batched bare invoke: the interpreter resized to 256 windows, set + invoke + get, windows already in
+   memory (the floor), (d) the real-time loop (``Runtime``, inline, at full speed: what ``replay`` does).
+2. **Memory**: peak RSS (VmHWM) of ``edge-infer eval`` and ``edge-infer replay`` processes on logs of 1x, 3x
+   and 9x 28,160 windows.
+3. **Workers**: ``edge-infer eval --workers 1`` and ``--workers 2`` on 24 logs, interleaved, wall time of the
+   whole command; with the machine's load average, since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_loop import Case, edge_infer_loop, finish_report, hand_written_loop, start_report  # noqa: E402
+
+from edge_infer.io import read_log  # noqa: E402
+from edge_infer.lab.eval.model import EvalOptions, load_model  # noqa: E402
+from edge_infer.lab.eval.paths import LogPath  # noqa: E402
+from edge_infer.lab.eval.run import evaluate_log  # noqa: E402
+from edge_infer.model.backends import resolve_backend  # noqa: E402
+from edge_infer.model.loader import open_model  # noqa: E402
+from edge_infer.testing.tflite_builder import dense_model  # noqa: E402
+
+WINDOW, CHANNELS, WINDOWS = 32, 9, 84_480
+
+
+def write_log(path: Path, rows: int, seed: int = 0) -> Path:
+    """A labelled 9-channel CSV log at 100 Hz (numeric labels 0..3 in runs of 500 rows)."""
+    rng = np.random.default_rng(seed)
+    table = np.empty((rows, CHANNELS + 2))
+    table[:, 0] = np.arange(rows) / 100.0
+    table[:, 1:-1] = rng.normal(size=(rows, CHANNELS)) + np.sin(np.arange(rows) / 50.0)[:, None]
+    table[:, -1] = (np.arange(rows) // 500) % 4
+    with path.open("w") as handle:
+        handle.write("t," + ",".join(f"c{i}" for i in range(CHANNELS)) + ",label\n")
+        np.savetxt(handle, table, fmt=["%.2f"] + ["%.5f"] * CHANNELS + ["%d"], delimiter=",")
+    return path
+
+
+def batched_bare_invoke(model: Path, log: Path, batch: int = 256) -> Callable[[], int]:
+    interpreter_class = resolve_backend(None)[1]
+    interpreter = interpreter_class(model_path=str(model), num_threads=1)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, [batch, WINDOW, CHANNELS])
+    interpreter.allocate_tensors()
+    out = interpreter.get_output_details()[0]["index"]
+    values = read_log(log).values
+    windows = np.lib.stride_tricks.sliding_window_view(values, (WINDOW, CHANNELS))[:, 0]
+
+    def run() -> int:
+        for s in range(0, len(windows) - batch + 1, batch):
+            interpreter.set_tensor(index, np.ascontiguousarray(windows[s:s + batch]))
+            interpreter.invoke()
+            interpreter.get_tensor(out)
+        return len(windows) // batch * batch
+
+    return run
+
+
+def speed(work: Path, rounds: int) -> Dict[str, Any]:
+    model = work / "f9.tflite"
+    model.write_bytes(dense_model(WINDOW, CHANNELS, 4, dtype="float32", seed=0, hidden=32))
+    log = write_log(work / "long.csv", WINDOWS + WINDOW - 1)
+    loaded = load_model(EvalOptions(model=str(model), hop=1))
+    recorded = read_log(log)
+    spec, engine = open_model(str(model), recorded.channels, hop=1)
+    case = Case("f9", spec, engine, recorded, list(range(CHANNELS)))
+    bare = batched_bare_invoke(model, log)
+    loop = edge_infer_loop("inline")
+
+    def eval_once() -> None:
+        result = evaluate_log(LogPath(str(log), log.name), loaded)
+        assert result.error is None and result.tally.decisions == WINDOWS, result.error
+
+    def hand_with_read() -> None:
+        read_log(log)
+        hand_written_loop(case, WINDOWS - 1)
+
+    variants: Dict[str, Callable[[], Any]] = {
+        "(a) eval, per log": eval_once,
+        "(b) hand-written loop": lambda: hand_written_loop(case, WINDOWS - 1),
+        "(b') hand-written loop + reading the CSV": hand_with_read,
+        "(c) batched bare invoke (256)": bare,
+        "(d) real-time loop (Runtime inline)": lambda: loop(case, WINDOWS - 1),
+    }
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    hand = statistics.median(times["(b) hand-written loop"])
+    print(f"\n1. speed: {WINDOWS} windows, hop 1, {CHANNELS}-channel float32 model (window {WINDOW}), "
+          f"eval batch {loaded.batch}, {rounds} interleaved rounds")
+    print(f"| variant | seconds (rounds) | median | us per window | median ratio to (b) |\n|---|---|---|---|---|")
+    rows = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows[name] = {"seconds": values, "median": median, "ratio_to_hand_written": median / hand}
+        print(f"| {name} | {' / '.join(f'{v:.2f}' for v in values)} | {median:.2f} | "
+              f"{median / WINDOWS * 1e6:.1f} | {median / hand:.2f} |")
+    return {"batch": loaded.batch, "windows": WINDOWS, "variants": rows}
+
+
+def peak_rss_kb(args: List[str]) -> int:
+    code = ("import sys; from edge_infer.cli import main; import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(sys.argv[1:])\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                          cwd=HERE.parent)
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def memory(work: Path) -> Dict[str, Any]:
+    model = work / "f9.tflite"
+    base = 28_160
+    out: Dict[str, Any] = {}
+    print("\n2. peak RSS (VmHWM, MB) against log length, hop 1")
+    print("| windows | log MB | eval | replay |\n|---|---|---|---|")
+    for factor in (1, 3, 9):
+        log = write_log(work / f"mem{factor}.csv", base * factor + WINDOW - 1, seed=factor)
+        ev = peak_rss_kb(["eval", str(log), "--model", str(model), "--hop", "1", "--json"])
+        rp = peak_rss_kb(["replay", str(log), "--model", str(model), "--hop", "1", "--json", "--budget-ms", "1000"]) \
+            if factor < 9 else None
+        out[str(base * factor)] = {"eval_kb": ev, "replay_kb": rp}
+        print(f"| {base * factor} | {log.stat().st_size / 1e6:.1f} | {ev / 1024:.1f} | "
+              f"{'-' if rp is None else f'{rp / 1024:.1f}'} |")
+    return out
+
+
+def workers(work: Path, rounds: int) -> Dict[str, Any]:
+    model = work / "f9.tflite"
+    corpus = work / "corpus"
+    corpus.mkdir(exist_ok=True)
+    for i in range(24):
+        write_log(corpus / f"unit{i:02d}.csv", 20_000, seed=100 + i)
+    times: Dict[str, List[float]] = {"1": [], "2": []}
+    load = []
+    for _ in range(rounds):
+        for n in ("1", "2"):
+            load.append(open("/proc/loadavg").read().split()[0])
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "edge_infer", "eval", str(corpus), "--model", str(model), "--hop",
+                            "1", "--workers", n, "--batch", "256", "--json"], check=True, capture_output=True,
+                           cwd=HERE.parent)
+            times[n].append(time.perf_counter() - started)
+    speedups = [a / b for a, b in zip(times["1"], times["2"])]
+    print(f"\n3. workers: 24 logs x 20,000 rows (hop 1, {24 * (20_000 - WINDOW + 1)} windows), whole command, "
+          f"{rounds} interleaved rounds; load average (1 min) before each run: {' '.join(load)}")
+    print("| workers | seconds (rounds) | median |\n|---|---|---|")
+    for n, values in times.items():
+        print(f"| {n} | {' / '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} |")
+    print(f"speed-up per round: {' / '.join(f'{s:.2f}' for s in speedups)}; "
+          f"median {statistics.median(speedups):.2f}")
+    return {"seconds": times, "speedups": speedups, "loadavg_before_runs": load}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-workers", action="store_true")
+    args = parser.parse_args()
+    report = start_report()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        report["speed"] = speed(work, args.rounds)
+        if not args.skip_memory:
+            report["memory"] = memory(work)
+        if not args.skip_workers:
+            report["workers"] = workers(work, args.rounds)
+    finish_report(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
