@@ -118,12 +118,13 @@ class WindowStream:
         return np.flatnonzero(near)
 
     def _time_sample(self, windows: np.ndarray, seqs: np.ndarray) -> None:
-        """Time single-window set + invoke + get on every ``time_every``-th window: what the device's loop pays."""
-        every = self.model.options.time_every
-        if every <= 0:
+        """Time single-window set + invoke + get on a sample of windows: what the device's loop pays per window."""
+        options = self.model.options
+        if options.time_every <= 0:
             return
         single, clock = self.model.single, time.perf_counter_ns
-        for i in np.flatnonzero((seqs // self.hop) % every == 0):
+        index = (seqs - (self.window - 1)) // self.hop  # the window's number in the log
+        for i in np.flatnonzero((index < options.time_first) | (index % options.time_every == 0)):
             started = clock()
             single.infer(windows[i])
             self.invoke_us.record((clock() - started) / 1000.0)
