@@ -242,3 +242,26 @@ def test_peak_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
         peaks.append(int(proc.stderr.strip().splitlines()[-1]))
         assert json.loads(proc.stdout)["decisions"] == rows - 15
     assert peaks[1] <= 1.25 * peaks[0], peaks
+
+
+def test_an_mcap_recording_decides_as_its_csv(damaged: Path, tmp_path: Path) -> None:
+    recording = tmp_path / "damaged.mcap"
+    run_cli("convert", str(damaged), str(recording), check=True)
+    from_csv = eval_json(str(damaged), "--decisions-dir", str(tmp_path / "csv"))
+    from_mcap = eval_json(str(recording), "--decisions-dir", str(tmp_path / "mcap"), "--chunk-rows", "100")
+    assert read_jsonl(tmp_path / "mcap" / "damaged.mcap.jsonl") == read_jsonl(tmp_path / "csv" / "damaged.csv.jsonl")
+    assert from_mcap["fallback_reasons"] == from_csv["fallback_reasons"]
+
+
+def test_hold_last_holds_on_the_log_clock(damaged: Path, tmp_path: Path) -> None:
+    """With a hold longer than the log, the log's clock and a full-speed replay's wall clock agree."""
+    spec = tmp_path / "hold.toml"
+    text = BUNDLED_SPEC.read_text().replace('file = "basic_motions.tflite"',
+                                            f'file = "{BUNDLED_SPEC.parent / "basic_motions.tflite"}"')
+    spec.write_text(text.replace('action = "idle"', 'action = "idle"\nstrategy = "hold_last"\nhold_ms = 100000000'))
+    theirs = replay_records(damaged, spec, tmp_path / "replay.jsonl")
+    eval_json(str(damaged), "--model", str(spec), "--decisions-dir", str(tmp_path / "dd"))
+    ours = read_jsonl(tmp_path / "dd" / "damaged.csv.jsonl")
+    assert_same_decisions(ours, theirs, output_step(BUNDLED_SPEC))
+    held = [r for r in ours if r["source"] == "fallback" and r["action"] != "idle"]
+    assert held  # fallbacks repeated the last model action

@@ -465,7 +465,8 @@ def _corpus_html(summary: Dict[str, Any], rows: List[List[Tuple[str, str, str]]]
            ["OOD p50 / p99 / over threshold", f"{ood.get('p50', '-')} / {ood.get('p99', '-')} / "
                                               f"{ood['over_threshold']}"],
            ["single invoke us p50 / p99 / max", f"{inv['p50']} / {inv['p99']} / {inv['max']}"],
-           [f"invokes over the {summary['budget_ms']:g} ms budget", f"{inv['over_budget']} of {inv['samples']} sampled"]]
+           [f"invokes over the {summary['budget_ms']:g} ms budget",
+            f"{inv['over_budget']} of {inv['samples']} sampled"]]
     if summary.get("baseline"):
         b = summary["baseline"]
         key.append([f"agreement with {b['model']}", f"{b['agreement']} ({b['disagreements']} windows differ)"])

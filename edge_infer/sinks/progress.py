@@ -75,7 +75,8 @@ class ProgressBar(Sink):
         elapsed = max(now - self._started, 1e-9)
         rate = self.done / elapsed
         left = f"  ~{(self.total - self.done) / rate:.0f} s left" if rate > 0 and self.done < self.total else ""
-        tail = f" {fraction:4.0%}  {self.done}/{self.total} {self.unit}  {rate:.{0 if rate >= 10 else 1}f} {self.unit}/s{left}"
+        digits = 0 if rate >= 10 else 1
+        tail = f" {fraction:4.0%}  {self.done}/{self.total} {self.unit}  {rate:.{digits}f} {self.unit}/s{left}"
         width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - len(self.label) - len(tail) - 4))
         filled = int(round(fraction * width))
         return f"{self.label} [{'#' * filled}{'.' * (width - filled)}]{tail}"

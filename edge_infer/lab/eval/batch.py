@@ -28,7 +28,7 @@ from typing import List, Optional
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ...checks.batch import BatchGuard
+from ...checks.batch import BatchGuard, WindowVerdicts
 from ...decide.fallback import ConstantFallback
 from ...decide.reasons import Reason
 from ...histogram import Histogram
@@ -129,16 +129,15 @@ class WindowStream:
             single.infer(windows[i])
             self.invoke_us.record((clock() - started) / 1000.0)
 
-    def _decide(self, chunk: RecordedLog, ends: np.ndarray, first: int, verdicts: "object",
+    def _decide(self, chunk: RecordedLog, ends: np.ndarray, first: int, verdicts: WindowVerdicts,
                 outputs: np.ndarray) -> Decisions:
         model = self.model
-        n = len(ends)
-        reason = verdicts.fallback.copy()  # type: ignore[attr-defined]
+        reason = verdicts.fallback.copy()
         has_output = reason == 0
         index, low = model.rule.decide_many(outputs)
         reason[has_output & low] = int(Reason.LOW_CONFIDENCE)
         fallback = reason != 0
-        flag = verdicts.flag  # type: ignore[attr-defined]
+        flag = verdicts.flag
         if model.flag_min_confidence > 0.0:
             low_flag = (flag == 0) & (outputs.astype(np.float64).max(axis=1) < model.flag_min_confidence)
             flag = np.where(low_flag, int(Reason.LOW_CONFIDENCE), flag).astype(np.int8)
@@ -151,7 +150,7 @@ class WindowStream:
             self._hold(action, fallback, reason, t)
         labels = None if chunk.labels is None else np.asarray(chunk.labels, dtype=str)[ends]
         return Decisions(seq=first + ends, t=t, action=action, fallback=fallback, reason=reason, output=outputs,
-                         has_output=has_output, label=labels, ood=verdicts.ood)  # type: ignore[attr-defined]
+                         has_output=has_output, label=labels, ood=verdicts.ood)
 
     def _hold(self, action: np.ndarray, fallback: np.ndarray, reason: np.ndarray, t: np.ndarray) -> None:
         """A strategy with memory (hold_last), window by window, on the log's clock: what the device would do
