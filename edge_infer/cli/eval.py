@@ -16,11 +16,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..errors import EdgeInferError
 from ..lab.eval.engines import ENGINES, Job, run_local, run_ray
-from ..lab.eval.model import EvalOptions, load_model
+from ..lab.eval.model import EvalOptions, ModelVerifier, load_model
 from ..lab.eval.paths import LogPath, expand
 from ..lab.eval.records import COMPARED_FIELDS, record_file_name
 from ..lab.eval.run import Outputs
@@ -72,15 +72,18 @@ def main(args: argparse.Namespace) -> int:
     outputs_dirs(args, logs)
     options = EvalOptions(model=args.model, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
                           fallback=args.fallback, strict=args.strict, batch=args.batch, chunk_rows=args.chunk_rows)
-    # verify=None: the coordinator wires --trusted-key here (edge_infer.model's bundle check) at merge
-    model = load_model(options, verify=None)
+    # The hook for signed bundles: --trusted-key becomes a verifier here (edge_infer.model's bundle check); the
+    # workers and Ray actors get it with the job and call it before they load the model themselves.
+    verify: Optional[ModelVerifier] = None
+    model = load_model(options, verify=verify)
     baseline = None
     if args.baseline:
         baseline = replace(options, model=args.baseline, batch=None)
-        load_model(baseline)  # a broken baseline fails now, with exit 2, not once per log
+        # a broken baseline fails now, with exit 2, not once per log; its batch size is measured once
+        baseline = replace(baseline, batch=load_model(baseline, verify=verify).batch)
     outputs = Outputs(decisions_dir=args.decisions_dir, golden_dir=args.golden, update_golden=args.update_golden,
                       tolerance=args.tolerance, ignore_fields=_fields(args.ignore_fields))
-    job = Job(options=replace(options, batch=model.batch), baseline=baseline, outputs=outputs)
+    job = Job(options=replace(options, batch=model.batch), baseline=baseline, outputs=outputs, verify=verify)
     bar = ProgressBar(len(logs), "eval", unit="logs") if wanted(args.progress, sys.stderr) else None
     progress = (lambda _result: bar.advance(1)) if bar is not None else None
     started = time.perf_counter()
