@@ -65,7 +65,7 @@ class BatchGuard:
         self._matrix, self._ood_rows = check_matrix(config, self._stats)
         self._full = not (config.ood is None and config.range_min is None and config.stuck_min_spread is None)
         self._center = self._stats.center
-        gate = self._stats._gate[:, 0]  # per channel: half_gate**2, or NO_GATE where there is no range
+        gate = self._stats.gate  # per channel: half_gate**2, or NO_GATE where there is no range
         self._gate = gate
         self._gated = gate < NO_GATE
         self._limits = range_limits(config) if config.range_min is not None else None
@@ -190,8 +190,8 @@ class BatchGuard:
         for block, (whole, tail) in enumerate(((whole_u, tail_u), (whole_u2, tail_u2),
                                                (np.zeros_like(whole_u), np.zeros_like(tail_u)),
                                                (whole_u ** 2, tail_u ** 2))):
-            sums[:, stats._index(block)] = whole
-            sums[:, stats._index(block, tail=True)] = tail
+            sums[:, stats.index(block)] = whole
+            sums[:, stats.index(block, tail=True)] = tail
         sums[:, -1] = 1.0
         rows = self._matrix[np.arange(len(self._matrix)) != self._ood_rows]  # all but the gate row
         checks = sums @ rows.T
