@@ -14,7 +14,9 @@ speed-up over workers. Results and commands: docs/performance.md ("Evaluating a 
    and 9x 28,160 windows.
 3. **Workers**: ``edge-infer eval --workers 1`` and ``--workers 2`` on 24 logs, interleaved: wall time of the
    whole command, eval's own ``elapsed_s`` (without Python's start-up) and the CPU time of all its processes;
-   with the machine's load average, since the machine is shared.
+   with the machine's load average, since the machine is shared. Once as the command line runs, once with each
+   worker in a session of its own (see ``OWN_SESSIONS``: the kernel's autogroup scheduler shares one slice of
+   CPU among a session's processes, so on a busy shared machine two workers of one session cannot be faster).
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ from edge_infer.model.loader import open_model  # noqa: E402
 from edge_infer.testing.tflite_builder import dense_model  # noqa: E402
 
 WINDOW, CHANNELS, WINDOWS = 32, 9, 84_480
+#: ``edge-infer ARGS``, as the command line runs it
+PLAIN = "import sys; from edge_infer.cli import main; sys.exit(main(sys.argv[1:]))"
+#: The same, with each pool worker in a session of its own. With the kernel's autogroup scheduling
+#: (/proc/sys/kernel/sched_autogroup_enabled) a session's processes share one slice of the CPU: on a machine
+#: busy with other sessions two workers of one session get no more CPU than one. Started in a session of its
+#: own, each worker gets its own slice, as each would get a CPU of its own on a machine eval does not share.
+OWN_SESSIONS = ("import os, sys; import edge_infer.lab.eval.engines as engines; start = engines._start_worker\n"
+                "def own_session(job):\n    os.setsid()\n    start(job)\n"
+                "engines._start_worker = own_session\n" + PLAIN)
 
 
 def write_log(path: Path, rows: int, seed: int = 0) -> Path:
@@ -164,24 +175,27 @@ def workers(work: Path, rounds: int, rows: int) -> Dict[str, Any]:
     corpus.mkdir(exist_ok=True)
     for i in range(24):
         write_log(corpus / f"unit{i:02d}.csv", rows, seed=100 + i)
-    times: Dict[str, List[float]] = {"1": [], "2": []}
-    inside: Dict[str, List[float]] = {"1": [], "2": []}  # the JSON's elapsed_s: without Python's start-up
-    cpu: Dict[str, List[float]] = {"1": [], "2": []}
+    names = ("1", "2", "1 (own session)", "2 (own sessions)")
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    inside: Dict[str, List[float]] = {n: [] for n in names}  # the JSON's elapsed_s: without Python's start-up
+    cpu: Dict[str, List[float]] = {n: [] for n in names}
     load = []
     for _ in range(rounds):
-        for n in ("1", "2"):
+        for n in names:
             load.append(open("/proc/loadavg").read().split()[0])
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "edge_infer", "eval", str(corpus), "--model", str(model),
-                                   "--hop", "1", "--workers", n, "--batch", "256", "--json"], check=True,
-                                  capture_output=True, cwd=HERE.parent)
+            args = ["eval", str(corpus), "--model", str(model), "--hop", "1", "--workers", n[0], "--batch", "256",
+                    "--json"]
+            proc = subprocess.run([sys.executable, "-c", OWN_SESSIONS if "session" in n else PLAIN, *args],
+                                  check=True, capture_output=True, cwd=HERE.parent, start_new_session="session" in n)
             times[n].append(time.perf_counter() - started)
             inside[n].append(json.loads(proc.stdout)["elapsed_s"])
             now = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[n].append(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
     speedups = [a / b for a, b in zip(times["1"], times["2"])]
     inner = [a / b for a, b in zip(inside["1"], inside["2"])]
+    own = [a / b for a, b in zip(inside["1 (own session)"], inside["2 (own sessions)"])]
     print(f"\n3. workers: 24 logs x {rows:,} rows (hop 1, {24 * (rows - WINDOW + 1):,} windows), "
           f"{rounds} interleaved rounds; load average (1 min) before each run: {' '.join(load)}")
     print("| workers | command wall s (rounds) | eval's elapsed_s (rounds) | CPU s, all processes (rounds) |"
@@ -192,9 +206,11 @@ def workers(work: Path, rounds: int, rows: int) -> Dict[str, Any]:
     print(f"speed-up per round, whole command: {' / '.join(f'{s:.2f}' for s in speedups)} (median "
           f"{statistics.median(speedups):.2f}, best/best {min(times['1']) / min(times['2']):.2f}); elapsed_s: "
           f"{' / '.join(f'{s:.2f}' for s in inner)} (median {statistics.median(inner):.2f}, best/best "
-          f"{min(inside['1']) / min(inside['2']):.2f})")
+          f"{min(inside['1']) / min(inside['2']):.2f}); own sessions, elapsed_s: "
+          f"{' / '.join(f'{s:.2f}' for s in own)} (median {statistics.median(own):.2f}, best/best "
+          f"{min(inside['1 (own session)']) / min(inside['2 (own sessions)']):.2f})")
     return {"seconds": times, "elapsed_s": inside, "cpu_seconds": cpu, "speedups": speedups,
-            "elapsed_speedups": inner, "loadavg_before_runs": load}
+            "elapsed_speedups": inner, "own_session_speedups": own, "loadavg_before_runs": load}
 
 
 def main() -> int:
