@@ -51,18 +51,12 @@ class InputGuard:
 
     def __init__(self, config: ChecksConfig, rule: Optional[DecisionRule] = None):
         self.config = config
-        window, channels = config.window, config.channels
+        window = config.window
         self.window = window
         self._answers = {reason: ModelAnswer(output=None, reason=reason, invoke_ns=None) for reason in Reason}
-        center = half_gate = None
         if config.range_min is not None:
-            # in float32, as the samples are: a sample written as the limit's decimal is at it, not beyond
-            self._high = config.range_max.astype(np.float32)  # type: ignore[union-attr]
-            self._low = config.range_min.astype(np.float32)
-            span = config.range_max - config.range_min  # type: ignore[operator]
-            center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
-            half_gate = span / 2.0 - config.saturation_tolerance * span
-        self._stats = WindowStats(window, channels, config.stuck_frames or window, center, half_gate)
+            self._high, self._low, self._margin = range_limits(config)
+        self._stats = window_stats(config)
         self._matrix, self._ood_rows = check_matrix(config, self._stats)
         self._ood = config.ood
         self._ood_limit2 = math.inf if config.ood is None else config.ood.threshold ** 2
@@ -98,6 +92,11 @@ class InputGuard:
         self.windows = 0
         self.failed: Counter = Counter()
         self._ood_max = 0.0
+
+    @property
+    def flag_min_confidence(self) -> float:
+        """The minimum confidence the guard checks itself (low confidence flagged, not a fallback), or 0."""
+        return self._min_confidence
 
     # --- per frame ------------------------------------------------------------------------------
 
@@ -187,10 +186,7 @@ class InputGuard:
 
     def _saturated_samples(self, view: np.ndarray) -> int:
         """Samples within the saturation tolerance of a range limit, but not beyond it."""
-        margin = (self.config.saturation_tolerance * (self._high - self._low)).astype(np.float32)
-        at_high = (view >= self._high - margin) & (view <= self._high)
-        at_low = (view <= self._low + margin) & (view >= self._low)
-        return int(np.count_nonzero(at_high | at_low))
+        return int(np.count_nonzero(saturated(view, self._high, self._low, self._margin)))
 
     def _judge(self, failing: List[Reason]) -> Optional[ModelAnswer]:
         """Count the failures; the first "fallback" reason ends the window, else the first "flag" one marks it."""
@@ -251,6 +247,29 @@ class InputGuard:
             out["ood"] = {"threshold": round(self._ood.threshold, 3), "max_score": round(self._ood_max, 3),
                           "false_alarm_rate": self._ood.false_alarm_rate}
         return out
+
+
+def range_limits(config: ChecksConfig) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(high, low, margin)`` per channel in float32, as the samples are: a sample written as the limit's
+    decimal is at it, not beyond; ``margin`` is the saturation band's width."""
+    high = config.range_max.astype(np.float32)  # type: ignore[union-attr]
+    low = config.range_min.astype(np.float32)  # type: ignore[union-attr]
+    return high, low, (config.saturation_tolerance * (high - low)).astype(np.float32)
+
+
+def saturated(values: np.ndarray, high: np.ndarray, low: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Where samples lie within the saturation band of a range limit, but not beyond it (any shape, channels last)."""
+    return ((values >= high - margin) & (values <= high)) | ((values <= low + margin) & (values >= low))
+
+
+def window_stats(config: ChecksConfig) -> WindowStats:
+    """The window sums the checks need: centred on the middle of the range, gated at the saturation band."""
+    center = half_gate = None
+    if config.range_min is not None:
+        span = config.range_max - config.range_min  # type: ignore[operator]
+        center = (config.range_max + config.range_min) / 2.0  # type: ignore[operator]
+        half_gate = span / 2.0 - config.saturation_tolerance * span
+    return WindowStats(config.window, config.channels, config.stuck_frames or config.window, center, half_gate)
 
 
 def check_matrix(config: ChecksConfig, stats: WindowStats) -> Tuple[np.ndarray, int]:

@@ -80,8 +80,14 @@ class WindowStats:
 
     # --- linear maps over `sums` (rows of the guard's matrix) ---------------------------------------
 
-    def _index(self, block: int, tail: bool = False) -> np.ndarray:
-        """Positions in ``sums`` of one block (0: u, 1: u**2, 2: capped, 3: squared sum of u), per channel."""
+    @property
+    def gate(self) -> np.ndarray:
+        """Per channel, the value ``u**2`` is capped at: the squared half gate, or NO_GATE without a range."""
+        return self._gate[:, 0]
+
+    def index(self, block: int, tail: bool = False) -> np.ndarray:
+        """Positions in ``sums`` of one block (0: u, 1: u**2, 2: capped, 3: squared sum of u), per channel
+        (over the whole window, or over its last ``tail`` frames)."""
         return (block * self.channels + np.arange(self.channels)) * 2 + int(tail)
 
     def mean_and_variance(self) -> np.ndarray:
@@ -89,16 +95,16 @@ class WindowStats:
         c, n = self.channels, float(self.window)
         out = np.zeros((2 * c, len(self.sums)))
         rows = np.arange(c)
-        out[rows, self._index(0)] = 1.0 / n                       # mean = center + sum(u) / n
+        out[rows, self.index(0)] = 1.0 / n                       # mean = center + sum(u) / n
         out[rows, -1] = self.center
-        out[c + rows, self._index(1)] = 1.0 / n                   # var = sum(u**2) / n - (sum(u) / n)**2
-        out[c + rows, self._index(3)] = -1.0 / (n * n)
+        out[c + rows, self.index(1)] = 1.0 / n                   # var = sum(u**2) / n - (sum(u) / n)**2
+        out[c + rows, self.index(3)] = -1.0 / (n * n)
         return out
 
     def beyond_gate(self) -> np.ndarray:
         """``(len(sums),)``: positive iff a sample lies beyond the gate (NaN if any is not finite)."""
         out = np.zeros(len(self.sums))
-        out[self._index(2)] = 1.0
+        out[self.index(2)] = 1.0
         out[-1] = -float(self._gate_sums[:, 0].sum())
         return out
 
@@ -110,7 +116,7 @@ class WindowStats:
         c, k = self.channels, float(self.tail)
         out = np.zeros((c, len(self.sums)))
         rows = np.arange(c)
-        out[rows, self._index(1, tail=True)] = -k
-        out[rows, self._index(3, tail=True)] = 1.0
+        out[rows, self.index(1, tail=True)] = -k
+        out[rows, self.index(3, tail=True)] = 1.0
         out[rows, -1] = (k * np.asarray(min_spread, dtype=np.float64)) ** 2
         return out

@@ -16,8 +16,9 @@ from .._version import __version__
 from ..errors import EdgeInferError
 from ..service.config import apply_config
 from . import bench, check_config, convert, fleet, inspect_model, keygen, record, replay, run, sign
+from . import eval as eval_command
 
-COMMANDS = (run, replay, inspect_model, bench, check_config, record, convert, keygen, sign, fleet)
+COMMANDS = (run, replay, eval_command, inspect_model, bench, check_config, record, convert, keygen, sign, fleet)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,13 +32,13 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .._version import __version__
 from ..errors import EdgeInferError, LogError
-from .csv_log import RecordedLog
+from .csv_log import CHUNK_ROWS, RecordedLog
 
 TOPIC_FRAMES = "/sensor/frames"
 TOPIC_DECISIONS = "/decisions"
@@ -305,6 +305,12 @@ class _SensorRecordParser:
         label = message.get("label")
         return t, values, None if label is None else str(label)
 
+    def take(self) -> Tuple[RecordedLog, np.ndarray]:
+        """The frames gathered since the last take, and their receipt times; the parser starts afresh."""
+        log, log_ns = self.log(), np.array(self.log_ns, dtype=np.int64)
+        self.times, self.log_ns, self.rows, self.labels, self.bad = [], [], [], [], []
+        return log, log_ns
+
     def log(self) -> RecordedLog:
         channels = self.channels or []
         return RecordedLog(
@@ -324,6 +330,31 @@ def read_mcap(path: "str | Path", strict: bool = False) -> McapRecording:
     :class:`LogError` instead. A file that is not MCAP, or not an edge-infer
     recording, is always a :class:`LogError`.
     """
+    recording: Optional[McapRecording] = None
+    for recording, _chunk, _log_ns in _scan(path, strict, None):
+        pass
+    assert recording is not None  # _scan yields at least once or raises
+    return recording
+
+
+def iter_mcap_log(path: "str | Path", strict: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[RecordedLog]:
+    """The frames of a recording in chunks of at most ``chunk_rows`` (``eval``: bounded memory), the same rows
+    and ``bad_rows`` as :func:`read_mcap_log`; decisions and HELLOs in the file are skipped, a cut-off
+    recording warns as there."""
+    recording = None
+    for recording, chunk, _log_ns in _scan(path, strict, chunk_rows):
+        if len(chunk) or chunk.bad_rows:
+            yield chunk
+    if recording is not None and recording.cut_off:
+        logging.getLogger(__name__).warning("recording %s: %s", path, recording.cut_off)
+
+
+def _scan(path: "str | Path", strict: bool,
+          chunk_rows: Optional[int]) -> Iterator[Tuple[McapRecording, RecordedLog, np.ndarray]]:
+    """Read a recording record by record, yielding ``(recording, frames, log_ns)`` every ``chunk_rows``
+    frames (kept: decisions and HELLOs only without ``chunk_rows``) and once more at the end, when
+    ``recording`` is complete: ``cut_off`` set, channels known. With ``chunk_rows`` None, the one
+    final yield holds every frame."""
     mcap = _mcap()
     path = Path(path)
     try:
@@ -343,6 +374,10 @@ def read_mcap(path: "str | Path", strict: bool = False) -> McapRecording:
         try:
             for record in reader.records:
                 complete = _take_record(record, mcap, topics, frames, recording) or complete
+                if chunk_rows is not None:
+                    recording.decisions.clear()
+                    if len(frames.times) >= chunk_rows:
+                        yield (recording, *frames.take())
         except mcap.exceptions.InvalidMagic:
             raise LogError(f"{path} is not an MCAP file (it does not start with the MCAP magic bytes); "
                            "recordings are .mcap files written by edge-infer, logs are .csv") from None
@@ -359,9 +394,8 @@ def read_mcap(path: "str | Path", strict: bool = False) -> McapRecording:
         raise LogError(f"recording {path}: {recording.cut_off}; run without --strict to read it up to there")
     if frames.channels is None:
         frames.channels = _channel_names(recording.metadata[METADATA_NAME].get("channels"), path)
-    recording.frames = frames.log()
-    recording.frame_log_ns = np.array(frames.log_ns, dtype=np.int64)
-    return recording
+    recording.frames, recording.frame_log_ns = frames.take()
+    yield recording, recording.frames, recording.frame_log_ns
 
 
 class _WholeReads:

@@ -1,1 +1,1 @@
-"""Lab tools over replays: the HTML report and model-to-model comparison."""
+"""Lab tools over replays: the HTML report, model-to-model comparison, and ``eval`` over a corpus (:mod:`.eval`)."""

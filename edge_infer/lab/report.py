@@ -345,3 +345,153 @@ def _section(heading: str, body: str) -> str:
 
 def _row(sections: List[str]) -> str:
     return sections[0] if len(sections) == 1 else '<div class="row">' + "".join(sections) + "</div>"
+
+
+# --- a corpus (edge-infer eval) ---------------------------------------------------------------------------------
+
+def write_corpus_report(path: str, summary: Dict[str, Any]) -> None:
+    """The replay report for a corpus (``eval --report``): the corpus numbers, one row per log, and the
+    figures that compare logs (where is the model wrong, where does it fall back, which logs look unlike the
+    training data), from the ``eval --json`` summary alone."""
+    html_text = render_corpus_report(summary)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(html_text)
+    except OSError as exc:
+        raise EdgeInferError(f"cannot write report {path}: {exc.strerror or exc}") from None
+
+
+def render_corpus_report(summary: Dict[str, Any]) -> str:
+    figure = require_matplotlib()
+    logs = [log for log in summary["per_log"] if "error" not in log]
+    rows: List[List[Tuple[str, str, str]]] = []
+    if logs:
+        rows.append([("Per log", "Accuracy (where labelled) and the share of windows that fell back, log by log.",
+                      _png(_per_log(figure, logs)))])
+        rows.append([("Reasons per log", "Fallback and flagged windows per log, by reason.",
+                      _png(_reasons_per_log(figure, logs)))])
+        if any(log["ood"].get("scored_windows") for log in logs):
+            rows.append([("OOD score per log", "Median, 99th percentile and maximum of each log's OOD score; "
+                                               "logs far right look least like the training data.",
+                          _png(_ood_per_log(figure, logs, summary["input_checks"])))])
+    matrices = []
+    if summary.get("confusion"):
+        labels = sorted(summary["confusion"])
+        actions = labels + sorted({a for row in summary["confusion"].values() for a in row} - set(labels))
+        counts = np.array([[summary["confusion"][lb].get(a, 0) for a in actions] for lb in labels], dtype=np.int64)
+        title = f"accuracy {summary['accuracy']:.3f}" if summary.get("accuracy") is not None else ""
+        matrices.append(("Confusion matrix", "All logs: decisions against the label of each window's last frame.",
+                         _png(_heatmap(figure, labels, actions, counts, "label", "decision", title))))
+    if summary.get("baseline") and summary["baseline"]["matrix"]:
+        matrices.append(("Candidate against baseline", "All logs: windows both models decided.",
+                         _png(_disagreements(figure, summary["baseline"]))))
+    if matrices:
+        rows.append(matrices)
+    return _corpus_html(summary, rows)
+
+
+def _per_log(figure: Any, logs: List[Dict[str, Any]]) -> Any:
+    names = [log["name"] for log in logs]
+    fig = figure(figsize=(FIGURE_WIDTH_IN, 1.5 + 0.28 * len(names)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    accuracy = [log["accuracy"] if log["accuracy"] is not None else np.nan for log in logs]
+    fallback = [log["fallback_decisions"] / log["decisions"] if log["decisions"] else 0.0 for log in logs]
+    ax.barh(y - 0.2, accuracy, height=0.4, color=MODEL_COLOUR, label="accuracy")
+    ax.barh(y + 0.2, fallback, height=0.4, color=FALLBACK_COLOUR, label="fallback share")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _reasons_per_log(figure: Any, logs: List[Dict[str, Any]]) -> Any:
+    names = [log["name"] for log in logs]
+    kinds = sorted({(kind, reason) for log in logs for kind in ("fallback_reasons", "flagged_reasons")
+                    for reason in log[kind]})
+    fig = figure(figsize=(FIGURE_WIDTH_IN, 1.5 + 0.28 * len(names)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
+    from matplotlib import colormaps
+    palette = colormaps["tab20"]
+    for i, (kind, reason) in enumerate(kinds):
+        counts = np.array([log[kind].get(reason, 0) for log in logs], dtype=float)
+        label = f"{reason} ({'fallback' if kind == 'fallback_reasons' else 'flag'})"
+        ax.barh(y, counts, left=left, color=palette(i % 20), label=label,
+                hatch=None if kind == "fallback_reasons" else "//")
+        left += counts
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("windows")
+    if kinds:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    else:
+        ax.set_title("no fallback or flagged windows", loc="left", fontsize="medium")
+    return fig
+
+
+def _ood_per_log(figure: Any, logs: List[Dict[str, Any]], checks: Dict[str, Any]) -> Any:
+    scored = [log for log in logs if log["ood"].get("scored_windows")]
+    names = [log["name"] for log in scored]
+    fig = figure(figsize=(FIGURE_WIDTH_IN, 1.5 + 0.28 * len(names)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    for key, marker in (("p50", "o"), ("p99", "s"), ("max", "^")):
+        ax.scatter([log["ood"][key] for log in scored], y, marker=marker, label=key)
+    threshold = next((log["input_checks"].get("ood", {}).get("threshold") for log in scored), None)
+    if threshold is not None:
+        ax.axvline(threshold, color=FALLBACK_COLOUR, label=f"threshold {threshold:g}")
+    ax.set_xscale("log")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("OOD score (log scale)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _corpus_html(summary: Dict[str, Any], rows: List[List[Tuple[str, str, str]]]) -> str:
+    title = f"edge-infer eval report: {summary.get('model', '?')} on {summary['logs']} logs"
+    inv, ood = summary["invoke_us"], summary["ood"]
+    key = [["logs (failed)", f"{summary['logs']} ({summary['failed_logs']})"],
+           ["frames", summary["frames"]], ["decisions", summary["decisions"]],
+           ["accuracy", summary["accuracy"]], ["fallback decisions", summary["fallback_decisions"]],
+           ["fallback reasons", ", ".join(f"{k} {v}" for k, v in summary["fallback_reasons"].items()) or "none"],
+           ["flagged reasons", ", ".join(f"{k} {v}" for k, v in summary["flagged_reasons"].items()) or "none"],
+           ["OOD p50 / p99 / over threshold", f"{ood.get('p50', '-')} / {ood.get('p99', '-')} / "
+                                              f"{ood['over_threshold']}"],
+           ["single invoke us p50 / p99 / max", f"{inv['p50']} / {inv['p99']} / {inv['max']}"],
+           [f"invokes over the {summary['budget_ms']:g} ms budget",
+            f"{inv['over_budget']} of {inv['samples']} sampled"]]
+    if summary.get("baseline"):
+        b = summary["baseline"]
+        key.append([f"agreement with {b['model']}", f"{b['agreement']} ({b['disagreements']} windows differ)"])
+    if summary.get("golden"):
+        key.append(["golden: changed logs", ", ".join(summary["golden"]["changed_logs"]) or "none"])
+    per_log = [[log["name"], log.get("decisions"), log.get("accuracy"), log.get("fallback_decisions"),
+                ", ".join(f"{k} {v}" for k, v in log.get("fallback_reasons", {}).items()) or "-",
+                log.get("ood", {}).get("p99"),
+                "-" if "golden" not in log else ("same" if log["golden"]["same"] else
+                                                 f"{log['golden']['changed_windows']} changed"),
+                log.get("error", "")] for log in summary["per_log"]]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=\"note\">backend {html.escape(str(summary.get('backend')))} "
+        f"{html.escape(str(summary.get('backend_version')))}, batch {summary.get('batch')}, engine "
+        f"{html.escape(str(summary.get('engine')))} with {summary.get('workers')} worker(s), "
+        f"{summary.get('elapsed_s')} s; timing reasons are not evaluated offline; written "
+        f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')} by edge-infer {__version__}</p>",
+        _section("Summary", _table(key)),
+        _section("Logs", _table(per_log, header=["log", "decisions", "accuracy", "fallbacks", "fallback reasons",
+                                                 "OOD p99", "golden", "error"])),
+    ]
+    for row in rows:
+        parts.append(_row([_section(heading, f"<p class=\"note\">{html.escape(note)}</p>"
+                                             f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{png}">')
+                           for heading, note, png in row]))
+    corpus = {k: v for k, v in summary.items() if k not in ("per_log", "confusion", "per_class")}
+    parts += [_section("All corpus numbers", _table(_rows(corpus))), "</body></html>"]
+    return "\n".join(parts)

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -159,6 +159,7 @@ class Engine:
         self.input_params = _quant_params(self.input_detail, "input", self.path)
         self.output_params = _quant_params(self.output_detail, "output", self.path)
         self.output_size = int(np.prod(self.output_detail["shape"]))
+        self.batch = 1  #: windows per invoke (resize_batch)
         self._input_index = self.input_detail["index"]
         self._output_view = self._interpreter.tensor(self.output_detail["index"])
         self._out = OutputConverter(self.output_params, self.output_size)
@@ -167,8 +168,10 @@ class Engine:
     def set_normalization(self, offset: np.ndarray, scale: np.ndarray) -> None:
         """Apply ``(x - offset) / scale`` per channel before quantizing (from the spec)."""
         self.normalization = (np.asarray(offset, dtype=np.float32), np.asarray(scale, dtype=np.float32))
-        self._in = InputConverter(self.input_params, (self.window, self.channels), offset, scale)
-        self._input_shaped = self._in.buffer.reshape(self.input_detail["shape"])
+        batch = self.batch
+        shape = (self.window, self.channels) if batch == 1 else (batch, self.window, self.channels)
+        self._in = InputConverter(self.input_params, shape, offset, scale)
+        self._input_shaped = self._in.buffer.reshape(self._input_shape(batch))
 
     def set_input(self, window: np.ndarray) -> None:
         """Normalise and quantize a (frames, channels) window into the input tensor."""
@@ -192,6 +195,59 @@ class Engine:
         self.set_input(window)
         self.invoke()
         return self.output()
+
+    # --- many windows per invoke (eval: offline only; the real-time loop never resizes) ---------------------
+
+    def _input_shape(self, batch: int) -> List[int]:
+        shape = [int(d) for d in self.input_detail["shape"]]
+        if batch != 1:
+            shape[0] = batch
+        return shape
+
+    def resize_batch(self, batch: int) -> None:
+        """Let one invoke take ``batch`` windows (LiteRT's ``resize_tensor_input``, then ``allocate_tensors``).
+
+        Per window, a batch saves the interpreter's fixed cost per invoke (a few microseconds, most of a small
+        model's time). Raises :class:`ModelError` if the graph cannot take a batch (an input without a batch
+        axis, a RESHAPE to a fixed batch of 1); the engine is then back at its previous batch.
+        """
+        previous = self.batch
+        if len(self.input_detail["shape"]) == 2 and batch != 1:
+            raise ModelError(f"model {self.path}: input shape {list(self.input_detail['shape'])} has no batch axis")
+        try:
+            self._interpreter.resize_tensor_input(self._input_index, self._input_shape(batch))
+            self._interpreter.allocate_tensors()
+            detail = self._interpreter.get_output_details()[0]
+            if int(np.prod(detail["shape"])) != batch * self.output_size:
+                raise ValueError(f"output shape {list(detail['shape'])} for a batch of {batch}")
+        except (ValueError, RuntimeError) as exc:
+            if batch != previous:
+                self.resize_batch(previous)
+            raise ModelError(f"model {self.path} cannot run a batch of {batch}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") \
+                from None
+        self.batch = batch
+        self._output_view = self._interpreter.tensor(detail["index"])
+        self._out = OutputConverter(self.output_params, batch * self.output_size)
+        self.set_normalization(*self.normalization)
+
+    def convert_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Frames ``(n, channels)`` normalised and quantized into the input tensor's dtype.
+
+        The conversion is element by element, so a window cut from converted frames holds exactly what
+        :meth:`set_input` makes of that window; converting each frame once instead of in every window that
+        holds it saves ``window / hop`` conversions per frame.
+        """
+        return InputConverter(self.input_params, frames.shape, *self.normalization).convert(frames)
+
+    def infer_batch(self, converted: np.ndarray) -> np.ndarray:
+        """``(batch, window, channels)`` windows cut from :meth:`convert_frames` (any strides) in, ``(batch,
+        outputs)`` real outputs out (a reused buffer). Fewer than ``batch`` windows leave the rest of the input
+        as it was; their outputs are not meaningful."""
+        np.copyto(self._in.buffer.reshape(self.batch, self.window, self.channels)[:len(converted)], converted)
+        self._interpreter.set_tensor(self._input_index, self._input_shaped)
+        self._interpreter.invoke()
+        return self.output().reshape(self.batch, self.output_size)
 
     def quantized_input(self) -> np.ndarray:
         """The raw input tensor as last set (a copy), for checks against the interpreter."""

@@ -34,9 +34,10 @@ class ProgressBar(Sink):
     """``label [#####.....]  45%  12345/27000 frames  3400 frames/s  ~4 s left``, redrawn in place."""
 
     def __init__(self, total: int, label: str = "replay", stream: Optional[TextIO] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, unit: str = "frames"):
         self.total = max(total, 1)
         self.label = label
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.clock = clock
         self.done = 0
@@ -45,6 +46,14 @@ class ProgressBar(Sink):
 
     def on_frame(self, frame: Frame) -> None:
         self.done += 1
+        now = self.clock()
+        if now >= self._next_draw:
+            self._next_draw = now + REDRAW_S
+            self._draw(now)
+
+    def advance(self, count: int) -> None:
+        """``count`` more done (``eval`` counts logs), redrawn if due."""
+        self.done += count
         now = self.clock()
         if now >= self._next_draw:
             self._next_draw = now + REDRAW_S
@@ -66,7 +75,8 @@ class ProgressBar(Sink):
         elapsed = max(now - self._started, 1e-9)
         rate = self.done / elapsed
         left = f"  ~{(self.total - self.done) / rate:.0f} s left" if rate > 0 and self.done < self.total else ""
-        tail = f" {fraction:4.0%}  {self.done}/{self.total} frames  {rate:.0f} frames/s{left}"
+        digits = 0 if rate >= 10 else 1
+        tail = f" {fraction:4.0%}  {self.done}/{self.total} {self.unit}  {rate:.{digits}f} {self.unit}/s{left}"
         width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - len(self.label) - len(tail) - 4))
         filled = int(round(fraction * width))
         return f"{self.label} [{'#' * filled}{'.' * (width - filled)}]{tail}"

@@ -259,18 +259,22 @@ def _write_opcode(b: flatbuffers.Builder, builtin: int, version: int) -> int:
 
 # --- Layers ---------------------------------------------------------------------------------------------------
 
-def _reshape(g: _Graph, x: int, shape: Sequence[int], name: str) -> int:
-    """RESHAPE, with the shape both as a constant input and in ReshapeOptions, as the converter writes it."""
+def _reshape(g: _Graph, x: int, shape: Sequence[int], name: str, new_shape: Optional[Sequence[int]] = None) -> int:
+    """RESHAPE, with the shape both as a constant input and in ReshapeOptions, as the converter writes it.
+
+    ``new_shape`` (default ``shape``) may hold a -1 where the converter keeps a dynamic batch axis: the model
+    then runs a batch of windows when its input is resized (``Engine.resize_batch``)."""
+    new_shape = shape if new_shape is None else new_shape
     source = g.tensor(x)
     out = g.activation(name, shape, source.dtype, source.quant)  # RESHAPE requires the same quantization
 
     def options(b: flatbuffers.Builder) -> int:
-        new_shape = _int_vector(b, shape)
+        shape_vector = _int_vector(b, new_shape)
         tflite.ReshapeOptionsStart(b)
-        tflite.ReshapeOptionsAddNewShape(b, new_shape)
+        tflite.ReshapeOptionsAddNewShape(b, shape_vector)
         return tflite.ReshapeOptionsEnd(b)
 
-    shape_tensor = g.constant(f"{name}/shape", np.asarray(shape, dtype=np.int32))
+    shape_tensor = g.constant(f"{name}/shape", np.asarray(new_shape, dtype=np.int32))
     g.operator(tflite.BuiltinOperator.RESHAPE, [x, shape_tensor], [out],
                (tflite.BuiltinOptions.ReshapeOptions, options))
     return out
@@ -441,7 +445,7 @@ def dense_model(window: int, channels: int, outputs: int, dtype: str = "int8", s
 
     g = _Graph()
     x = g.activation("input", (1, window, channels), model_dtype, quant)
-    x = _reshape(g, x, (1, sizes[0]), "flatten")
+    x = _reshape(g, x, (1, sizes[0]), "flatten", new_shape=(-1, sizes[0]))  # batchable, as the converter writes it
     for i, (weights, bias) in enumerate(layers):
         last = i == len(layers) - 1
         name = "output" if last else f"hidden{i}"
