@@ -230,3 +230,15 @@ def test_run_keeps_versions_in_systemds_state_directory_by_default(bundle, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert AcceptedVersions(state).highest("basic-motions-cnn") == 3
     assert not (recordings / "accepted-bundles.json").exists()
+
+
+def test_eval_takes_trusted_keys_like_replay(bundle):
+    """eval loads the bundle in every worker: a swapped model is refused before any log is read."""
+    args = ["eval", str(BUNDLED_LOG), "--model", str(bundle), "--json"]
+    signed = run_cli(*args, "--trusted-key", str(bundle.parent / "release.pub"))
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads(signed.stdout)["decisions"] > 0
+    assert_one_line_error(run_cli(*args, "--trusted-key", str(bundle.parent / "other.pub")), "which is not trusted here")
+    model = bundle.with_suffix(".tflite")
+    model.write_bytes(dense_model(window=100, channels=6, outputs=4, dtype="int8"))  # swapped: refused
+    assert_one_line_error(run_cli(*args, "--trusted-key", str(bundle.parent / "release.pub")))

@@ -16,11 +16,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from ..errors import EdgeInferError
 from ..lab.eval.engines import ENGINES, Job, run_local, run_ray
-from ..lab.eval.model import EvalOptions, ModelVerifier, load_model
+from ..lab.eval.model import EvalOptions, load_model
 from ..lab.eval.paths import LogPath, expand
 from ..lab.eval.records import COMPARED_FIELDS, record_file_name
 from ..lab.eval.run import Outputs
@@ -29,7 +29,7 @@ from ..lab.report import write_corpus_report
 from ..sinks.progress import ProgressBar, wanted
 from ..settings import argtypes
 from .analysis import add_analysis_options, check_analysis_options
-from .common import add_model_options
+from .common import add_model_options, add_trust_options
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
@@ -40,6 +40,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="log files, directories (searched recursively) "
                                                                  "or quoted globs")
     add_model_options(parser)
+    add_trust_options(parser)
     parser.add_argument("--strict", action="store_true", help="a bad log row fails its log instead of being skipped")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_analysis_options(parser)
@@ -71,19 +72,17 @@ def main(args: argparse.Namespace) -> int:
     logs = expand(args.paths)
     outputs_dirs(args, logs)
     options = EvalOptions(model=args.model, backend=args.backend, hop=args.hop, budget_ms=args.budget_ms,
-                          fallback=args.fallback, strict=args.strict, batch=args.batch, chunk_rows=args.chunk_rows)
-    # The hook for signed bundles: --trusted-key becomes a verifier here (edge_infer.model's bundle check); the
-    # workers and Ray actors get it with the job and call it before they load the model themselves.
-    verify: Optional[ModelVerifier] = None
-    model = load_model(options, verify=verify)
+                          fallback=args.fallback, strict=args.strict, batch=args.batch, chunk_rows=args.chunk_rows,
+                          trusted_keys=tuple(args.trusted_key or ()))
+    model = load_model(options)
     baseline = None
     if args.baseline:
         baseline = replace(options, model=args.baseline, batch=None)
         # a broken baseline fails now, with exit 2, not once per log; its batch size is measured once
-        baseline = replace(baseline, batch=load_model(baseline, verify=verify).batch)
+        baseline = replace(baseline, batch=load_model(baseline).batch)
     outputs = Outputs(decisions_dir=args.decisions_dir, golden_dir=args.golden, update_golden=args.update_golden,
                       tolerance=args.tolerance, ignore_fields=_fields(args.ignore_fields))
-    job = Job(options=replace(options, batch=model.batch), baseline=baseline, outputs=outputs, verify=verify)
+    job = Job(options=replace(options, batch=model.batch), baseline=baseline, outputs=outputs)
     bar = ProgressBar(len(logs), "eval", unit="logs") if wanted(args.progress, sys.stderr) else None
     progress = (lambda _result: bar.advance(1)) if bar is not None else None
     started = time.perf_counter()

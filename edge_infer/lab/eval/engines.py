@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from ...errors import EdgeInferError
-from .model import EvalOptions, LoadedModel, ModelVerifier, load_model
+from .model import EvalOptions, LoadedModel, load_model
 from .paths import LogPath
 from .results import LogResult
 from .run import Outputs, evaluate_log
@@ -37,15 +37,14 @@ class Job:
     options: EvalOptions
     baseline: Optional[EvalOptions] = None
     outputs: Outputs = Outputs()
-    verify: Optional[ModelVerifier] = None
 
 
 class Evaluator:
     """One worker's loaded model (and baseline): a process-pool worker's state, or a Ray actor."""
 
     def __init__(self, job: Job, model: Optional[LoadedModel] = None):
-        self.model = model or load_model(job.options, job.verify)
-        self.baseline = None if job.baseline is None else load_model(job.baseline, job.verify)
+        self.model = model or load_model(job.options)
+        self.baseline = None if job.baseline is None else load_model(job.baseline)
         self.outputs = job.outputs
 
     def evaluate(self, log: LogPath) -> LogResult:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,10 +53,8 @@ class EvalOptions:
     #: then one in ``time_every`` (a timed invoke costs as much as ~20 windows in a batch)
     time_first: int = 100
     time_every: int = 256
-
-
-#: The hook for signed bundles (``--trusted-key``): called with the model path before anything loads it.
-ModelVerifier = Callable[[Path], None]
+    #: ``--trusted-key``: public key files; every worker and Ray actor verifies the bundle before it loads it
+    trusted_keys: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,17 +94,17 @@ class LoadedModel:
                 "batch": self.batch, "budget_ms": self.spec.budget_ms, "fallback": self.fallback.describe()}
 
 
-def load_model(options: EvalOptions, verify: Optional[ModelVerifier] = None) -> LoadedModel:
+def load_model(options: EvalOptions) -> LoadedModel:
     """Open the model ``options`` names, build its rules, and choose the batch size.
 
-    ``verify`` is where a signed bundle is checked (``--trusted-key``, :mod:`edge_infer.model`): it gets the
-    spec or model path before any byte of it is parsed, and raises to refuse it.
+    With ``options.trusted_keys`` the bundle is verified before the interpreter sees it (as ``run`` does,
+    :func:`~edge_infer.model.loader.open_model`), and both interpreters load the verified bytes.
     """
-    if verify is not None and options.model is not None:
-        verify(Path(options.model))
     spec, engine = open_model(options.model, None, backend=options.backend, hop=options.hop,
-                              budget_ms=options.budget_ms, fallback=options.fallback)
-    single = Engine(engine.path, backend=engine.backend.name, check_sha256=spec.check_hash)
+                              budget_ms=options.budget_ms, fallback=options.fallback,
+                              trusted_keys=options.trusted_keys)
+    single = Engine(engine.path, backend=engine.backend.name, check_sha256=spec.check_hash,
+                    model_bytes=engine.model_bytes)
     single.set_normalization(spec.offset, spec.scale)
     rule = DecisionRule(spec)
     guard = build_guard(spec, rule)  # as the loop builds it: a flagged low confidence moves from rule to guard
