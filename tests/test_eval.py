@@ -209,8 +209,9 @@ def test_paths_globs_and_names(tmp_path: Path) -> None:
 
 
 def test_report_baseline_and_progress(damaged: Path, tmp_path: Path) -> None:
-    other = tmp_path / "other.tflite"
+    other, another = tmp_path / "other.tflite", tmp_path / "another.tflite"
     other.write_bytes(dense_model(32, 6, 4, dtype="int8", seed=7))
+    another.write_bytes(dense_model(32, 6, 4, dtype="int8", seed=8))
     report = tmp_path / "corpus.html"
     proc = run_cli("eval", str(damaged), str(BUNDLED_LOG), "--baseline", str(BUNDLED_SPEC), "--report", str(report),
                    "--progress", "--json")
@@ -221,7 +222,8 @@ def test_report_baseline_and_progress(damaged: Path, tmp_path: Path) -> None:
     assert "eval [" in proc.stderr and "2/2 logs" in proc.stderr
     text = report.read_text()
     assert "damaged.csv" in text and "basic_motions_test.csv" in text and text.count("data:image/png;base64,") >= 4
-    against_other = eval_json(str(BUNDLED_LOG), "--baseline", str(other))
+    # bare against bare (a bare model's actions are indices, a spec's are labels: never compared)
+    against_other = eval_json(str(BUNDLED_LOG), "--model", str(another), "--baseline", str(other))
     assert against_other["baseline"]["disagreements"] > 0
     assert against_other["per_log"][0]["baseline"]["first_disagreements"]
 
@@ -258,7 +260,7 @@ def test_hold_last_holds_on_the_log_clock(damaged: Path, tmp_path: Path) -> None
     spec = tmp_path / "hold.toml"
     text = BUNDLED_SPEC.read_text().replace('file = "basic_motions.tflite"',
                                             f'file = "{BUNDLED_SPEC.parent / "basic_motions.tflite"}"')
-    spec.write_text(text.replace('action = "idle"', 'action = "idle"\nstrategy = "hold_last"\nhold_ms = 100000000'))
+    spec.write_text(text.replace('action = "idle"', 'action = "idle"\nstrategy = "hold_last"\nhold_ms = 86400000'))
     theirs = replay_records(damaged, spec, tmp_path / "replay.jsonl")
     eval_json(str(damaged), "--model", str(spec), "--decisions-dir", str(tmp_path / "dd"))
     ours = read_jsonl(tmp_path / "dd" / "damaged.csv.jsonl")

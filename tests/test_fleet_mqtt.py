@@ -421,5 +421,5 @@ def test_a_new_model_and_a_fallback_burst_are_events(tmp_path, broker, model_fil
     changed = [e for e in events if e["event"] == "model_changed"]
     assert len(changed) == 1 and changed[0]["from"]["sha256"] != changed[0]["to"]["sha256"]
     bursts = [e for e in events if e["event"] == "fallback_burst"]
-    assert bursts and bursts[0]["state"] == "start" and set(bursts[0]["reasons"]) <= {"deadline", "busy"}
+    assert bursts and bursts[0]["state"] == "start" and set(bursts[0]["reasons"]) <= {"deadline", "busy", "overrun"}
     assert bursts[0]["run"] == changed[0]["run"]

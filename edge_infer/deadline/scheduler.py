@@ -46,9 +46,11 @@ ADMISSION_PROBE_EVERY = 10
 class ModelAnswer:
     """What the model stage produced for one window.
 
-    ``output`` is a copy of the dequantized output (or None), ``reason`` is
-    None when the answer is usable, ``invoke_ns`` the time inside the model
-    (None when no invoke finished for this window).
+    ``output`` is the dequantized output (or None): the inline scheduler lends
+    the engine's own buffer, valid until its next run (no copy on the hot path),
+    a worker's answer is a copy. ``reason`` is None when the answer is usable,
+    ``invoke_ns`` the time inside the model (None when no invoke finished for
+    this window).
     """
 
     __slots__ = ("output", "reason", "invoke_ns")
