@@ -55,6 +55,14 @@ class Histogram:
         for value in values:
             self.record(value)
 
+    def merge(self, other: "Histogram") -> "Histogram":
+        """Add ``other``'s counts to this one (a total over several streams); returns self."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        self.total += other.total
+        self.sum += other.sum
+        self.max = max(self.max, other.max)
+        return self
+
     def percentile(self, p: float) -> int:
         """The smallest bucket edge with at least ``p`` percent of values at or below it."""
         if self.total == 0:

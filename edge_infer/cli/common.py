@@ -37,10 +37,26 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hop", type=int, help="frames between decisions (default: spec, or the window)")
 
 
-def add_source_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", metavar="LOG|serial:PORT",
+def add_source_option(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--source``; with ``many``, given again for each stream (docs/streams.md): then a list, else one value."""
+    parser.add_argument("--source", metavar="LOG|serial:PORT", action=_Sources if many else "store",
                         help="where frames come from: a recorded log path, or a device on a serial port, "
-                             "serial:PORT[?baud=N] (default: the bundled log)")
+                             "serial:PORT[?baud=N] (default: the bundled log)"
+                             + ("; give it once per stream to run several streams in one runtime" if many else ""))
+
+
+class _Sources(argparse.Action):
+    """``--source A --source B``: a list of the values given on the command line; they replace a config file's
+    source (a default of the second parse) instead of adding to it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_sources_given", None)
+        if given is None:
+            given = []
+            setattr(namespace, "_sources_given", given)
+        given.append(values)
+        setattr(namespace, self.dest, list(given))
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +75,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_sinks(args: argparse.Namespace) -> List[Sink]:
-    show = args.show or ("none" if args.json else "changes")
-    sinks: List[Sink] = [ConsoleSink(show)]
+    sinks: List[Sink] = [ConsoleSink(show_mode(args))]
     if args.decisions:
         sinks.append(JsonLinesSink(args.decisions))
     return sinks
+
+
+def show_mode(args: argparse.Namespace) -> str:
+    """``--show``, or its default: changes, none with --json."""
+    return args.show or ("none" if args.json else "changes")
 
 
 def read_usable_log(path: str, strict: bool) -> RecordedLog:

@@ -28,6 +28,7 @@ class Reason(enum.IntEnum):
     STALE = 11  #: too few fresh samples in the window
     OUT_OF_DISTRIBUTION = 12  #: the window does not look like the training data
     SHUTDOWN = 13  #: the runtime is stopping; the device is told to go safe
+    OVERRUN = 14  #: the model could not take this window: a newer one had arrived, or its deadline had passed
 
     @property
     def code(self) -> str:

@@ -83,6 +83,7 @@ extern "C" {
 #define EL_REASON_STALE 11u
 #define EL_REASON_OUT_OF_DISTRIBUTION 12u
 #define EL_REASON_SHUTDOWN 13u
+#define EL_REASON_OVERRUN 14u
 
 /* ERROR codes (device-defined; these are the suggested common ones). */
 #define EL_ERR_SENSOR 1u     /* the sensor does not answer or reports a fault */
