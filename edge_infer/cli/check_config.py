@@ -43,13 +43,17 @@ def _run_options() -> "list[str]":
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.path, supported=_run_options())
     options = config.options
-    source = options.get("source") or str(bundled_log())
-    log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
-    spec, engine = open_model(options.get("model"), log.channels if log is not None else None,
-                              backend=options.get("backend"), hop=options.get("hop"),
-                              budget_ms=options.get("budget_ms"), fallback=options.get("fallback"))
-    if log is not None:
-        channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
+    # every stream as the service would open it, short of a serial device: its model and spec, its log's columns
+    for stream in options.get("streams") or [{}]:
+        source = stream.get("source") or options.get("source") or str(bundled_log())
+        log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
+        spec, engine = open_model(stream.get("spec") or options.get("model"),
+                                  log.channels if log is not None else None, backend=options.get("backend"),
+                                  hop=stream.get("hop") or options.get("hop"),
+                                  budget_ms=stream.get("budget_ms") or options.get("budget_ms"),
+                                  fallback=stream.get("fallback") or options.get("fallback"))
+        if log is not None:
+            channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
     if options.get("metrics_http"):
         HttpExporter(options["metrics_http"])
     print(f"config {config.path} is valid: {config.describe()}; model {spec.name or spec.model_path.name} "

@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 import time
 from array import array
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
@@ -102,6 +103,7 @@ class SerialSource(Source):
         self._clock = clock or Clock()
         self._decoder = FrameDecoder()
         self._encoder = FrameEncoder()
+        self._tx_lock = threading.RLock()
         self._pending: Deque[Frame] = collections.deque()
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
@@ -184,9 +186,10 @@ class SerialSource(Source):
         sequence number means nothing now): counted in ``actions_unsent``.
         """
         answers = self.device_seq_of(frame_seq)
-        sent = (answers is not None and self._ready
-                and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                    name=name)))
+        with self._tx_lock:  # the encoder numbers the frames: one thread at a time (re-entered by _send)
+            sent = (answers is not None and self._ready
+                    and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                        name=name)))
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -269,15 +272,19 @@ class SerialSource(Source):
         self._quiet_s = min(self._quiet_s * 2, QUIET_MAX_S)
 
     def _send_heartbeat(self) -> None:
-        if self._send(self._encoder.heartbeat()):
-            self._n["heartbeats_sent"] += 1
+        with self._tx_lock:
+            if self._send(self._encoder.heartbeat()):
+                self._n["heartbeats_sent"] += 1
 
     def _send(self, wire: bytes) -> bool:
-        if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
-            wire = b"\x00" + wire
-        sent = self.port.write(wire)
-        self._need_delimiter = not sent
-        self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
+        # With several streams a reader thread serves the link (heartbeats) while the loop sends ACTIONs:
+        # one frame goes out whole before the next starts.
+        with self._tx_lock:
+            if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
+                wire = b"\x00" + wire
+            sent = self.port.write(wire)
+            self._need_delimiter = not sent
+            self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
         return sent
 
     # --- receiving ---------------------------------------------------------------------------
