@@ -18,7 +18,7 @@ Also this machine's own sleep jitter (1 ms sleeps in a thread of this process du
 decision's stamp against the log's length), and whether every stream decided exactly what a single-stream
 replay of the same log decides.
 
-usage: python scripts/bench_streams.py [--streams 32] [--sweep 8,16,32,48,64] [--rounds 2] [--speed 40]
+usage: python scripts/bench_streams.py [--streams 32] [--sweep 32,48,64,96,128] [--rounds 2] [--speed 40] [--realtime]
                                        [--duration S] [--json FILE]
        (--threads-child N: internal, the thread-per-stream process)
 """
@@ -61,6 +61,7 @@ class Child:
                                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
         self.lines: List["tuple[int, bytes]"] = []
         self.stderr = b""
+        self.hwm_kb = 0  # VmHWM, sampled: wait4's ru_maxrss would count the pages of this (big) parent before exec
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._err = threading.Thread(target=self._read_err, daemon=True)
@@ -74,15 +75,35 @@ class Child:
     def _read_err(self) -> None:
         self.stderr = self.proc.stderr.read()  # type: ignore[union-attr]
 
+    def sample_rss(self) -> None:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        self.hwm_kb = max(self.hwm_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+
     def wait(self) -> Dict[str, float]:
-        """Wait for the child; its CPU seconds and peak RSS (MB) from wait4."""
+        """Wait for the child; its CPU seconds (wait4) and peak RSS in MB (VmHWM, sampled until it exits)."""
+        while not _exited(self.proc.pid):
+            time.sleep(0.05)
+        self.sample_rss()  # exited, not reaped: /proc still has it
         _, status, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self._reader.join(30)
         self._err.join(30)
         if self.proc.returncode != 0:
             raise SystemExit(f"child failed ({self.proc.returncode}): {self.stderr.decode()[-2000:]}")
-        return {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024.0}
+        return {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": self.hwm_kb / 1024.0}
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it (wait4 must get its rusage)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 class Jitter(threading.Thread):
@@ -100,23 +121,38 @@ class Jitter(threading.Thread):
             self.late_us.append((time.perf_counter_ns() - start - 1_000_000) / 1000.0)
 
 
-def run_config(kind: str, n: int, speed: float, duration: Optional[float]) -> Dict[str, Any]:
+def run_config(kind: str, n: int, speed: float, duration: Optional[float], realtime: bool) -> Dict[str, Any]:
     """One run of ``kind`` with ``n`` streams; returns the stamped decisions and the children's costs."""
     log = str(bundled_log())
     common = ["--speed", str(speed), "--show", "none", "--decisions", "/dev/stdout", "--json"]
     if duration:
         common += ["--duration", str(duration)]
-    if kind == "streams":
+    if realtime:
+        common.append("--realtime")
+    if kind.startswith("streams"):
         sources = [arg for _ in range(n) for arg in ("--source", log)]
-        children = [Child(edge_infer(*sources, *common))]
+        children = [Child(edge_infer(*sources, *common, "--mode", kind.split("-")[1]))]
     elif kind == "processes":
         children = [Child(edge_infer("--source", log, *common)) for _ in range(n)]
     else:
-        argv = [sys.executable, __file__, "--threads-child", str(n), "--speed", str(speed)]
+        argv = [sys.executable, __file__, "--threads-child", str(n), "--speed", str(speed)] + \
+            (["--realtime"] if realtime else [])
         children = [Child(argv + (["--duration", str(duration)] if duration else []))]
     jitter = Jitter()
     jitter.start()
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            for child in children:
+                child.sample_rss()
+            sampling.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     costs = [child.wait() for child in children]
+    sampling.set()
+    sampler.join()
     jitter.stop.set()
     jitter.join()
     decisions: Dict[str, List["tuple[int, int, float, Any, str]"]] = {}
@@ -183,9 +219,11 @@ def reference_actions() -> Dict[int, Any]:
     return {r["seq"]: r["action"] for r in records if "seq" in r and r["source"] == "model"}
 
 
-def threads_child(n: int, speed: float, duration: Optional[float]) -> None:
+def threads_child(n: int, speed: float, duration: Optional[float], realtime: bool) -> None:
     """The thread-per-stream comparison: N single-stream runtimes, each with its own interpreter, one thread each."""
     from edge_infer.cli.common import read_usable_log
+    from dataclasses import replace
+
     from edge_infer.deadline.options import options_for_spec
     from edge_infer.decide.decision import Decision
     from edge_infer.model.loader import open_model
@@ -210,7 +248,8 @@ def threads_child(n: int, speed: float, duration: Optional[float]) -> None:
         spec, engine = open_model(None)
         source = LogSource(log, channel_columns(log, spec.channels, engine.channels, path), spec.channels,
                            speed=speed, name=f"{path}#{k}")
-        runtimes.append(Runtime(spec, engine, source, [Lines()], options=options_for_spec(spec), name=f"t{k}"))
+        options = replace(options_for_spec(spec), realtime=realtime)  # each runtime's own loop thread, as alone
+        runtimes.append(Runtime(spec, engine, source, [Lines()], options=options, name=f"t{k}"))
     threads = [threading.Thread(target=r.run, kwargs={"duration_s": duration}) for r in runtimes]
     for thread in threads:
         thread.start()
@@ -221,16 +260,20 @@ def threads_child(n: int, speed: float, duration: Optional[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=32, help="streams in the side-by-side comparison")
-    parser.add_argument("--sweep", default="8,16,32,48,64", help="stream counts for the largest-N search (streams)")
+    parser.add_argument("--sweep", default="32,48,64,96,128",
+                        help="stream counts for the largest-N search of one runtime (inline mode)")
     parser.add_argument("--sweep-others", default="8,16,32", help="stream counts for processes and threads")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the side-by-side comparison")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--speed", type=float, default=40.0)
     parser.add_argument("--duration", type=float, help="stop each run after S seconds (default: the whole log)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="every runtime's loop thread under SCHED_FIFO (run --realtime), in every kind")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--threads-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads_child:
-        threads_child(args.threads_child, args.speed, args.duration)
+        threads_child(args.threads_child, args.speed, args.duration, args.realtime)
         return
     report = start_report()
     reference = reference_actions()
@@ -243,20 +286,25 @@ def main() -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for round_ in range(args.rounds):
-        for kind in ("streams", "processes", "threads"):
-            row = judge(run_config(kind, args.streams, args.speed, args.duration), args.streams, args.speed,
-                        reference, kind, run_s)
+        for kind in ("streams-inline", "streams-thread", "processes", "threads"):
+            row = judge(run_config(kind, args.streams, args.speed, args.duration, args.realtime), args.streams,
+                        args.speed, reference, kind, run_s)
             row["round"] = round_
             rows.append(row)
             print(_row(row), flush=True)
     report["side_by_side"] = rows
+    if args.skip_sweep:
+        finish_report(report, args.json)
+        return
     print("\n## Largest N on time (every decision within 20 ms of its window, measured from outside)\n")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     sweep = []
-    for kind, counts in (("streams", args.sweep), ("processes", args.sweep_others), ("threads", args.sweep_others)):
+    for kind, counts in (("streams-inline", args.sweep), ("processes", args.sweep_others),
+                         ("threads", args.sweep_others)):
         for n in [int(x) for x in counts.split(",") if x]:
-            row = judge(run_config(kind, n, args.speed, args.duration), n, args.speed, reference, kind, run_s)
+            row = judge(run_config(kind, n, args.speed, args.duration, args.realtime), n, args.speed, reference,
+                        kind, run_s)
             sweep.append(row)
             print(_row(row), flush=True)
     report["sweep"] = sweep

@@ -25,6 +25,7 @@ import time
 from typing import Any, List, Optional
 
 from ..settings.argtypes import positive_float
+from ..sinks.stats import RunStats
 from .config import add_config_option
 from .logs import DEFAULT_REPEAT_INTERVAL_S, LEVELS, setup_logging
 from .metrics import DEFAULT_INTERVAL_S, HttpExporter, MetricFamily, TextfileExporter, collect, format_text
@@ -150,9 +151,9 @@ class ServiceHooks:
         streams, the totals and then each stream's state (docs/streams.md)."""
         runtime = self.runtime
         streams = getattr(runtime, "streams", None)
-        line = _counts_line(runtime.stats)
         if streams is None:
-            return line
+            return _counts_line(runtime.stats)
+        line = _counts_line(RunStats.total([s.stats for s in streams], latencies=False))
         return f"{len(streams)} streams: {line}; " + "; ".join(
             _stream_state(stream, state) for stream, state in zip(streams, runtime.states))
 
