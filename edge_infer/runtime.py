@@ -3,14 +3,25 @@
 Each stage is its own module; this one only wires them and keeps time. The
 loop reads a frame, pushes it into the window buffer and, when a window is
 due, gets the model's answer by the window's deadline (its last frame's
-receipt time plus the budget) or falls back, and hands the decision to every
-sink. It stops at the end of a finite source, after ``duration_s``, or when
-``stop`` is set (signal handlers set it), and always closes the sinks.
+*arrival* plus the budget) or falls back, and hands the decision to the
+sinks, the device first. It stops at the end of a finite source, after
+``duration_s``, or when ``stop`` is set (signal handlers set it), and always
+closes the sinks.
+
+Never behind (docs/deadlines.md): a live source is read by a thread of its
+own that stamps frames as they arrive (:mod:`.sources.arrival`), and a paced
+log stamps each frame with its due time, so the loop always knows how old a
+frame is and how many more already wait. A window for which a newer one has
+already arrived, or whose deadline (minus the reserve) has passed before the
+model could start, is decided at once with reason ``overrun``; the model
+only ever takes the newest window, and the loop catches up instead of
+acting on old frames.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
@@ -20,12 +31,13 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from .checks.guard import build_guard
 from .deadline import build_scheduler
 from .deadline.clock import Clock
-from .deadline.edf import Pending, SharedModel
-from .deadline.hygiene import GcPacer, LoopPriority
+from .deadline.edf import SharedModel, Waiting
+from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
-from .deadline.scheduler import ModelAnswer, Scheduler
+from .deadline.scheduler import ALREADY_DECIDED, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
+from .deadline.watchdog import Pending, Watchdog
 from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
 from .decide.reasons import Reason
@@ -35,7 +47,8 @@ from .model.engine import Engine
 from .model.spec import ModelSpec
 from .sinks.base import Sink
 from .sinks.stats import RunStats
-from .sources.arrivals import Arrivals, StreamEnded, StreamRestarted
+from .sources.arrival import ArrivalReader
+from .sources.arrivals import Arrivals, StreamEnded
 from .sources.base import EndOfStream, Source
 from .window import WindowBuffer
 
@@ -66,20 +79,30 @@ class Runtime:
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
+        #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
+        self.device_sinks: List[Sink] = []
         self.sinks: List[Sink] = [self.stats, *sinks]
         self._budget_ns = spec.budget_ns
+        self._reserve_ns = self.options.reserve_ns(spec.budget_ns)
+        period_ms = self._window_period_ms()
+        #: A backlog of windows the model could decide within this long is caught up by the model.
+        self._catch_up_ns = min(self._budget_ns, int(period_ms * 1e6)) if period_ms else self._budget_ns
+        #: Where the loop takes frames from: a live source through its reader thread, a log directly.
+        self.arrivals: Source = source
+        if source.live:
+            self.arrivals = reader = ArrivalReader(source)
+            reader.restart_listeners.append(self.window.reset)
         self._last_frame: Optional[Frame] = None  # what the shutdown decision answers
         self.elapsed_s = 0.0
         self.startup: Optional[StartupReport] = None
         self._started = False
         self._gc = GcPacer()
         self._priority = LoopPriority()
+        self._switch = SwitchInterval()
         self._silence: Optional[SilenceTimer] = None  # armed by start() if no_data is on
 
     def _build_scheduler(self) -> Scheduler:
         budget_ns, options = self.spec.budget_ns, self.options
-        if options.mode == "inline":
-            return build_scheduler("inline", self.engine, self.clock)
         return build_scheduler(options.mode, self.engine, self.clock, overload=options.overload,
                                admission=options.admission, reserve_ns=options.reserve_ns(budget_ns),
                                hang_limit_ns=options.hang_limit_ns(budget_ns))
@@ -107,7 +130,7 @@ class Runtime:
                     if wait < timeout:
                         timeout = wait if wait > 0.0 else 0.0
                 try:
-                    frame = self.source.recv(timeout)
+                    frame = self.arrivals.recv(timeout)
                 except EndOfStream:
                     source_ended = True
                     break
@@ -142,13 +165,18 @@ class Runtime:
             self.startup = warm_up(self.scheduler, (self.spec.window, len(self.spec.channels)), options.warmup,
                                    self.spec.budget_ms, options.reserve_ns(budget_ns) / 1e6,
                                    options.hang_limit_ns(budget_ns), self.clock)
-            check_budget(self.startup, self.scheduler.mode, options.strict_budget)
+            check_budget(self.startup, self.scheduler.mode, options.strict_budget, self._window_period_ms())
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                    self.scheduler)
+        if options.switch_interval_ms:
+            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.gc_control:
             self._gc.start()
         self.arm_silence()
+        if isinstance(self.arrivals, ArrivalReader):
+            self.arrivals.start()  # last: frames are stamped from now on
+            self._priority.add_waiter(self.arrivals.native_id)
 
     def arm_silence(self) -> None:
         """Start the ``no_data`` timer, if the options want one (the gap counts from now)."""
@@ -158,6 +186,26 @@ class Runtime:
         if gap_ns is not None:
             self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
 
+    def _window_period_ms(self) -> Optional[float]:
+        """How often windows come (hop / sample rate), if the spec knows its sample rate."""
+        rate = self.spec.sample_rate_hz
+        return self.window.hop / rate * 1000.0 if rate else None
+
+    def add_device_sink(self, sink: Sink) -> None:
+        """A sink that talks to a device: it gets every decision before any other sink."""
+        self.device_sinks.append(sink)
+
+    def source_restarted(self) -> None:
+        """The source's stream restarted (reconnect, reboot): the next window needs a whole window of new frames.
+
+        Called by the source; with a reader thread, the reset is queued in order with the frames and done on
+        the loop's thread.
+        """
+        if isinstance(self.arrivals, ArrivalReader):
+            self.arrivals.mark_restart()
+        else:
+            self.window.reset()
+
     def _tick(self, now_ns: int) -> None:
         """Called after every frame and at least every ``POLL_S`` without one: what must happen on time anyway.
 
@@ -166,7 +214,8 @@ class Runtime:
         """
         self.scheduler.poll(now_ns)
         silence = self._silence
-        if silence is not None and now_ns >= silence.next_due_ns:
+        if silence is not None and now_ns >= silence.next_due_ns and not self.arrivals.backlog():
+            # (frames that arrived and wait to be read are not silence, however old the last one read is)
             self._no_data(silence.take_due(now_ns), now_ns)  # type: ignore[arg-type]
 
     def _no_data(self, due_ns: int, now_ns: int) -> Decision:
@@ -174,11 +223,8 @@ class Runtime:
         frame = self._last_frame
         decision = Decision(seq=-1 if frame is None else frame.seq, t=0.0 if frame is None else frame.t,
                             action=self.fallback.action(Reason.NO_DATA, now_ns), source="fallback",
-                            reason=Reason.NO_DATA, latency_us=(self.clock.now_ns() - due_ns) / 1000.0,
-                            invoke_us=None, output=None, label=None)
-        decision.stream = self.name
-        for sink in self.sinks:
-            sink.on_decision(decision)
+                            reason=Reason.NO_DATA, latency_us=0.0, invoke_us=None, output=None, label=None)
+        self._emit(decision, due_ns)
         if self._gc.active:
             self._gc.slack()
         return decision
@@ -197,7 +243,7 @@ class Runtime:
                             source="fallback", reason=Reason.SHUTDOWN, latency_us=0.0,  # no window waited for it
                             invoke_us=None, output=None, label=None)
         decision.stream = self.name
-        for sink in self.sinks:
+        for sink in [*self.device_sinks, *self.sinks]:
             try:
                 sink.on_decision(decision)
             except Exception:  # one broken sink must not keep the device sink from sending the safe action
@@ -205,11 +251,25 @@ class Runtime:
         return decision
 
     def on_frame(self, frame: Frame) -> Optional[Decision]:
-        """Take one frame; if it completes a window, decide it and hand the decision to the sinks."""
+        """Take one frame; if it completes a window, decide it and hand the decision to the sinks.
+
+        Returns the decision, or None if no window completed or the watchdog decided it.
+        """
         if not self.take(frame):
             return None
-        answer = (self.guard.check_window(self.window.view())  # a failed input check: no invoke, fall back
-                  or self.scheduler.run(self.window.view(), frame.recv_ns + self._budget_ns))
+        window = self.window
+        deadline = frame.recv_ns + self._budget_ns
+        waiting, until = self.arrivals.backlog(), window.until_due()
+        if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
+            return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
+        answer = self.guard.check_window(window.view())  # a failed input check: no invoke, fall back
+        if answer is None:
+            fire_at = deadline - self._reserve_ns
+            if self.clock.now_ns() >= fire_at:  # too late to start the model: never start a lost window
+                return self._overrun(frame)
+            answer = self.scheduler.run(window.view(), deadline, Pending(fire_at, deadline, frame, self._late))
+            if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
+                return None
         return self.finish(frame, answer)
 
     def take(self, frame: Frame) -> bool:
@@ -217,6 +277,8 @@ class Runtime:
         self._last_frame = frame
         if self._silence is not None:
             self._silence.on_frame(frame.recv_ns)
+        for sink in self.device_sinks:
+            sink.on_frame(frame)
         for sink in self.sinks:
             sink.on_frame(frame)
         self.guard.on_frame(frame)
@@ -229,12 +291,53 @@ class Runtime:
         :meth:`~edge_infer.checks.guard.InputGuard.verdict`).
         """
         decision = self.guard.review(self._decide(frame, answer), verdict)
-        decision.stream = self.name
-        for sink in self.sinks:
-            sink.on_decision(decision)
+        self._emit(decision, frame.recv_ns)
         if self._gc.active:  # the slack after a decision: the next window is a hop away
             self._gc.slack()
         return decision
+
+    def _can_catch_up(self, newer: int) -> bool:
+        """May the model take a window while ``newer`` newer windows have already arrived?
+
+        Only if it can decide all of them within one window period (the recent p99 invoke, times the
+        windows): a burst of frames (a USB packet, a loop that was briefly descheduled) costs no model
+        decision a fast model could make, while a model slower than the windows come takes only the
+        newest and the loop never falls behind. Without an estimate yet, the model tries; the watchdog
+        still keeps the deadline.
+        """
+        estimate = self.scheduler.invoke_estimate_ns()
+        return estimate is None or (newer + 1) * estimate <= self._catch_up_ns
+
+    def _overrun(self, frame: Frame) -> Decision:
+        """The window the model cannot take: a newer one is waiting, or its deadline has (nearly) passed."""
+        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.OVERRUN, self.clock.now_ns()),
+                            source="fallback", reason=Reason.OVERRUN, latency_us=0.0, invoke_us=None, output=None,
+                            label=frame.label)
+        self._emit(decision, frame.recv_ns)
+        return decision
+
+    def _late(self, pending: Pending, now_ns: int) -> None:
+        """The watchdog's call (on its thread, the loop being inside the invoke): the fallback at the deadline."""
+        frame = pending.frame
+        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.DEADLINE, now_ns),
+                            source="fallback", reason=Reason.DEADLINE, latency_us=0.0, invoke_us=None, output=None,
+                            label=frame.label)
+        self._emit(decision, frame.recv_ns)
+
+    def _emit(self, decision: Decision, arrival_ns: int) -> None:
+        """Hand ``decision`` to the device sinks, stamp its latency from ``arrival_ns``, then the other sinks.
+
+        The time spent in all sinks is measured (``sink_us`` in the summary).
+        """
+        decision.stream = self.name
+        now_ns = self.clock.now_ns
+        start = now_ns()
+        for sink in self.device_sinks:
+            sink.on_decision(decision)
+        decision.latency_us = (now_ns() - arrival_ns) / 1000.0
+        for sink in self.sinks:
+            sink.on_decision(decision)
+        self.stats.sink_us.record((now_ns() - start) / 1000.0)
 
     def _decide(self, frame: Frame, answer: ModelAnswer) -> Decision:
         reason = answer.reason
@@ -250,8 +353,7 @@ class Runtime:
             action = self.fallback.action(reason, now)
             source = "fallback"
         return Decision(
-            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason,
-            latency_us=(self.clock.now_ns() - frame.recv_ns) / 1000.0,
+            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason, latency_us=0.0,
             invoke_us=None if answer.invoke_ns is None else answer.invoke_ns / 1000.0,
             output=output, label=frame.label,
         )
@@ -260,7 +362,10 @@ class Runtime:
         """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""
         self._gc.stop()
         self._priority.restore()
-        for closer in [self.scheduler.close, *(s.close for s in self.sinks), self.source.close]:
+        self._switch.restore()
+        closers = [self.arrivals.close, self.scheduler.close, *(s.close for s in self.device_sinks),
+                   *(s.close for s in self.sinks), self.source.close]
+        for closer in closers:
             try:
                 closer()
             except Exception:  # a sink failing to flush must not keep the others from flushing
@@ -276,7 +381,7 @@ class Runtime:
             "model": self.spec.name or self.spec.model_path.name,
             "backend": self.engine.backend.name,
             "backend_version": self.engine.backend_version,
-            "source": self.source.counters(),
+            "source": self.arrivals.counters(),
             "scheduler": self.scheduler.counters(),
             "fallback": self.fallback.describe(),
             "startup": None if self.startup is None else self.startup.to_dict(),
@@ -320,9 +425,11 @@ class StreamsRuntime:
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must differ: {names}")
         self.clock = clock or Clock()
-        self.arrivals = Arrivals([s.source for s in setups], self.clock)
+        events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.sinks: List[Sink] = list(sinks)
         self.options = setups[0].options or options_for_spec(setups[0].spec)
+        #: One watchdog for every window in flight on the loop's thread, whichever stream and model it is of.
+        self.watchdog = Watchdog(self.clock)
         self.models: List[SharedModel] = []
         shared: Dict[int, SharedModel] = {}
         users = Counter(id(s.engine) for s in setups)
@@ -333,7 +440,7 @@ class StreamsRuntime:
                 model = SharedModel(BatchEngine(setup.engine, max_batch=users[id(setup.engine)]), len(setups),
                                     self._answered, self.clock, reserve_ns=options.reserve_ns(budget_ns),
                                     hang_limit_ns=options.hang_limit_ns(budget_ns),
-                                    threaded=options.mode != "inline", wake=self.arrivals.events)
+                                    threaded=options.mode == "thread", wake=events, watchdog=self.watchdog)
                 shared[id(setup.engine)] = model
                 self.models.append(model)
         self.streams = [Runtime(s.spec, s.engine, s.source, s.sinks, scheduler=shared[id(s.engine)],
@@ -341,6 +448,8 @@ class StreamsRuntime:
                         for s in setups]
         for stream in self.streams:
             stream.sinks.extend(self.sinks)
+        # a live source is read by its stream's ArrivalReader; a log is paced by the loop itself
+        self.arrivals = Arrivals([s.arrivals for s in self.streams], self.clock, events)
         self._budgets_ns = [s.spec.budget_ns for s in setups]
         #: per stream: "running", "ended" (its log is over) or "failed: <why>"
         self.states = ["running"] * len(setups)
@@ -371,7 +480,7 @@ class StreamsRuntime:
             self.start()
             if hooks is not None:
                 hooks.on_ready(self)
-            arrivals.start()
+            self._start_readers()
             while not (stop is not None and stop.is_set()):
                 now = clock.now_ns()
                 busy = arrivals.due(now, self._take, self._ready)
@@ -415,15 +524,23 @@ class StreamsRuntime:
             if options.warmup > 0:
                 report = warm_up(model, (spec.window, len(spec.channels)), options.warmup, budget_ns / 1e6,
                                  options.reserve_ns(budget_ns) / 1e6, options.hang_limit_ns(budget_ns), self.clock)
-                check_budget(report, model.mode, options.strict_budget)
+                check_budget(report, model.mode, options.strict_budget, users[0]._window_period_ms())
                 self.startup[spec.name or spec.model_path.name] = report.to_dict()
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                  self.models[0])
+            self._priority.add_waiter(self.watchdog.native_id)
         if options.gc_control:
             self._gc.start()
         for stream in self.streams:
             stream.arm_silence()
+
+    def _start_readers(self) -> None:
+        """Start the live sources' readers (after warm-up: frames stamped earlier would only be old)."""
+        self.arrivals.start()
+        for stream in self.streams:
+            if isinstance(stream.arrivals, ArrivalReader):
+                self._priority.add_waiter(stream.arrivals.native_id)
 
     def _take(self, i: int, frame: Frame) -> None:
         """A frame of stream ``i`` arrived: into its window; a due window is checked, then queued for its model."""
@@ -443,15 +560,13 @@ class StreamsRuntime:
         """Whether stream ``i`` may take its next frame now (an unpaced replay waits for its last window)."""
         return not self.streams[i].scheduler.holds(i)  # type: ignore[attr-defined]
 
-    def _answered(self, pending: Pending, answer: ModelAnswer) -> None:
-        """A shared model's outcome for a window (always on the loop thread)."""
-        self.streams[pending.stream].finish(pending.frame, answer, pending.verdict)
+    def _answered(self, waiting: Waiting, answer: ModelAnswer) -> None:
+        """A shared model's outcome for a window (on the loop's thread, or the watchdog's for an overrun)."""
+        self.streams[waiting.stream].finish(waiting.frame, answer, waiting.verdict)
 
     def _event(self, event: Any) -> None:
-        if type(event) is tuple:
-            self._take(*event)
-        elif isinstance(event, StreamRestarted):
-            self.streams[event.stream].window.reset()
+        if type(event) is int:  # a live stream's reader queued frames
+            self.arrivals.take_live(event, self._take)
         elif isinstance(event, StreamEnded):
             i = event.stream
             if event.error is None:
@@ -485,6 +600,7 @@ class StreamsRuntime:
         shared = set(map(id, self.sinks))
         for model in self.models:
             model.close()
+        self.watchdog.close()
         for stream in self.streams:
             stream.sinks = [s for s in stream.sinks if id(s) not in shared]
             stream.close()

@@ -34,6 +34,17 @@ class WindowBuffer:
         self.count += 1
         return self.count >= self.window and (self.count - self.window) % self.hop == 0
 
+    def until_due(self) -> int:
+        """How many more frames until the next window is due (1 if the next frame completes one).
+
+        The loop compares it with the frames that already arrived and wait to be read: a window
+        for which a newer one is already waiting is not given to the model (docs/deadlines.md).
+        """
+        count, window = self.count, self.window
+        if count < window:
+            return window - count
+        return self.hop - (count - window) % self.hop
+
     def view(self) -> np.ndarray:
         """The newest ``window`` frames, oldest first, as a (window, channels) view (not a copy)."""
         return self._data[self._next:self._next + self.window]

@@ -20,7 +20,11 @@ load spreads over all of them. The models: the bundled one, and the test builder
 hand-off primitives the thread mode could use (two locks, a Condition, two Events) around a bare
 invoke. Results go to stdout as markdown tables (and ``--json FILE``); docs/performance.md holds them.
 
-usage: python scripts/bench_loop.py [--windows N] [--windows-1ms N] [--rounds R] [--json FILE]
+usage: python scripts/bench_loop.py [--windows N] [--windows-1ms N] [--rounds R] [--hop N]
+                                   [--variants "NAME;NAME..."] [--json FILE]
+
+``--hop 1 --windows 84000 --windows-1ms 0 --variants "(c) inline;(c) thread;..."`` is the long-log
+comparison of docs/performance.md ("Honest deadlines"): every frame completes a window.
 """
 
 from __future__ import annotations
@@ -220,7 +224,10 @@ def measure(case: Case, windows: int, rounds: int) -> Dict[str, np.ndarray]:
     per_round = max(1, windows // rounds)
     samples: Dict[str, List[np.ndarray]] = {name: [] for name in VARIANTS}
     for r in range(rounds):
-        for name, variant in VARIANTS.items():
+        order = list(VARIANTS.items())
+        if r % 2:  # every other round backwards: no variant always runs first (warm caches) or last
+            order.reverse()
+        for name, variant in order:
             samples[name].append(variant(case, per_round))
         print(f"  {case.name}: round {r + 1}/{rounds} done", file=sys.stderr)
     return {name: np.concatenate(parts) for name, parts in samples.items()}
@@ -258,6 +265,8 @@ def table(case_name: str, results: Dict[str, Dict[str, float]]) -> str:
                      f"{s['p99'] / base['p99']:.2f} |")
     lines.append("")
     for suffix in ("", ", no input checks"):
+        if f"(c) process{suffix}" not in results or f"(c) thread{suffix}" not in results:
+            continue
         process, thread = results[f"(c) process{suffix}"], results[f"(c) thread{suffix}"]
         lines.append(f"isolated (process) mode extra cost over the thread mode{suffix}: p50 "
                      f"{process['p50'] - thread['p50']:+.1f} µs, mean {process['mean'] - thread['mean']:+.1f} µs  ")
@@ -453,13 +462,28 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=20000, help="windows per variant, bundled model")
     parser.add_argument("--windows-1ms", type=int, default=3000, help="windows per variant, 1 ms model")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--hop", type=int, help="frames between windows (default: the spec's)")
+    parser.add_argument("--variants", help="variant names to run, separated by ; (default: all)")
+    parser.add_argument("--no-handoff", action="store_true", help="skip the hand-off and GC tables")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.variants:
+        wanted = [name.strip() for name in args.variants.split(";")]
+        unknown = [name for name in wanted if name not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        for name in list(VARIANTS):
+            if name not in wanted and name != BASELINE:
+                del VARIANTS[name]
 
     report: Dict[str, Any] = dict(start_report(), cases={})
     with tempfile.TemporaryDirectory() as tmp:
         first = bundled_case(args.model, args.log)
-        cases = [(first, args.windows), (one_ms_case(args.log, first.spec.hop, Path(tmp)), args.windows_1ms)]
+        if args.hop:
+            first.spec = replace(first.spec, hop=args.hop)
+        cases = [(first, args.windows)]
+        if args.windows_1ms:
+            cases.append((one_ms_case(args.log, first.spec.hop, Path(tmp)), args.windows_1ms))
         for case, windows in cases:
             results = {name: stats(ns) for name, ns in measure(case, windows, args.rounds).items()}
             report["cases"][case.name] = results
@@ -467,13 +491,14 @@ def main() -> int:
             print(table(case.name, results))
             print()
             print(gc_table(case.name, windows))
-        text, results = handoff_table(first, args.windows, args.rounds)
-        report["handoff"] = results
-        print()
-        print(text)
-        text, report["full_collection"] = full_collection_table()
-        print()
-        print(text)
+        if not args.no_handoff:
+            text, results = handoff_table(first, args.windows, args.rounds)
+            report["handoff"] = results
+            print()
+            print(text)
+            text, report["full_collection"] = full_collection_table()
+            print()
+            print(text)
     finish_report(report, args.json)
     return 0
 

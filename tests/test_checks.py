@@ -375,9 +375,9 @@ class CountingScheduler(InlineScheduler):
 
     runs = 0
 
-    def run(self, window, deadline_ns):  # type: ignore[override]
+    def run(self, window, deadline_ns, pending=None):  # type: ignore[override]
         self.runs += 1
-        return super().run(window, deadline_ns)
+        return super().run(window, deadline_ns, pending)
 
 
 def write_log(path: Path, values: np.ndarray) -> None:

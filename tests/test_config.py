@@ -125,7 +125,7 @@ def test_every_bad_key_is_named_in_one_message(tmp_path):
     ("[metrics]\nfile = 'x'\n", "[metrics].file is not a known key (known: textfile, http, interval_s)"),
     ("model = 'x'\n", "[model] must be a table"),
     ("[checks]\n", "[checks] is not a known table"),  # input checks belong to the model spec
-    ("[deadline]\nmode = 'fork'\n", "[deadline].mode must be one of thread, inline, process"),
+    ("[deadline]\nmode = 'fork'\n", "[deadline].mode must be one of inline, thread, process"),
     ("[scheduling]\ncpu_affinity = 3\n", "[scheduling].cpu_affinity must be a non-empty list of CPU numbers"),
     ("[deadline]\nwarmup = -1\n", "[deadline].warmup must be an integer of at least 0"),
     ("[source\n", "is not valid TOML"),

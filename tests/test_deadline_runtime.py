@@ -151,7 +151,7 @@ def test_deadline_keys_come_from_the_spec(tmp_path):
     assert options.hang_limit_ns(spec.budget_ns) == 250 * MS
     assert options.no_data_ns(400 * MS) == 700 * MS
     defaults = options_for_spec(load_spec(write_spec(tmp_path)))
-    assert defaults.mode == "thread" and defaults.no_data_ns(400 * MS) == 1200 * MS
+    assert defaults.mode == "inline" and defaults.no_data_ns(400 * MS) == 1200 * MS
     assert defaults.no_data_ns(None) is None  # no sample rate: off unless asked for
     assert defaults.reserve_ns(50 * MS) == MS and defaults.reserve_ns(MS) == MS // 4
 
@@ -181,17 +181,18 @@ def slow_setup(tmp_path_factory):
 
 def test_a_slow_model_on_a_short_budget_is_decided_every_window_by_fallback_none_late(slow_setup):
     model, log = slow_setup
-    # --realtime: on a loaded machine (CI, or this one shared by several engineers) a normally scheduled
-    # loop thread can wake up milliseconds after its timer fired; SCHED_FIFO lets it run at once.
+    # --realtime: the loop and the watchdog under SCHED_FIFO, the invoke under the normal scheduler.
     proc = run_cli("replay", str(log), "--model", str(model), "--budget-ms", "5", "--hop", "4", "--json",
                    "--realtime")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["decisions"] == 17 and summary["fallback_decisions"] == 17
-    assert set(summary["fallback_reasons"]) <= {"deadline", "busy"}
-    if "SCHED_FIFO is not permitted" not in proc.stderr:  # without it, lateness is up to the OS scheduler
-        assert summary["late_decisions"] == 0
-    assert summary["scheduler"]["mode"] == "thread"
+    assert set(summary["fallback_reasons"]) == {"deadline"}  # the watchdog decides each one at its deadline
+    assert summary["scheduler"]["watchdog_fallbacks"] == 17
+    # Whether each came by its deadline is timing, measured from outside by scripts/bench_arrival.py (on a
+    # machine shared with other SCHED_FIFO work even the watchdog can wait for a CPU); the fake-clock
+    # tests in test_arrival_deadlines.py check the logic.
+    assert summary["scheduler"]["mode"] == "inline"
     assert summary["startup"]["within_budget"] is False
     # The start-up check says so in one line, naming the measured p99 and the budget.
     warning = [line for line in proc.stderr.splitlines() if "start-up check" in line]

@@ -95,7 +95,8 @@ def test_run_decides_from_the_link_and_the_device_gets_one_action_per_decision(k
     records = run.records()
     assert summary["decisions"] == len(records) and summary["model_decisions"] >= 10
     assert records[-1]["reason"] == "shutdown" and summary["fallback_reasons"]["shutdown"] == 1
-    assert summary["frames"] == src["sensor_frames"] and src["hellos"] >= 1
+    # a frame can arrive after the loop took its last one: the reader counts it as unread, never lost silently
+    assert summary["frames"] + src["unread_frames"] == src["sensor_frames"] and src["hellos"] >= 1
     assert src["actions_sent"] == summary["decisions"] and src["actions_unsent"] == 0
     assert src["crc_errors"] + src["cobs_errors"] <= 1  # at most a fragment caught when the port opened
     assert src["disconnects"] == 0 and src["low_latency"] is not None

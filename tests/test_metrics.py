@@ -5,7 +5,7 @@ import os
 import re
 import socket
 import stat
-import sys
+import time
 import urllib.request
 
 import pytest
@@ -139,22 +139,34 @@ def test_http_endpoint_serves_the_same_numbers_on_localhost(model):
     summary = runtime.run()
     exporter = HttpExporter(str(free_port()))
     assert exporter.host == "127.0.0.1"
-    exporter.start(lambda: collect(runtime, 1234.5))
+    exporter.start(format_text(collect(runtime, 1234.5)))
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=30) as response:
             served = parse(response.read().decode())
+        exporter.update("# a newer text\n")  # served as sent, once the server process has read it
+        give_up = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=30) as response:
+                if response.read() == b"# a newer text\n":
+                    break
+            assert time.monotonic() < give_up, "the server never served the new text"
+            time.sleep(0.01)
     finally:
         exporter.close()
+    assert exporter._process is None
     written = parse(format_text(collect(runtime, 1234.5)))
     assert served == written
     assert value(served, "edge_infer_decision_latency_seconds_count") == summary["decisions"]
     assert value(served, "edge_infer_start_time_seconds") == 1234.5
 
 
-def test_http_endpoint_without_prometheus_client_is_one_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
-    with pytest.raises(EdgeInferError, match=r"pip install prometheus-client \(the 'metrics' extra\)"):
-        HttpExporter("9464")
+def test_a_port_in_use_is_one_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        exporter = HttpExporter(str(taken.getsockname()[1]))
+        with pytest.raises(EdgeInferError, match=r"cannot serve metrics on 127.0.0.1:\d+: "):
+            exporter.start("")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -22,7 +22,7 @@ from ..model.spec import ModelSpec
 from ..runtime import StreamSetup, StreamsRuntime
 from ..sinks.base import Sink
 from ..sinks.console import ConsoleSink
-from ..sinks.device import DeviceSink
+from ..sinks.device import attach_device
 from ..sinks.jsonl import JsonLinesSink
 from ..sources import open_live_source
 from ..sources.log_replay import LogSource, channel_columns
@@ -96,12 +96,9 @@ def streams_runtime(args: argparse.Namespace) -> StreamsRuntime:
         sinks: List[Sink] = [ConsoleSink(show_mode(args), prefix=name)]
         if entry.get("decisions"):
             sinks.append(JsonLinesSink(entry["decisions"]))
-        if isinstance(source, SerialSource):
-            sinks.insert(0, DeviceSink(source, spec))  # sinks that talk to a device are served first
         setups.append(StreamSetup(name, spec, engine, source, sinks, **runtime_options(spec, args)))
     runtime = StreamsRuntime(setups, shared)
-    for i, stream in enumerate(runtime.streams):
+    for stream in runtime.streams:
         if isinstance(stream.source, SerialSource):
-            # a reconnect or reboot resets the window, in order with the stream's frames (on the loop thread)
-            stream.source.restart_listeners.append(runtime.arrivals.restart_listener(i))
+            attach_device(stream)  # served first; a reconnect or reboot resets the window on the loop's thread
     return runtime

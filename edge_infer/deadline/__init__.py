@@ -1,6 +1,7 @@
 """Meeting each window's deadline: the scheduler and its modes, the start-up check, silence, OS hygiene.
 
 * :mod:`.scheduler` -- the model's answer for a window by its deadline, or a reason (inline, worker thread)
+* :mod:`.watchdog` -- the inline mode's second thread: the fallback at the deadline when an invoke overruns
 * :mod:`.isolated` -- the same with the model in a child process that is killed and restarted
 * :mod:`.options` -- the ``[deadline]`` spec keys and their command-line overrides
 * :mod:`.startup` -- warm-up and the budget check
@@ -22,7 +23,7 @@ from .scheduler import InlineScheduler, Scheduler, ThreadedScheduler
 def build_scheduler(mode: str, engine: Engine, clock: Optional[Clock] = None, **policy: Any) -> Scheduler:
     """The scheduler for ``--mode``: ``inline``, ``thread`` or ``process`` (policy: see WorkerScheduler)."""
     if mode == "inline":
-        return InlineScheduler(engine, clock)
+        return InlineScheduler(engine, clock, **policy)
     if mode == "thread":
         return ThreadedScheduler(engine, clock, **policy)
     if mode == "process":

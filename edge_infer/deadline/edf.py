@@ -19,14 +19,16 @@ The batch costs are measured at start on the real, resized interpreters
 (:class:`~edge_infer.model.batch.BatchEngine`) and follow the recent p99
 of each size while running (:class:`~.tail_estimate.TailEstimate`).
 
-The model runs in a worker thread per shared model (``thread`` mode, the
-default) so that the loop thread is never inside an invoke: it keeps every
-in-flight window's deadline itself. A window still running at its deadline
-falls back ``deadline`` on time, and its late answer is dropped; a hung
-model only ever holds up the streams that use it, while streams on another
-model go on. ``inline`` runs the batch on the loop thread (no hand-off, but
-a slow invoke delays every stream). docs/streams.md has the measurements
-behind the choice.
+``inline`` (the default) runs the batch on the loop's thread, the cheapest:
+before the invoke every window of the batch is armed on the runtime's one
+:class:`~.watchdog.Watchdog` (each at its own deadline minus the reserve), so
+a window whose invoke overruns is decided ``deadline`` on time by the
+watchdog thread and the late answer is dropped; windows of other streams
+that come due meanwhile are decided when the invoke returns. ``thread``
+runs the model in a worker thread per shared model, so the loop thread is
+never inside an invoke and keeps every deadline itself: a hung model only
+ever holds up the streams that use it, while streams on another model go
+on. docs/streams.md has the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..model.batch import BatchEngine
 from .clock import Clock
 from .scheduler import ModelAnswer, Scheduler
 from .tail_estimate import TailEstimate
+from .watchdog import Pending, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,14 @@ log = logging.getLogger(__name__)
 COST_SAMPLES = 30
 
 #: ``answer(pending, answer)``: the loop decides a stream's window with the model's answer or a reason.
-Answer = Callable[["Pending", ModelAnswer], None]
+Answer = Callable[["Waiting", ModelAnswer], None]
 
 
-class Pending:
+class Waiting:
     """A window waiting for (or in) the model: which stream, the frame it ends at, its deadline, its copy,
     and the input guard's verdict on it (the loop's, carried back with the answer)."""
 
-    __slots__ = ("stream", "frame", "deadline_ns", "values", "verdict", "decided")
+    __slots__ = ("stream", "frame", "deadline_ns", "values", "verdict", "decided", "watched")
 
     def __init__(self, stream: int, frame: Frame, deadline_ns: int, values: np.ndarray, verdict: Any = None):
         self.stream = stream
@@ -69,6 +72,7 @@ class Pending:
         self.values = values
         self.verdict = verdict
         self.decided = False  #: in flight, but its deadline came first: it fell back, its answer is dropped
+        self.watched: Optional[Pending] = None  #: inline: what the watchdog holds for it during the invoke
 
 
 class BatchCosts:
@@ -106,7 +110,7 @@ def measure_costs(batch: BatchEngine, clock: Clock, samples: int = COST_SAMPLES)
     return costs
 
 
-def plan_batch(ordered: Sequence[Pending], now_ns: int, reserve_ns: int, costs: BatchCosts,
+def plan_batch(ordered: Sequence[Waiting], now_ns: int, reserve_ns: int, costs: BatchCosts,
                size_for: Callable[[int], int]) -> int:
     """How many of the earliest-deadline windows ``ordered`` (sorted by deadline) to run in one invoke.
 
@@ -127,9 +131,11 @@ class SharedModel(Scheduler):
 
     def __init__(self, batch: BatchEngine, streams: int, answer: Answer, clock: Optional[Clock] = None,
                  reserve_ns: int = 0, hang_limit_ns: int = 10**9, threaded: bool = True,
-                 wake: "Optional[queue.SimpleQueue[Any]]" = None, costs: Optional[Dict[int, int]] = None):
-        """``answer`` hears every window's outcome, always on the loop thread; ``wake`` (the loop's event queue)
-        gets this object when the worker finished a batch. ``costs`` skips the start-up measurement (tests)."""
+                 wake: "Optional[queue.SimpleQueue[Any]]" = None, costs: Optional[Dict[int, int]] = None,
+                 watchdog: Optional[Watchdog] = None):
+        """``answer`` hears every window's outcome: on the loop thread, or (inline) on the ``watchdog``'s when
+        an invoke overran the window's deadline. ``wake`` (the loop's event queue) gets this object when the
+        worker finished a batch. ``costs`` skips the start-up measurement (tests)."""
         self.batch = batch
         self.clock = clock or Clock()
         self.mode = "thread" if threaded else "inline"
@@ -137,9 +143,9 @@ class SharedModel(Scheduler):
         self.hang_limit_ns = hang_limit_ns
         self._answer = answer
         self._slots = np.zeros((streams, *batch.window_shape), dtype=np.float32)
-        self._pending: Dict[int, Pending] = {}
+        self._pending: Dict[int, Waiting] = {}
         self._held = [0] * streams  # per stream: its windows queued or in flight and not yet decided
-        self._in_flight: List[Pending] = []
+        self._in_flight: List[Waiting] = []
         self._started_ns = 0
         self._size = 0
         self.costs = BatchCosts(costs if costs is not None else measure_costs(batch, self.clock))
@@ -154,6 +160,7 @@ class SharedModel(Scheduler):
         self._batches = 0
         self._report: "tuple[Optional[np.ndarray], Optional[Reason], int]" = (None, None, 0)
         self._wake = wake
+        self.watchdog = None if threaded else watchdog
         self._worker: Optional[threading.Thread] = None
         self._closing = False
         if threaded:
@@ -177,14 +184,14 @@ class SharedModel(Scheduler):
         """A window of ``stream`` passed its input checks: copy it and queue it (after :meth:`supersede`)."""
         values = self._slots[stream]
         np.copyto(values, window)
-        self._pending[stream] = Pending(stream, frame, deadline_ns, values, verdict)
+        self._pending[stream] = Waiting(stream, frame, deadline_ns, values, verdict)
         self._held[stream] += 1
 
     def holds(self, stream: int) -> bool:
         """Whether a window of ``stream`` is queued or in flight, undecided (an unpaced replay waits for it)."""
         return self._held[stream] > 0
 
-    def _decided(self, pending: Pending, answer: ModelAnswer) -> None:
+    def _decided(self, pending: Waiting, answer: ModelAnswer) -> None:
         self._held[pending.stream] -= 1
         self._answer(pending, answer)
 
@@ -241,7 +248,7 @@ class SharedModel(Scheduler):
     def hung(self, now_ns: int) -> bool:
         return bool(self._in_flight) and now_ns - self._started_ns > self.hang_limit_ns
 
-    def _start(self, chosen: List[Pending]) -> None:
+    def _start(self, chosen: List[Waiting]) -> None:
         staging = self.batch.staging()
         for row, pending in enumerate(chosen):
             del self._pending[pending.stream]
@@ -252,8 +259,23 @@ class SharedModel(Scheduler):
         self._started_ns = self.clock.now_ns()
         if self._worker is not None:
             self._todo.release()
-        else:
-            self._report = self._invoke(self._size)
+            return
+        watchdog = self.watchdog
+        if watchdog is not None:
+            for waiting in chosen:
+                waiting.watched = Pending(waiting.deadline_ns - self.reserve_ns, waiting.deadline_ns, waiting,
+                                          self._overran, waiting.stream)
+            watchdog.arm_many([w.watched for w in chosen])  # type: ignore[misc]
+        self._report = self._invoke(self._size)
+        if watchdog is not None:
+            for waiting in chosen:
+                if not watchdog.settle(waiting.watched):  # type: ignore[arg-type]
+                    waiting.decided = True  # the watchdog decided it at its deadline
+                waiting.watched = None
+
+    def _overran(self, pending: Pending, now_ns: int) -> None:
+        """The watchdog's call, on its thread, while the loop is inside the invoke: fall back at the deadline."""
+        self._decided(pending.frame, ModelAnswer(None, Reason.DEADLINE, None))
 
     def _invoke(self, k: int) -> "tuple[Optional[np.ndarray], Optional[Reason], int]":
         start = self.clock.now_ns()
@@ -299,7 +321,7 @@ class SharedModel(Scheduler):
 
     # --- Scheduler: one window at a time (the start-up check) -----------------------------------------------------
 
-    def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
+    def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
         """One window on the caller's thread (warm-up only: the loop uses :meth:`add` and :meth:`dispatch`)."""
         self.batch.staging()[0] = window
         outputs, reason, invoke_ns = self._invoke(1)
@@ -307,6 +329,12 @@ class SharedModel(Scheduler):
             return ModelAnswer(None, reason or Reason.MODEL_ERROR, invoke_ns)
         late = self.clock.now_ns() > deadline_ns
         return ModelAnswer(None if late else outputs[0].copy(), Reason.DEADLINE if late else None, invoke_ns)
+
+    def invoke_estimate_ns(self) -> Optional[int]:
+        return self.costs.cost_ns(1)
+
+    def deadline_threads(self, loop_tid: int) -> List[int]:
+        return [loop_tid] if self.watchdog is None else [self.watchdog.native_id, loop_tid]
 
     def set_worker_nice(self, nice: int) -> None:
         if self._worker is not None:
@@ -349,5 +377,5 @@ def describe_shared(counters: Dict[str, Any]) -> str:
             + (f"; {events}" if events else ""))
 
 
-def _by_deadline(pending: Pending) -> int:
+def _by_deadline(pending: Waiting) -> int:
     return pending.deadline_ns

@@ -11,6 +11,12 @@ rather than assumed to help:
   the sinks, when the next deadline is a hop away — by the same thresholds
   the collector would have used. Libraries may switch automatic collection
   back on, so that is re-checked each time.
+* :class:`SwitchInterval` — how long another Python thread may hold the GIL
+  before it must hand it over. A thread that wakes at its deadline (the loop,
+  the watchdog, the source's reader) needs the GIL before it can act; with
+  CPython's default 5 ms, one busy Python thread in the process (a metrics
+  scrape, a user's callback) makes decisions up to 5 ms late. The loop sets
+  it to ``switch_interval_ms`` while it runs.
 * :class:`LoopPriority` — opt-in CPU affinity, and SCHED_FIFO for the
   loop thread (and a raised nice priority for the model's worker), so that
   the loop wakes up at its deadline on a loaded machine.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 from typing import Any, List, Optional, Sequence
 
@@ -70,6 +77,23 @@ class GcPacer:
             gc.enable()
 
 
+class SwitchInterval:
+    """``sys.setswitchinterval`` for the run, restored after it (it is a process-wide setting)."""
+
+    def __init__(self) -> None:
+        self._old: Optional[float] = None
+
+    def apply(self, seconds: float) -> None:
+        if self._old is None:
+            self._old = sys.getswitchinterval()
+        sys.setswitchinterval(seconds)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            sys.setswitchinterval(self._old)
+            self._old = None
+
+
 def _thread_ids() -> List[int]:
     try:
         return [int(tid) for tid in os.listdir("/proc/self/task")]
@@ -80,8 +104,12 @@ def _thread_ids() -> List[int]:
 class LoopPriority:
     """Opt-in CPU affinity and SCHED_FIFO for the loop and the model's worker, undone by :meth:`restore`.
 
-    The calling thread — the decision loop — gets SCHED_FIFO: it sleeps nearly all the time and must
-    win a CPU the moment its deadline timer fires, even on a loaded machine. The model's worker
+    The threads that wait for a deadline get SCHED_FIFO: they sleep nearly all the time and must win
+    a CPU the moment their timer fires, even on a loaded machine. In the thread and process modes that
+    is the loop; inline, the watchdog waits and the loop both waits and computes: it keeps SCHED_FIFO
+    while it holds the GIL and drops to the normal scheduler for each invoke
+    (``InlineScheduler.set_worker_nice``); the source's reader thread, which stamps arrivals, gets
+    SCHED_FIFO too (:meth:`add_waiter`). The model's worker
     (thread or child process) stays under the normal scheduler with nice :data:`WORKER_NICE`: it wins
     most of the CPU against ordinary processes, but a model that is busy all the time (slower than
     the windows come) does not use up the real-time budget — once it is spent, the kernel throttles
@@ -93,7 +121,9 @@ class LoopPriority:
 
     def __init__(self) -> None:
         self._old_affinity: Optional[set] = None
-        self._old_policy: Optional["tuple[int, int, int]"] = None  # (thread id, policy, priority)
+        self._old_policies: List["tuple[int, int, int]"] = []  # (thread id, policy, priority)
+        self._old_nice: Optional["tuple[int, int]"] = None  # (loop thread id, nice)
+        self._fifo_priority: Optional[int] = None
 
     def apply(self, cpus: Optional[Sequence[int]], fifo_priority: Optional[int], scheduler: Any) -> None:
         if cpus:
@@ -108,24 +138,45 @@ class LoopPriority:
                             ",".join(map(str, cpus)), getattr(exc, "strerror", None) or exc)
                 self.restore()
         if fifo_priority:
-            tid = threading.get_native_id()
+            loop = threading.get_native_id()
+            self._fifo_priority = fifo_priority
             try:
-                old = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(fifo_priority))
-                self._old_policy = old
+                self._old_nice = (loop, os.getpriority(os.PRIO_PROCESS, loop))
+                for tid in scheduler.deadline_threads(loop):
+                    self._make_fifo(tid)
                 scheduler.set_worker_nice(WORKER_NICE)
             except (OSError, AttributeError) as exc:
+                self._fifo_priority = None
                 log.warning("--realtime: SCHED_FIFO is not permitted here (%s); running with the normal scheduler"
                             " — give the service CAP_SYS_NICE or LimitRTPRIO, or use systemd's "
                             "CPUSchedulingPolicy=fifo", getattr(exc, "strerror", None) or exc)
 
+    def add_waiter(self, tid: int) -> None:
+        """SCHED_FIFO for a thread started after :meth:`apply` that waits for time (the source's reader)."""
+        if self._fifo_priority:
+            try:
+                self._make_fifo(tid)
+            except OSError as exc:
+                log.warning("--realtime: cannot give thread %d SCHED_FIFO (%s)", tid, exc.strerror or exc)
+
+    def _make_fifo(self, tid: int) -> None:
+        old = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(self._fifo_priority))
+        self._old_policies.append(old)
+
     def restore(self) -> None:
         """Back to the scheduling the process had before :meth:`apply` (best effort)."""
-        if self._old_policy is not None:
-            tid, policy, priority = self._old_policy
-            self._old_policy = None
+        self._fifo_priority = None
+        while self._old_policies:
+            tid, policy, priority = self._old_policies.pop()
             try:
                 os.sched_setscheduler(tid, policy, os.sched_param(priority))
+            except OSError:  # also a thread that has ended
+                pass
+        if self._old_nice is not None:
+            (tid, nice), self._old_nice = self._old_nice, None
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
             except OSError:
                 pass
         if self._old_affinity is not None:

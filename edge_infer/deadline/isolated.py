@@ -22,6 +22,22 @@ child. ``fork`` from the service itself would copy a multi-threaded process
 (locks held by other threads stay locked forever in the child), and
 ``spawn`` re-imports numpy and the backend on every restart (about 0.5 s of
 fallbacks here, against about 10 ms with the forkserver; docs/performance.md).
+The forkserver listens on a socket in a private (0700) directory, never on an
+abstract socket: on Python 3.9 < 3.9.16 and 3.10 < 3.10.9 multiprocessing
+chose an abstract socket, which any local user can connect to and have
+arbitrary code run as the service (CVE-2022-42919). :func:`_context` turns
+abstract sockets off before the forkserver starts, on every version.
+
+The child runs the model **bytes the parent loaded and verified** (hash,
+signature), sent with its configuration: it never reads the model file, so a
+file swapped on disk after start cannot change what decides, however often
+the child is restarted.
+
+A hung or crashed child is killed, reaped and replaced **off the decision
+path**: the loop only sends SIGKILL (one system call) and decides
+``model_error`` meanwhile; a helper thread waits for the exit, sleeps the
+restart backoff and starts the next child, which the loop takes over at its
+next tick once it is ready.
 """
 
 from __future__ import annotations
@@ -29,12 +45,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import multiprocessing.util
 import select
 import signal
 import struct
+import threading
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -60,9 +78,9 @@ RESTART_BACKOFF_S = (0.0, 0.1, 0.5, 2.0, 5.0)
 
 @dataclass(frozen=True)
 class ChildConfig:
-    """What a child needs to load the same model the parent checked (picklable)."""
+    """What a child needs to run the same model the parent checked (picklable): its bytes, not its path."""
 
-    model_path: str
+    model_path: str  #: for messages only: the child never opens it
     backend: str
     num_threads: int
     offset: Tuple[float, ...]
@@ -74,17 +92,29 @@ class ChildConfig:
     #: CPUs and nice value for the child (``--cpu-affinity``, ``--realtime``); None: inherit.
     cpu_affinity: Optional[Tuple[int, ...]] = None
     nice: Optional[int] = None
+    #: The model as the parent loaded and verified it, and its sha256 (checked again in the child).
+    model_bytes: bytes = field(default=b"", repr=False)
+    sha256: str = ""
 
     @classmethod
     def of(cls, engine: Engine, warmup: int = CHILD_WARMUP) -> "ChildConfig":
         offset, scale = engine.normalization
         return cls(str(engine.path), engine.backend.name, engine.num_threads, tuple(map(float, offset)),
-                   tuple(map(float, scale)), engine.window, engine.channels, engine.output_size, warmup)
+                   tuple(map(float, scale)), engine.window, engine.channels, engine.output_size, warmup,
+                   model_bytes=engine.model_bytes, sha256=engine.sha256)
+
+
+def _same_bytes(config: ChildConfig) -> "Callable[[str], None]":
+    def check(sha256: str) -> None:
+        if sha256 != config.sha256:  # cannot happen through a pipe; a guard against a wrong config, not noise
+            raise ModelError(f"the model bytes sent to the child hash to {sha256}, not the parent's {config.sha256}")
+    return check
 
 
 def load_engine(config: ChildConfig) -> Engine:
-    """The default engine factory: the model the parent loaded, with the same normalisation."""
-    engine = Engine(config.model_path, backend=config.backend, num_threads=config.num_threads)
+    """The default engine factory: the bytes the parent loaded, with the same normalisation."""
+    engine = Engine(config.model_path, backend=config.backend, num_threads=config.num_threads,
+                    model_bytes=config.model_bytes, check_sha256=_same_bytes(config))
     engine.set_normalization(np.array(config.offset, dtype=np.float32), np.array(config.scale, dtype=np.float32))
     return engine
 
@@ -165,7 +195,22 @@ START_METHOD = "forkserver"
 
 
 def _context() -> Any:
+    """The multiprocessing context, with abstract sockets off (CVE-2022-42919, module docstring).
+
+    On the affected versions ``connection.arbitrary_address('AF_UNIX')`` returns an abstract address
+    while ``util.abstract_sockets_supported`` is true; false, it returns a path in a private temporary
+    directory (what fixed versions always do). Set before the forkserver starts.
+    """
+    multiprocessing.util.abstract_sockets_supported = False
     return multiprocessing.get_context(START_METHOD)
+
+
+def forkserver_address() -> Optional[str]:
+    """Where the forkserver listens (None if it is not running): a filesystem path, never abstract."""
+    from multiprocessing import forkserver
+
+    address = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_address", None)
+    return None if address is None else str(address)
 
 
 class ProcessScheduler(WorkerScheduler):
@@ -198,14 +243,20 @@ class ProcessScheduler(WorkerScheduler):
         self._report_fd: Optional[int] = None
         self._ready = False
         self._started_ns = 0
-        self._restart_at: Optional[int] = None
         self._failures_in_row = 0
+        self._closing = threading.Event()
+        self._replacer: Optional[threading.Thread] = None
+        self._fresh: Optional[Tuple[Any, int, int]] = None  # a child the helper thread started, not taken over yet
         self._start_child()
         self._await_first_child()
 
     # --- child life ---------------------------------------------------------------------------------------
 
     def _start_child(self) -> None:
+        self._install(*self._spawn())
+
+    def _spawn(self) -> Tuple[Any, int, int]:
+        """Fork a child through the forkserver; its process and our ends of its two pipes."""
         ctx = _context()
         request_r, request_w = ctx.Pipe(duplex=False)
         report_r, report_w = ctx.Pipe(duplex=False)
@@ -215,20 +266,23 @@ class ProcessScheduler(WorkerScheduler):
         request_r.close()
         report_w.close()
         # Keep raw descriptors; the Connection objects would close them when garbage-collected.
-        self._request_fd, self._report_fd = os.dup(request_w.fileno()), os.dup(report_r.fileno())
+        fds = os.dup(request_w.fileno()), os.dup(report_r.fileno())
         request_w.close()
         report_r.close()
+        return process, fds[0], fds[1]
+
+    def _install(self, process: Any, request_fd: int, report_fd: int) -> None:
         self._process = process
+        self._request_fd, self._report_fd = request_fd, report_fd
         self._ready = False
         self._started_ns = self.clock.now_ns()
-        self._restart_at = None
 
     def _await_first_child(self) -> None:
         deadline = self.clock.now_ns() + self._start_timeout_ns
         while not self._ready:
             if self._process is None:
+                self.close()  # waits for the helper thread to record the exit, and starts no other child
                 exits = "; ".join(self.exits) or "no reason given"
-                self.close()
                 raise ModelError(f"the isolated model process could not start ({exits}); "
                                  "its error is printed above")
             if not self.clock.wait(self._receive, deadline):
@@ -237,24 +291,51 @@ class ProcessScheduler(WorkerScheduler):
                                  f"{self._start_timeout_ns / 1e9:g} s")
 
     def _stop_child(self, why: str) -> None:
-        """Kill the child (if alive), record why it ended, and schedule the next one."""
+        """Kill the child (if alive) and have a helper thread reap it and start the next one after the backoff.
+
+        On the loop's thread this is a ``kill`` and closing two descriptors: waiting for the exit (up to
+        a second) and forking the next child happen on the helper thread, off the decision path.
+        """
         process = self._process
         self._close_fds()
-        if process is not None:
-            if process.exitcode is None:
-                try:
-                    os.kill(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            process.join(timeout=1.0)  # after SIGKILL the forkserver reports the exit within a few ms
-            self.exits.append(f"{why}, {_describe_exit(process.exitcode)}")
-            del self.exits[:-5]  # the last few, for the summary
         self._process = None
         self._ready = False
         self._lost()
+        if process is not None and process.exitcode is None:
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         delay = RESTART_BACKOFF_S[min(self._failures_in_row, len(RESTART_BACKOFF_S) - 1)]
         self._failures_in_row += 1
-        self._restart_at = self.clock.now_ns() + int(delay * 1e9)
+        self._replacer = threading.Thread(target=self._replace, args=(process, why, delay),
+                                          name="edge-infer-model-restart", daemon=True)
+        self._replacer.start()
+
+    def _replace(self, process: Any, why: str, delay_s: float) -> None:
+        """The helper thread: reap ``process``, record why it ended, wait ``delay_s``, start the next child."""
+        if process is not None:
+            process.join(timeout=1.0)  # after SIGKILL the forkserver reports the exit within a few ms
+            self.exits.append(f"{why}, {_describe_exit(process.exitcode)}")
+            del self.exits[:-5]  # the last few, for the summary
+            if why == "crashed":
+                log.warning("the model process ended unexpectedly (%s); its windows fall back (model_error) until "
+                            "a new one is ready", self.exits[-1])
+        if self._closing.wait(delay_s):
+            return
+        try:
+            self._fresh = self._spawn()
+        except Exception as exc:  # the forkserver itself failed: say so; the loop keeps deciding model_error
+            self.exits.append(f"could not start a new model process: {exc}")
+            del self.exits[:-5]
+
+    def _take_over_restarted(self) -> None:
+        """Take over the child the helper thread started (the loop's side of :meth:`_replace`)."""
+        fresh = self._fresh
+        if fresh is not None:
+            self._fresh = None
+            self.restarts += 1
+            self._install(*fresh)
 
     def _close_fds(self) -> None:
         for fd in (self._request_fd, self._report_fd):
@@ -267,11 +348,6 @@ class ProcessScheduler(WorkerScheduler):
                     "process and starting a new one", (now_ns - self._in_flight_since) / 1e6,
                     self.hang_limit_ns / 1e6)
         self._stop_child("hung")
-
-    def _restart_if_due(self, now_ns: int) -> None:
-        if self._restart_at is not None and now_ns >= self._restart_at:
-            self.restarts += 1
-            self._start_child()
 
     # --- transport ----------------------------------------------------------------------------------------
 
@@ -293,9 +369,7 @@ class ProcessScheduler(WorkerScheduler):
             return False
         data = os.read(fd, _REPORT.size)
         if len(data) < _REPORT.size:
-            self._stop_child("crashed")
-            log.warning("the model process ended unexpectedly (%s); its windows fall back (model_error) until a "
-                        "new one is ready", self.exits[-1])
+            self._stop_child("crashed")  # the helper thread says how it ended
             return True
         status, request, invoke_ns = _REPORT.unpack(data)
         if status == _READY:
@@ -314,7 +388,7 @@ class ProcessScheduler(WorkerScheduler):
                 self._stop_child("did not start in time")
         super().poll(now_ns)  # late reports, and the hang limit
         if self._process is None:
-            self._restart_if_due(now_ns)
+            self._take_over_restarted()
 
     def set_child_affinity(self, cpus: List[int]) -> None:
         """Pin the model's child process to ``cpus``, now and after every restart."""
@@ -336,6 +410,12 @@ class ProcessScheduler(WorkerScheduler):
 
     def close(self) -> None:
         """Close the request pipe (the child exits at end-of-file); kill it if it does not."""
+        self._closing.set()
+        if self._replacer is not None:
+            self._replacer.join(timeout=2.0)
+        if self._fresh is not None:  # started by the helper thread, never taken over
+            self._install(*self._fresh)
+            self._fresh = None
         process = self._process
         self._close_fds()
         self._process = None

@@ -20,7 +20,7 @@ from ..errors import SpecError
 from ..model.spec import ModelSpec
 from ..settings.argtypes import non_negative_float, positive_float
 
-MODES = ("thread", "inline", "process")
+MODES = ("inline", "thread", "process")
 OVERLOAD_POLICIES = ("busy", "latest")
 #: Windows run through the model at start to warm it up and measure it.
 DEFAULT_WARMUP = 20
@@ -32,6 +32,8 @@ DEFAULT_RESERVE_MS = 1.0
 DEFAULT_HANG_LIMIT_MS = 1000.0
 #: Without frames for this many hop periods the source counts as silent.
 NO_DATA_HOPS = 3
+#: The GIL switch interval while the loop runs (CPython's default is 5 ms; docs/performance.md).
+DEFAULT_SWITCH_INTERVAL_MS = 0.5
 #: SCHED_FIFO priority for ``--realtime`` (ros2_control's default).
 REALTIME_PRIORITY = 50
 
@@ -43,7 +45,7 @@ DEADLINE_KEYS = ("mode", "overload", "admission", "hang_limit_ms", "no_data_ms",
 class DeadlineOptions:
     """Resolved settings; ``None`` means "derive from the budget and the spec" (see the ``*_ns`` helpers)."""
 
-    mode: str = "thread"
+    mode: str = "inline"
     overload: str = "busy"
     admission: bool = False
     hang_limit_ms: Optional[float] = None
@@ -56,6 +58,8 @@ class DeadlineOptions:
     realtime: bool = False
     #: gc.freeze() after warm-up, automatic collection off in the hot path, collect in slack time.
     gc_control: bool = True
+    #: sys.setswitchinterval while the loop runs (0: leave the interpreter's); see deadline/hygiene.py.
+    switch_interval_ms: float = DEFAULT_SWITCH_INTERVAL_MS
 
     def reserve_ns(self, budget_ns: int) -> int:
         """How long before the deadline the scheduler stops waiting for the model."""
@@ -102,7 +106,7 @@ def parse_deadline_table(table: Dict[str, Any], where: str) -> DeadlineOptions:
     hang = number("hang_limit_ms", 0.0)
     if hang == 0.0:
         raise fail("hang_limit_ms", "must be greater than 0")
-    return DeadlineOptions(mode=choice("mode", MODES, "thread"), overload=choice("overload", OVERLOAD_POLICIES, "busy"),
+    return DeadlineOptions(mode=choice("mode", MODES, "inline"), overload=choice("overload", OVERLOAD_POLICIES, "busy"),
                            admission=admission, hang_limit_ms=hang, no_data_ms=number("no_data_ms", 0.0),
                            reserve_ms=number("reserve_ms", 0.0), warmup=warmup)
 
@@ -121,8 +125,9 @@ def runtime_options(spec: ModelSpec, args: argparse.Namespace) -> Dict[str, Any]
 def add_deadline_options(parser: argparse.ArgumentParser) -> None:
     """The command-line overrides of ``run`` and ``replay`` (README: "Options of run and replay")."""
     group = parser.add_argument_group("deadline and fallback", "how the budget is kept (docs/deadlines.md)")
-    group.add_argument("--mode", choices=MODES, help="where the model runs: a worker thread (default), inline "
-                                                     "in the loop, or an isolated child process")
+    group.add_argument("--mode", choices=MODES,
+                       help="where the model runs: inline on the loop's thread with a watchdog that decides at the "
+                            "deadline if an invoke overruns (default), a worker thread, or an isolated child process")
     group.add_argument("--overload", choices=OVERLOAD_POLICIES,
                        help="a window that arrives while the model is still busy: fall back at once "
                             "(busy, default) or wait for the model if it can still finish in time (latest)")

@@ -6,8 +6,10 @@ the interpreter) and answers :meth:`Scheduler.run` with a
 decision stage must fall back.
 
 A TFLite ``invoke()`` cannot be cancelled from Python, so a deadline can
-only be kept *outside* the call: :class:`ThreadedScheduler` (the default)
-runs the model in one worker thread (``invoke`` releases the GIL) and stops
+only be kept *outside* the call: :class:`InlineScheduler` (the default)
+invokes on the loop's thread and has a watchdog thread decide the window at
+its deadline if the invoke overruns (``invoke`` releases the GIL);
+:class:`ThreadedScheduler` runs the model in one worker thread and stops
 waiting at the deadline while the invoke goes on; the process mode
 (:mod:`edge_infer.deadline.isolated`) does the same with a child process that can be
 killed. Requests carry an id, and an answer that comes back for a window
@@ -23,7 +25,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -31,9 +33,11 @@ from ..decide.reasons import Reason
 from ..model.engine import Engine
 from .clock import Clock
 from .tail_estimate import TailEstimate
+from .watchdog import Pending, Watchdog
 
 log = logging.getLogger(__name__)
 
+_NORMAL = os.sched_param(0) if hasattr(os, "sched_param") else None
 #: After this many windows in a row refused by admission control, one is admitted anyway, so the
 #: latency estimate can follow a model that got faster again (e.g. when a CPU hog stopped).
 ADMISSION_PROBE_EVERY = 10
@@ -55,6 +59,11 @@ class ModelAnswer:
     invoke_ns: Optional[int]
 
 
+#: What :meth:`Scheduler.run` returns when the window was already decided for the caller (by the
+#: inline mode's watchdog, at its deadline): the caller must not decide it again.
+ALREADY_DECIDED = ModelAnswer(None, Reason.DEADLINE, None)
+
+
 class Scheduler(abc.ABC):
     """Runs windows through the model under a deadline."""
 
@@ -62,8 +71,12 @@ class Scheduler(abc.ABC):
     mode = ""
 
     @abc.abstractmethod
-    def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
-        """The model's answer for ``window`` if it is ready by ``deadline_ns`` (monotonic ns)."""
+    def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
+        """The model's answer for ``window`` if it is ready by ``deadline_ns`` (monotonic ns).
+
+        ``pending`` lets a scheduler that cannot wait (inline) have the window decided at its fire time
+        by the watchdog; the others wait themselves and ignore it.
+        """
 
     def poll(self, now_ns: int) -> None:
         """Housekeeping between frames (collect late answers, handle a hung model); must not block."""
@@ -71,6 +84,14 @@ class Scheduler(abc.ABC):
     def hung(self, now_ns: int) -> bool:
         """True while an invoke has been running for longer than the hang limit."""
         return False
+
+    def invoke_estimate_ns(self) -> Optional[int]:
+        """The recent p99 invoke time (None until enough invokes were measured)."""
+        return None
+
+    def deadline_threads(self, loop_tid: int) -> List[int]:
+        """Native ids of the threads that wait for deadlines (``--realtime`` gives them SCHED_FIFO)."""
+        return [loop_tid]
 
     def set_worker_nice(self, nice: int) -> None:
         """The nice value of the thread or process that invokes the model (``--realtime``).
@@ -87,28 +108,128 @@ class Scheduler(abc.ABC):
 
 
 class InlineScheduler(Scheduler):
-    """Invoke in the caller's thread, then judge: an answer after the deadline is discarded.
+    """Invoke on the loop's thread; a watchdog thread decides the window at its deadline if the invoke overruns.
 
-    This cannot decide *before* a slow invoke returns; it only guarantees that
-    a late answer is never acted on. The simplest mode, and the cheapest per
-    window when the model is always fast.
+    The default mode: no hand-off to another thread or process, so it costs
+    what a hand-written loop around the interpreter costs, and still hands a
+    decision to the sinks by the deadline when an invoke is slow
+    (:mod:`.watchdog`). The caller passes a :class:`~.watchdog.Pending` with
+    each window; if the watchdog decided it, :meth:`run` returns
+    :data:`ALREADY_DECIDED` and the invoke's late answer is dropped (counted
+    in ``late_results``). Without a pending (warm-up), an answer after the
+    deadline is discarded.
+
+    What it cannot do: decide *other* windows while the invoke runs. Those
+    are decided when it returns (the newest by the model if its deadline
+    allows, the others ``overrun``), so a model that overruns its budget by
+    more than a window period makes them late; ``--mode thread`` keeps them
+    on time at the cost of the hand-off (docs/deadlines.md).
     """
 
     mode = "inline"
 
-    def __init__(self, engine: Engine, clock: Optional[Clock] = None):
+    def __init__(self, engine: Engine, clock: Optional[Clock] = None, reserve_ns: int = 0,
+                 hang_limit_ns: int = 10**9, admission: bool = False, **_: Any):
         self.engine = engine
         self.clock = clock or Clock()
+        self.reserve_ns = reserve_ns
+        self.hang_limit_ns = hang_limit_ns
+        self.admission = admission
+        self.tail = TailEstimate()
+        self.watchdog = Watchdog(self.clock)
+        self.late_results = 0
+        self.late_invoke_max_ns = 0
+        self.model_errors = 0
+        self.admission_rejects = 0
+        self._invoke_since = 0  # 0: no invoke running (read by hung() from the service hooks)
+        self._infer = engine.infer  # set_worker_nice (--realtime) replaces it
+        self._fifo: Any = None
 
-    def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
-        start = self.clock.now_ns()
+    def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
+        clock = self.clock
+        start = clock.now_ns()
+        if self.admission and not self._admit(start, deadline_ns):
+            self.admission_rejects += 1
+            return ModelAnswer(None, Reason.DEADLINE, None)
+        if pending is not None:
+            self.watchdog.arm(pending)
+        self._invoke_since = start
         try:
-            output = self.engine.infer(window).copy()
+            output = self._infer(window)  # the engine's buffer: read before the next invoke
+            reason = None
         except Exception:  # the native runtime failing is a fallback, not a crash
-            return ModelAnswer(None, Reason.MODEL_ERROR, self.clock.now_ns() - start)
-        end = self.clock.now_ns()
-        reason = Reason.DEADLINE if end > deadline_ns else None
-        return ModelAnswer(output, reason, end - start)
+            if not self.model_errors:
+                log.exception("the model raised; its windows fall back (model_error)")
+            self.model_errors += 1
+            output, reason = None, Reason.MODEL_ERROR
+        end = clock.now_ns()
+        self._invoke_since = 0
+        invoke_ns = end - start
+        self.tail.record(invoke_ns)
+        if pending is not None and not self.watchdog.settle(pending):
+            self.late_results += 1
+            if invoke_ns > self.late_invoke_max_ns:
+                self.late_invoke_max_ns = invoke_ns
+            return ALREADY_DECIDED
+        if reason is None and end > deadline_ns:
+            self.late_results += 1
+            return ModelAnswer(None, Reason.DEADLINE, invoke_ns)
+        return ModelAnswer(output, reason, invoke_ns)
+
+    def _admit(self, now_ns: int, deadline_ns: int) -> bool:
+        estimate = self.tail.value_ns
+        return estimate is None or now_ns + estimate <= deadline_ns - self.reserve_ns
+
+    def invoke_estimate_ns(self) -> Optional[int]:
+        return self.tail.value_ns
+
+    def deadline_threads(self, loop_tid: int) -> List[int]:
+        return [self.watchdog.native_id, loop_tid]
+
+    def set_worker_nice(self, nice: int) -> None:
+        """Inline, the loop's thread is the worker: it stays SCHED_FIFO while it holds the GIL, and runs
+        each invoke (which releases the GIL) under the normal scheduler at ``nice``.
+
+        A SCHED_FIFO thread computing a slow model all the time would use up the kernel's real-time
+        budget (then every SCHED_FIFO thread is throttled, the watchdog too); a normal thread preempted
+        while it holds the GIL would keep the SCHED_FIFO watchdog from deciding. So the loop drops to
+        the normal scheduler only for the invoke: two system calls per window, only under ``--realtime``.
+        """
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        if all(hasattr(self.engine, name) for name in ("set_input", "invoke", "output")):
+            self._fifo = os.sched_param(os.sched_getparam(0).sched_priority)
+            self._infer = self._infer_demoted
+
+    def _infer_demoted(self, window: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        engine.set_input(window)
+        os.sched_setscheduler(0, os.SCHED_OTHER, _NORMAL)
+        try:
+            engine.invoke()
+        finally:
+            os.sched_setscheduler(0, os.SCHED_FIFO, self._fifo)
+        return engine.output()
+
+    def hung(self, now_ns: int) -> bool:
+        since = self._invoke_since
+        return since != 0 and now_ns - since > self.hang_limit_ns
+
+    def counters(self) -> Dict[str, Any]:
+        estimate = self.tail.value_ns
+        return {
+            "mode": self.mode,
+            "admission": self.admission,
+            "reserve_ms": self.reserve_ns / 1e6,
+            "watchdog_fallbacks": self.watchdog.fired,
+            "admission_rejects": self.admission_rejects,
+            "late_results": self.late_results,
+            "late_invoke_max_us": self.late_invoke_max_ns // 1000,
+            "model_errors": self.model_errors,
+            "recent_invoke_p99_us": None if estimate is None else estimate // 1000,
+        }
+
+    def close(self) -> None:
+        self.watchdog.close()
 
 
 class WorkerScheduler(Scheduler):
@@ -215,7 +336,7 @@ class WorkerScheduler(Scheduler):
 
     # --- the caller's side ------------------------------------------------------------------------------------
 
-    def run(self, window: np.ndarray, deadline_ns: int) -> ModelAnswer:
+    def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
         now = self.clock.now_ns()
         self.poll(now)
         if self._in_flight is not None:
@@ -236,6 +357,9 @@ class WorkerScheduler(Scheduler):
                 self._hang_seen = self._in_flight
                 self.hangs += 1
                 self._on_hang(now_ns)
+
+    def invoke_estimate_ns(self) -> Optional[int]:
+        return self.tail.value_ns
 
     def hung(self, now_ns: int) -> bool:
         return self._in_flight is not None and now_ns - self._in_flight_since > self.hang_limit_ns
@@ -387,7 +511,8 @@ class ThreadedScheduler(WorkerScheduler):
 def describe_counters(counters: Dict[str, Any]) -> str:
     """One line of the human summary: the mode and whatever the scheduler had to do."""
     parts = [f"{name.replace('_', ' ')} {counters[key]}" for key, name in (
-        ("busy", "busy"), ("skipped", "skipped"), ("admission_rejects", "admission_rejects"),
+        ("watchdog_fallbacks", "decided by the watchdog"), ("busy", "busy"), ("skipped", "skipped"),
+        ("admission_rejects", "admission_rejects"),
         ("late_results", "late answers dropped"), ("hangs", "hangs"), ("model_errors", "model_errors"),
         ("restarts", "restarts")) if counters.get(key)]
     if counters.get("child_exits"):

@@ -115,12 +115,14 @@ class Engine:
     """One loaded model on one backend, with its conversion buffers."""
 
     def __init__(self, model_path: "str | Path", backend: Optional[str] = None, num_threads: int = 1,
-                 check_sha256: Optional[Callable[[str], None]] = None):
+                 check_sha256: Optional[Callable[[str], None]] = None, model_bytes: Optional[bytes] = None):
         """``check_sha256`` (a spec's :meth:`~edge_infer.model.spec.ModelSpec.check_hash`) may refuse the file by
-        its hash before the native interpreter parses it."""
+        its hash before the native interpreter parses it. ``model_bytes``, if given, are loaded instead of
+        reading ``model_path`` (which then only names the model): the isolated mode's child runs the bytes
+        its parent verified, never what the file holds by the time the child (re)starts."""
         self.path = Path(model_path)
         self.num_threads = num_threads
-        self.model_bytes = read_model_bytes(self.path)
+        self.model_bytes = read_model_bytes(self.path) if model_bytes is None else model_bytes
         self.sha256 = sha256_hex(self.model_bytes)
         if check_sha256 is not None:
             check_sha256(self.sha256)

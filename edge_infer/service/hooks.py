@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: ``STATUS=`` is sent at most this often (systemctl status shows the latest).
 STATUS_INTERVAL_S = 1.0
+#: The text the metrics HTTP endpoint serves is rendered this often, in the loop's slack (a tick).
+HTTP_REFRESH_S = 1.0
 
 
 def add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +66,7 @@ class ServiceHooks:
         self.runtime: Any = None
         self.started_unix_s = 0.0
         self._next_status_ns = 0
+        self._next_http_ns = 0
         self._last_status = ""
         self._withholding = False
 
@@ -83,7 +86,7 @@ class ServiceHooks:
         self.runtime = runtime
         self.started_unix_s = time.time()
         if self.http is not None:
-            self.http.start(self.families)
+            self.http.start(self.render())
         if self.textfile is not None:
             self.textfile.write(self.render())
         text = _describe(runtime)
@@ -105,6 +108,12 @@ class ServiceHooks:
                 self.notifier.status(text)
         if self.textfile is not None:
             self.textfile.maybe_write(now_ns, self.render)
+        if self.http is not None:
+            if now_ns >= self._next_http_ns:
+                self._next_http_ns = now_ns + int(HTTP_REFRESH_S * 1e9)
+                self.http.update(self.render())
+            else:
+                self.http.flush()
 
     def _feed_watchdog(self, now_ns: int) -> None:
         """Feed systemd's watchdog, unless the model is hung in this process.

@@ -7,8 +7,9 @@ which already runs on each board. Two ways out, both from the same numbers:
   rewrites ``edge_infer.prom`` every few seconds, atomically (a temporary file
   in the same directory, then ``rename``), and node-exporter's
   ``--collector.textfile.directory`` serves it with the node's own metrics;
-* an **HTTP endpoint** bound to 127.0.0.1 by default, through the optional
-  ``prometheus-client`` package (``pip install prometheus-client (the 'metrics' extra)``).
+* an **HTTP endpoint** bound to 127.0.0.1 by default, served by a small
+  process of its own (:mod:`.metrics_server`) from text the loop renders in
+  its slack time, so that scraping never competes with the loop for the GIL.
 
 Every number is read from what the loop already keeps (the run statistics,
 the source's link counters, the scheduler's restart count): nothing grows
@@ -19,10 +20,13 @@ five minutes", use ``rate()`` of ``_sum`` over ``rate()`` of ``_count``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
+import select
+import struct
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,14 +229,6 @@ class TextfileExporter:
             log.warning("cannot write metrics textfile %s: %s", self.path, exc.strerror or exc)
 
 
-def _import_prometheus_client() -> None:
-    try:
-        importlib.import_module("prometheus_client")
-    except ImportError:
-        raise EdgeInferError("the metrics HTTP endpoint needs prometheus-client: "
-                             "pip install prometheus-client (the 'metrics' extra) (or use a metrics textfile)") from None
-
-
 def parse_listen(text: str) -> Tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port); the host defaults to 127.0.0.1."""
     host, sep, port_text = text.rpartition(":")
@@ -249,37 +245,73 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 class HttpExporter:
-    """Serves the metrics over HTTP with prometheus-client, in its own thread (started by :meth:`start`)."""
+    """Serves the metrics over HTTP from a child process (:mod:`.metrics_server`), as cached bytes.
+
+    The loop renders the text in its slack time (:meth:`update`, from the service hooks' tick) and
+    hands it to the server process down a non-blocking pipe; the server answers every scrape with
+    the last text it got. No request is parsed in the service's process, so scraping never takes
+    the GIL from the decision loop (docs/deadlines.md, "Nothing pushes a decision late").
+    """
+
+    #: How long the server process may take to start listening.
+    START_TIMEOUT_S = 10.0
 
     def __init__(self, listen: str):
         self.host, self.port = parse_listen(listen)
-        self._server: Any = None
-        _import_prometheus_client()  # fail at start, not once the model is loaded
+        self._process: Optional[subprocess.Popen] = None
+        self._out = bytearray()  # a text not yet fully written to the server (the pipe was full)
+        self.updates_skipped = 0
 
-    def start(self, families: Callable[[], List[MetricFamily]]) -> None:
-        """Serve ``families()`` at ``/metrics``, from prometheus-client's own daemon thread."""
-        _import_prometheus_client()
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.metrics_core import Metric
-
-        class _Collector:
-            def collect(self) -> Iterable[Any]:
-                for family in families():
-                    metric = Metric(family.name, family.help, family.kind)
-                    for name, labels, value in family.samples:
-                        metric.add_sample(name, labels, value)
-                    yield metric
-
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector())
-        try:
-            self._server, _ = start_http_server(self.port, addr=self.host, registry=registry)
-        except OSError as exc:
-            raise EdgeInferError(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}") from None
+    def start(self, text: str) -> None:
+        """Start the server process with ``text`` to serve; one clear error if it cannot listen."""
+        process = subprocess.Popen([sys.executable, "-m", "edge_infer.service.metrics_server", self.host,
+                                    str(self.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert process.stdout is not None and process.stdin is not None
+        ready = select.select([process.stdout], [], [], self.START_TIMEOUT_S)[0]
+        line = process.stdout.readline().decode(errors="replace").strip() if ready else ""
+        if line != "ok":
+            process.kill()
+            process.wait()
+            raise EdgeInferError(line or f"the metrics server did not start within {self.START_TIMEOUT_S:g} s")
+        os.set_blocking(process.stdin.fileno(), False)
+        self._process = process
+        self.update(text)
         log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
 
+    def update(self, text: str) -> None:
+        """Send the server a new text; skipped (counted) while the previous one is still going out."""
+        if self._process is None:
+            return
+        if self._out:
+            self.updates_skipped += 1
+            self.flush()
+            return
+        body = text.encode()
+        self._out += struct.pack(">I", len(body)) + body
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the pipe takes now, never waiting."""
+        process = self._process
+        if process is None or not self._out:
+            return
+        try:
+            written = os.write(process.stdin.fileno(), self._out)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError as exc:  # the server process died: the metrics stop, the decisions do not
+            log.warning("the metrics server process is gone (%s); metrics over HTTP stop", exc.strerror or exc)
+            self._process = None
+            return
+        del self._out[:written]
+
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        process, self._process = self._process, None
+        if process is not None:
+            process.stdin.close()  # type: ignore[union-attr]  # its end of input: it exits
+            try:
+                process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()  # type: ignore[union-attr]

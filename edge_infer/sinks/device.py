@@ -74,14 +74,15 @@ class DeviceSink(Sink):
 def attach_device(runtime: Any) -> DeviceSink:
     """Connect a runtime whose source is a :class:`SerialSource` to its device.
 
-    Adds the device sink, and resets the runtime's window whenever the
-    device's stream restarts (reconnect, reboot), so that no window mixes
-    samples from before and after a gap of unknown length.
+    Adds the device sink (served before every other sink: the device is
+    waiting), and resets the runtime's window whenever the device's stream
+    restarts (reconnect, reboot), so that no window mixes samples from before
+    and after a gap of unknown length.
     """
     source = runtime.source
     if not isinstance(source, SerialSource):
         raise TypeError(f"attach_device needs a SerialSource, not {type(source).__name__}")
     sink = DeviceSink(source, runtime.spec)
-    runtime.sinks.append(sink)
-    source.restart_listeners.append(runtime.window.reset)
+    runtime.add_device_sink(sink)
+    source.restart_listeners.append(runtime.source_restarted)
     return sink

@@ -35,6 +35,8 @@ class RunStats(Sink):
         self.correct = 0
         self.latency_us = Histogram()
         self.invoke_us = Histogram()
+        #: Time the loop spent in all sinks per decision (the runtime records it; the device sink is in it).
+        self.sink_us = Histogram()
         self.last_latency_us = 0.0  # for the service's status line
         self.last_reason: Optional[str] = None  # the last decision's reason code (status line of a stream)
 
@@ -99,6 +101,7 @@ class RunStats(Sink):
             "budget_ms": self.budget_us / 1000.0,
             "latency_us": self.latency_us.summary((50, 99, 99.9)),
             "invoke_us": self.invoke_us.summary((50, 99, 99.9)),
+            "sink_us": self.sink_us.summary((50, 99, 99.9)),
             "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
             "labelled_windows": self.labelled,
         }

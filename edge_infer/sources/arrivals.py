@@ -9,12 +9,15 @@ every frame that has arrived, from any stream, stamped with its arrival:
   ``start + (t[i] - t[0]) / speed``, and that due time is its arrival stamp
   (the loop may take it a little later; its deadline does not move). The
   logs are kept in a heap by due time, so the loop sleeps until the next one;
-* an **unpaced log** (``speed=max``) gives one frame per turn, round robin;
-* a **live source** (a device on a serial port) is read by a thread of its
-  own, python-can's Notifier pattern: it reads, its frames carry the time
-  they were read, and it puts them on the loop's event queue, which also
-  wakes the loop. A fatal error in a reader (a device whose schema does not
-  match the model) ends that stream only, and is reported in its state.
+* an **unpaced log** (``speed=max``) gives one frame per turn, round robin,
+  to the streams that are ready for one;
+* a **live source** (a device on a serial port) is read by its stream's
+  :class:`~.arrival.ArrivalReader` (a thread that reads, stamps and queues,
+  python-can's Notifier pattern, the same as with one stream), which puts the
+  stream's number on the loop's event queue for every frame: the loop wakes
+  and takes that reader's frames. Restart markers reset the stream's window
+  on the loop's thread; a fatal error (a device whose schema does not match
+  the model) ends that stream only, and is reported in its state.
 
 The loop's event queue carries other wake-ups too (a model worker that
 finished a batch); :meth:`wait` hands those back to the loop.
@@ -25,22 +28,19 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
-import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..deadline.clock import Clock
 from ..frame import Frame
+from .arrival import ArrivalReader
 from .base import EndOfStream, Source
 from .log_replay import LogSource
 
 log = logging.getLogger(__name__)
 
-#: How often a live reader thread's blocked ``recv`` wakes up to check whether the loop stopped.
-READER_POLL_S = 0.1
-
 
 class StreamEnded:
-    """Put on the event queue by a reader whose source ended (``error`` is None) or failed (a one-line reason)."""
+    """Put on the event queue when a stream's source ended (``error`` is None) or failed (a one-line reason)."""
 
     __slots__ = ("stream", "error")
 
@@ -49,49 +49,36 @@ class StreamEnded:
         self.error = error
 
 
-class StreamRestarted:
-    """Put on the event queue when a live source's sample stream restarted (reconnect, reboot): reset its window."""
-
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: int):
-        self.stream = stream
-
-
 class Arrivals:
     """The frames of ``sources`` (stream ``i`` is ``sources[i]``), taken by one loop thread."""
 
     def __init__(self, sources: Sequence[Source], clock: Optional[Clock] = None,
                  events: "Optional[queue.SimpleQueue[Any]]" = None):
+        """``sources[i]`` is stream ``i``'s: a :class:`LogSource`, or the :class:`ArrivalReader` of a live one."""
         self.sources = list(sources)
         self.clock = clock or Clock()
-        #: The loop's one place to wait: live frames, ends, restarts, and whatever else must wake it.
+        #: The loop's one place to wait: live streams with frames, ends, and whatever else must wake it.
         self.events: "queue.SimpleQueue[Any]" = events if events is not None else queue.SimpleQueue()
         self._paced: List[Tuple[int, int]] = []  # heap of (due ns, stream)
         self._unpaced: List[int] = []
-        self._live: List[int] = []
+        self._live: Dict[int, ArrivalReader] = {}
         for i, source in enumerate(self.sources):
-            if isinstance(source, LogSource):
+            if isinstance(source, ArrivalReader):
+                self._live[i] = source
+                source.on_arrival = _putter(self.events, i)
+            elif isinstance(source, LogSource):
                 (self._paced if source.paced else self._unpaced).append(i)
             else:
-                self._live.append(i)
-        self._threads: List[threading.Thread] = []
-        self._stopping = threading.Event()
+                raise TypeError(f"stream {i}: a log or a live source's ArrivalReader, not {type(source).__name__}")
         self.ended: List[bool] = [False] * len(self.sources)
 
     def start(self) -> None:
-        """Start the clock of every paced log and a reader thread for every live source."""
+        """Start the clock of every paced log and the reader of every live source: frames are stamped from now."""
         now = self.clock.now_ns()
         self._paced = [(self.sources[i].start_pacing(now), i) for i in self._paced]  # type: ignore[attr-defined]
         heapq.heapify(self._paced)
-        for i in self._live:
-            thread = threading.Thread(target=self._read, args=(i,), name=f"edge-infer-reader-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def restart_listener(self, stream: int) -> Callable[[], None]:
-        """For a live source's ``restart_listeners``: queue the restart, in order with the stream's frames."""
-        return lambda: self.events.put(StreamRestarted(stream))
+        for reader in self._live.values():
+            reader.start()
 
     def next_due_ns(self) -> Optional[int]:
         """When the next paced log frame is due (None if none is)."""
@@ -153,27 +140,31 @@ class Arrivals:
         self.ended[stream] = True
         self.events.put(StreamEnded(stream, error))
 
-    def _read(self, stream: int) -> None:
-        """A live source's reader: read, stamp (the source stamps its frames when read), queue."""
-        source, put = self.sources[stream], self.events.put
-        while not self._stopping.is_set():
+    def take_live(self, stream: int, take: Callable[[int, Frame], None]) -> None:
+        """Hand ``take`` every frame live stream ``stream`` has queued; its end or failure ends the stream."""
+        reader = self._live[stream]
+        while not self.ended[stream]:
             try:
-                frame = source.recv(READER_POLL_S)
+                frame = reader.recv(0.0)
             except EndOfStream:
                 self._end(stream)
                 return
             except Exception as exc:  # a fatal source error ends this stream, never the others
-                log.error("stream %s stopped: %s", getattr(source, "name", stream), _one_line(exc))
+                log.error("stream %s stopped: %s", getattr(reader.source, "name", stream), _one_line(exc))
                 self._end(stream, _one_line(exc))
                 return
-            if frame is not None:
-                put((stream, frame))
+            if frame is None:
+                return
+            take(stream, frame)
 
     def close(self) -> None:
-        """Stop the readers (each within ``READER_POLL_S``); the loop closes the sources themselves after."""
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout=2 * READER_POLL_S + 1.0)
+        """Stop the readers; the loop closes the sources themselves after."""
+        for reader in self._live.values():
+            reader.close()
+
+
+def _putter(events: "queue.SimpleQueue[Any]", stream: int) -> Callable[[], None]:
+    return lambda: events.put(stream)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,6 +22,9 @@ class Source(abc.ABC):
 
     #: Channel names in the order of ``Frame.values``.
     channels: "list[str]"
+    #: A live source (a device) is read by a thread of its own, so that frames are stamped when they
+    #: arrive, not when the loop gets round to reading (:mod:`.arrival`).
+    live = False
 
     @abc.abstractmethod
     def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
@@ -30,6 +33,10 @@ class Source(abc.ABC):
         ``timeout=None`` waits as long as it takes. Raises :class:`EndOfStream`
         when a finite source has no more frames.
         """
+
+    def backlog(self) -> int:
+        """How many frames have already arrived and wait to be read (0 if the source cannot say)."""
+        return 0
 
     def counters(self) -> Dict[str, int]:
         """Link or reader counters for the summary (bad rows, CRC errors, ...)."""

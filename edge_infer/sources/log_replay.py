@@ -38,6 +38,11 @@ class LogSource(Source):
     ``speed=None`` replays as fast as the loop can take them; a factor paces
     frame ``i`` at ``(t[i] - t[0]) / speed`` seconds after the first, against
     the absolute start (so waiting never drifts, unlike sleeping per gap).
+
+    A paced frame *arrives* at its due time: that is its ``recv_ns``, whenever
+    the loop gets round to reading it, so a loop that falls behind a paced
+    replay sees its frames as old as they are (and :meth:`backlog` says how
+    many are already due), exactly as it would with a device.
     """
 
     def __init__(self, log: RecordedLog, columns: List[int], channels: List[str],
@@ -57,22 +62,34 @@ class LogSource(Source):
         i = self._index
         if i >= len(self._t):
             raise EndOfStream
-        if self._speed is not None and not self._wait_due(i, timeout):
-            return None
+        if self._speed is None:
+            arrived = self._clock.now_ns()
+        else:
+            arrived = self._wait_due(i, timeout)
+            if arrived is None:
+                return None
         self._index = i + 1
-        return Frame(seq=i, t=float(self._t[i]), recv_ns=self._clock.now_ns(), values=self._values[i],
+        return Frame(seq=i, t=float(self._t[i]), recv_ns=arrived, values=self._values[i],
                      label=None if self._labels is None else self._labels[i], device_seq=None)
 
-    def _wait_due(self, i: int, timeout: Optional[float]) -> bool:
+    def _wait_due(self, i: int, timeout: Optional[float]) -> Optional[int]:
+        """Wait (up to ``timeout``) until frame ``i`` is due; its due time, or None if it is not due yet."""
         now = self._clock.now_ns()
         if self._start_ns is None:
             self._start_ns = now
         due = self._start_ns + int((self._t[i] - self._t[0]) / self._speed * 1e9)
         if timeout is not None and due - now > timeout * 1e9:
             self._clock.sleep_until(now + int(timeout * 1e9))
-            return False
+            return None
         self._clock.sleep_until(due)
-        return True
+        return due
+
+    def backlog(self) -> int:
+        """Paced: the frames already due and not yet read (a loop that is behind has some)."""
+        if self._speed is None or self._start_ns is None:
+            return 0
+        t_now = self._t[0] + (self._clock.now_ns() - self._start_ns) * self._speed / 1e9
+        return max(0, int(np.searchsorted(self._t, t_now, side="right")) - self._index)
 
     # --- pacing by a loop that serves many sources (edge_infer.sources.arrivals) ----------------------------------
 

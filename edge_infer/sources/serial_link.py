@@ -35,6 +35,14 @@ Within an epoch ``Frame.t`` is the device's clock (``t_us``, unwrapped).
 The decision sink (:mod:`edge_infer.sinks.device`) writes ACTION frames
 through :meth:`SerialSource.send_action`, so heartbeats and actions share
 one sequence numbering, as the protocol requires.
+
+The runtime reads this source in a thread of its own (``live``:
+:mod:`edge_infer.sources.arrival`), so frames are stamped when they arrive
+(and dated by the device's ``t_us``, mapped onto the host clock, when the
+reader itself was late: :class:`~edge_infer.sources.arrival.DeviceClock`),
+while ACTIONs are written from the loop's thread: ``_tx_lock`` keeps an
+ACTION and a HEARTBEAT from taking sequence numbers in one order and going
+out in the other.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from firmware_bridge.stream import FrameDecoder
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
+from .arrival import DeviceClock
 from .base import Source
 from .serial_port import SerialPort
 from .uri import DEFAULT_BAUD
@@ -90,6 +99,8 @@ class SerialSource(Source):
     without a model.
     """
 
+    live = True
+
     def __init__(self, path: str, baud: int = DEFAULT_BAUD, channels: Optional[Sequence[str]] = None,
                  channel_count: Optional[int] = None, *, clock: Optional[Clock] = None,
                  port: Optional[SerialPort] = None, name: Optional[str] = None):
@@ -103,8 +114,8 @@ class SerialSource(Source):
         self._clock = clock or Clock()
         self._decoder = FrameDecoder()
         self._encoder = FrameEncoder()
-        self._tx_lock = threading.RLock()
         self._pending: Deque[Frame] = collections.deque()
+        self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -129,6 +140,7 @@ class SerialSource(Source):
         self._t_last_us: Optional[int] = None
         self._t_last: Optional[float] = None
         self._t_last_recv_ns = 0
+        self._device_clock = DeviceClock()  # arrival from the device's t_us (sources/arrival.py)
         self._n: Dict[str, int] = dict.fromkeys(
             ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
              "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
@@ -186,7 +198,7 @@ class SerialSource(Source):
         sequence number means nothing now): counted in ``actions_unsent``.
         """
         answers = self.device_seq_of(frame_seq)
-        with self._tx_lock:  # the encoder numbers the frames: one thread at a time (re-entered by _send)
+        with self._tx_lock:
             sent = (answers is not None and self._ready
                     and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
                                                         name=name)))
@@ -277,14 +289,11 @@ class SerialSource(Source):
                 self._n["heartbeats_sent"] += 1
 
     def _send(self, wire: bytes) -> bool:
-        # With several streams a reader thread serves the link (heartbeats) while the loop sends ACTIONs:
-        # one frame goes out whole before the next starts.
-        with self._tx_lock:
-            if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
-                wire = b"\x00" + wire
-            sent = self.port.write(wire)
-            self._need_delimiter = not sent
-            self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
+        if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
+            wire = b"\x00" + wire
+        sent = self.port.write(wire)
+        self._need_delimiter = not sent
+        self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
         return sent
 
     # --- receiving ---------------------------------------------------------------------------
@@ -367,7 +376,8 @@ class SerialSource(Source):
         self._seq = seq + 1
         self._device_seqs[seq % SEQ_RING] = sensor.seq
         self._n["sensor_frames"] += 1
-        self._pending.append(Frame(seq=seq, t=self._device_time(sensor.t_us, recv_ns), recv_ns=recv_ns,
+        t = self._device_time(sensor.t_us, recv_ns)
+        self._pending.append(Frame(seq=seq, t=t, recv_ns=self._device_clock.arrival_ns(round(t * 1e9), recv_ns),
                                    values=values, label=None, device_seq=sensor.seq))
 
     def _on_other(self, frame: LinkFrame) -> None:
@@ -385,6 +395,7 @@ class SerialSource(Source):
     def _new_epoch(self) -> None:
         self._epoch_first_seq = self._seq
         self._t_last_us = None
+        self._device_clock.reset()
         for listener in self.restart_listeners:
             listener()
 

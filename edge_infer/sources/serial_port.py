@@ -90,6 +90,7 @@ class SerialPort:
         self._now = now
         self._backoff = backoff or Backoff()
         self._ser: Optional[serial.Serial] = None
+        self._write_failed: Optional[BaseException] = None  # a write found the port gone; the next read closes it
         self.retry_at = 0.0  #: when :meth:`open_if_due` may try again
         self.opened_once = False
         self._lost_at: Optional[float] = None
@@ -174,6 +175,9 @@ class SerialPort:
         ser = self._ser
         if ser is None:
             return None
+        if self._write_failed is not None:
+            self.lost(self._write_failed)
+            return None
         try:
             ready, _, _ = select.select([ser.fileno()], [], [], max(wait_s, 0.0))
             return ser.read(READ_SIZE) if ready else b""
@@ -190,7 +194,7 @@ class SerialPort:
         descheduled during a write that succeeded, which would miscount.)
         """
         ser = self._ser
-        if ser is None:
+        if ser is None or self._write_failed is not None:
             return False
         deadline = self._now() + WRITE_TIMEOUT_S
         rest = memoryview(data)
@@ -203,11 +207,14 @@ class SerialPort:
                 rest = rest[ser.write(rest):]
             return True
         except PORT_ERRORS as exc:
-            self.lost(exc)
+            # The reader owns the port: it closes it at its next read (the runtime writes from another thread,
+            # and closing the port under a reader blocked on it would count one unplug twice).
+            self._write_failed = exc
             return False
 
     def lost(self, exc: BaseException) -> None:
         """The port failed: close it, warn, and schedule the first reopen attempt."""
+        self._write_failed = None
         self._close_quietly()
         self.disconnects += 1
         now = self._now()

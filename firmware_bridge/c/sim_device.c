@@ -41,7 +41,7 @@
 
 static const char *const REASONS[] = {
     "none", "deadline", "busy", "model_error", "no_data", "low_confidence", "non_finite",
-    "out_of_range", "saturated", "stuck", "gap", "stale", "out_of_distribution", "shutdown",
+    "out_of_range", "saturated", "stuck", "gap", "stale", "out_of_distribution", "shutdown", "overrun",
 };
 #define N_REASONS (sizeof REASONS / sizeof REASONS[0])
 

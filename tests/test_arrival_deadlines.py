@@ -1,0 +1,371 @@
+"""Honest deadlines, rule by rule, on fake clocks with fake slow engines (no timing is asserted).
+
+* arrival time: a paced log stamps each frame with its due time; a live source's reader thread queues
+  frames in order, with restarts in between;
+* never behind: windows a newer window has overtaken fall back ``overrun`` at once, the model takes the
+  newest, a window whose deadline has passed is never started, and the run keeps up;
+* the inline mode's watchdog decides an overrunning window at its deadline, exactly once, and the late
+  answer is dropped;
+* the start-up check compares the p99 with the window period.
+
+Real-time behaviour (a pty device faster than the model, a busy thread, a CPU hog) is measured from outside
+by scripts/bench_arrival.py (docs/performance.md); tests/test_arrival_live.py runs it on real ptys.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pytest
+
+from edge_infer.deadline.clock import Clock, FakeClock
+from edge_infer.deadline.options import DeadlineOptions
+from edge_infer.deadline.scheduler import InlineScheduler
+from edge_infer.deadline.startup import BudgetError, StartupReport, check_budget
+from edge_infer.deadline.watchdog import Pending, Watchdog
+from edge_infer.decide.decision import Decision
+from edge_infer.decide.reasons import Reason
+from edge_infer.frame import Frame
+from edge_infer.io import read_log
+from edge_infer.model.loader import open_model
+from edge_infer.runtime import Runtime
+from edge_infer.sinks.base import Sink
+from edge_infer.sources.arrival import ArrivalReader
+from edge_infer.sources.base import EndOfStream, Source
+from edge_infer.sources.log_replay import LogSource
+from edge_infer.testing.tflite_builder import dense_model, write_model
+from edge_infer.window import WindowBuffer
+
+MS = 1_000_000
+SAFETY_S = 30.0
+
+
+class ListSink(Sink):
+    def __init__(self) -> None:
+        self.decisions: List[Decision] = []
+        self.threads: List[str] = []
+
+    def on_decision(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+        self.threads.append(threading.current_thread().name)
+
+
+class SlowEngine:
+    """A fake model of the spec's shape: each invoke advances the fake clock by ``ms`` (and may wait on a gate)."""
+
+    def __init__(self, clock: FakeClock, ms: float, window: int = 8, channels: int = 2, outputs: int = 3,
+                 gate: Optional[threading.Event] = None):
+        self.clock, self.ns, self.gate = clock, int(ms * MS), gate
+        self.window, self.channels, self.output_size = window, channels, outputs
+        self.inputs: List[float] = []
+        self._out = np.array([0.1, 0.8, 0.1], dtype=np.float32)
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        self.inputs.append(float(window[-1, 0]))
+        self.clock.advance(self.ns)
+        if self.gate is not None:
+            assert self.gate.wait(SAFETY_S), "the test never released the gate"
+        return self._out
+
+
+def write_spec(tmp_path: Path, hop: int = 1, rate: int = 100, budget_ms: float = 50) -> Path:
+    write_model(tmp_path / "m.tflite", dense_model(8, 2, 3, seed=1))
+    spec = tmp_path / "m.toml"
+    spec.write_text(f"""
+[model]
+file = "m.tflite"
+[input]
+channels = ["a", "b"]
+sample_rate_hz = {rate}
+window = 8
+hop = {hop}
+[output]
+kind = "classes"
+labels = ["x", "y", "z"]
+[deadline]
+budget_ms = {budget_ms}
+no_data_ms = 0
+[fallback]
+action = "safe"
+""")
+    return spec
+
+
+def write_log(path: Path, frames: int, rate: int = 100) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [f"{i / rate:.4f},{a:.3f},{b:.3f}" for i, (a, b) in enumerate(rng.normal(size=(frames, 2)))]
+    path.write_text("t,a,b\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def runtime_with(tmp_path: Path, engine_ms: float, frames: int, clock: FakeClock, warmup: int = 20,
+                 gate: Optional[threading.Event] = None, speed: Optional[float] = 1.0, **spec_args):
+    spec, real = open_model(str(write_spec(tmp_path, **spec_args)))
+    log = read_log(write_log(tmp_path / "log.csv", frames))
+    source = LogSource(log, [0, 1], spec.channels, speed=speed, clock=clock)
+    options = DeadlineOptions(mode="inline", warmup=warmup, gc_control=False, switch_interval_ms=0)
+    engine = SlowEngine(clock, engine_ms, gate=gate)
+    scheduler = InlineScheduler(engine, clock, reserve_ns=options.reserve_ns(spec.budget_ns))
+    sink = ListSink()
+    runtime = Runtime(spec, real, source, [sink], scheduler=scheduler, clock=clock, options=options)
+    return runtime, sink, engine
+
+
+# --- arrival time ---------------------------------------------------------------------------------------
+
+
+def test_a_paced_log_stamps_each_frame_with_its_due_time_however_late_it_is_read(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    log = read_log(write_log(tmp_path / "log.csv", 50))
+    source = LogSource(log, [0, 1], ["a", "b"], speed=2.0, clock=clock)
+    first = source.recv(0)
+    assert first.recv_ns == 10**12
+    clock.advance(100 * MS)  # the reader was busy for 100 ms: frames 1..20 are due (every 5 ms at speed 2)
+    assert source.backlog() == 20
+    frames = [source.recv(0) for _ in range(20)]
+    assert [f.recv_ns - first.recv_ns for f in frames] == [5 * MS * (i + 1) for i in range(20)]
+    assert source.backlog() == 0 and source.recv(0) is None  # frame 21 is not due yet
+
+
+class ScriptedSource(Source):
+    """Hands out prepared frames (stamped when made), with a stream restart after ``restart_after`` frames."""
+
+    live = True
+    channels = ["a", "b"]
+
+    def __init__(self, count: int, restart_after: int, fail: Optional[BaseException] = None):
+        self.count, self.restart_after, self.fail = count, restart_after, fail
+        self.sent = 0
+        self.restart_listeners: list = []
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
+        if self.sent == self.count:
+            if self.fail is not None:
+                raise self.fail
+            raise EndOfStream
+        if self.sent == self.restart_after:
+            for listener in self.restart_listeners:
+                listener()
+        self.sent += 1
+        return Frame(seq=self.sent - 1, t=0.0, recv_ns=time.perf_counter_ns(), values=np.zeros(2, np.float32),
+                     label=None, device_seq=None)
+
+
+def test_the_reader_queues_frames_in_order_and_restarts_between_them_on_the_loops_thread():
+    source = ScriptedSource(10, restart_after=4)
+    reader = ArrivalReader(source)
+    source.restart_listeners.append(reader.mark_restart)
+    seen: list = []
+    reader.restart_listeners.append(lambda: seen.append(("restart", threading.current_thread().name)))
+    reader.start()
+    while True:
+        try:
+            frame = reader.recv(SAFETY_S)
+        except EndOfStream:
+            break
+        assert frame is not None
+        seen.append(frame.seq)
+    me = threading.current_thread().name
+    assert seen == [0, 1, 2, 3, ("restart", me), 4, 5, 6, 7, 8, 9]
+    with pytest.raises(EndOfStream):  # the end stays the end
+        reader.recv(0)
+    assert reader.counters()["unread_frames"] == 0
+    reader.close()
+
+
+def test_a_fatal_source_error_on_the_reader_thread_ends_the_run_on_the_loops_thread():
+    reader = ArrivalReader(ScriptedSource(3, restart_after=-1, fail=ValueError("schema mismatch")))
+    reader.start()
+    got = [reader.recv(SAFETY_S) for _ in range(3)]
+    assert [f.seq for f in got] == [0, 1, 2]
+    with pytest.raises(ValueError, match="schema mismatch"):
+        reader.recv(SAFETY_S)
+    reader.close()
+
+
+def test_until_due_counts_the_frames_to_the_next_window():
+    window = WindowBuffer(4, 1, 3)
+    assert window.until_due() == 4
+    pushed = [window.push(np.zeros(1, np.float32)) for _ in range(6)]
+    assert pushed == [False, False, False, True, False, False]
+    assert window.until_due() == 1
+
+
+# --- never behind ---------------------------------------------------------------------------------------
+
+
+def test_a_model_slower_than_the_windows_takes_the_newest_and_the_rest_fall_back_overrun_on_time(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    # 100 Hz, hop 1: a window every 10 ms; the model takes 25 ms; budget 50 ms
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=300, clock=clock)
+    summary = runtime.run()
+    decisions = [d for d in sink.decisions if d.reason is not Reason.NO_DATA]
+    # the log ends: the loop, one invoke behind the last frame, may find it silent once, never before
+    assert [d.seq for d in sink.decisions if d.reason is Reason.NO_DATA] in ([], [299])
+    assert [d.seq for d in decisions] == list(range(7, 300))  # every window, once, in order
+    model = [d for d in decisions if d.source == "model"]
+    overrun = [d for d in decisions if d.reason is Reason.OVERRUN]
+    assert len(model) + len(overrun) == len(decisions)
+    assert 0.3 * len(decisions) <= len(model) <= 0.45 * len(decisions)  # about one window in 2.5
+    assert summary["late_decisions"] == 0
+    assert max(d.latency_us for d in decisions) <= 50_000
+    # the model took the newest window each time: its answer is at most one window period + one invoke old
+    assert max(d.latency_us for d in model) <= 10_000 + 25_000
+    # the overrun ones were decided at once, not after waiting for anything
+    assert max(d.latency_us for d in overrun) <= 25_000
+    assert summary["startup"]["keeps_up"] is False
+
+
+def test_a_burst_a_fast_model_can_clear_costs_no_model_decision(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=0.1, frames=60, clock=clock)
+    runtime.start()
+    frames = [runtime.source.recv(None) for _ in range(7)]
+    for frame in frames:
+        runtime.on_frame(frame)
+    clock.advance(40 * MS)  # the loop was away: 4 frames (4 windows at hop 1) arrived meanwhile
+    while True:
+        frame = runtime.source.recv(0)
+        if frame is None:
+            break
+        runtime.on_frame(frame)
+    assert [d.source for d in sink.decisions] == ["model"] * 4  # 4 x 0.1 ms fits in a 10 ms window period
+    runtime.close()
+
+
+def test_a_window_whose_deadline_has_passed_is_never_started(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=1, frames=20, clock=clock, warmup=0, speed=None)
+    runtime.start()
+    old = 10**12 - 60 * MS  # arrived 60 ms ago: its 50 ms deadline is gone
+    for i in range(8):
+        runtime.on_frame(Frame(seq=i, t=i / 100, recv_ns=old, values=np.zeros(2, np.float32), label=None,
+                               device_seq=None))
+    assert engine.inputs == []
+    assert [(d.seq, d.reason) for d in sink.decisions] == [(7, Reason.OVERRUN)]
+    runtime.close()
+
+
+# --- the watchdog ---------------------------------------------------------------------------------------
+
+
+def test_the_watchdog_decides_an_overrunning_invoke_at_its_deadline_and_the_late_answer_is_dropped(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    gate = threading.Event()
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=80, frames=20, clock=clock, warmup=0, speed=None,
+                                         gate=gate)
+    runtime.start()
+    frames = [runtime.source.recv(0) for _ in range(8)]
+    for frame in frames[:7]:
+        runtime.on_frame(frame)
+    result: list = []
+    loop = threading.Thread(target=lambda: result.append(runtime.on_frame(frames[7])), name="loop")
+    loop.start()
+    give_up = time.monotonic() + SAFETY_S
+    while not sink.decisions:  # the invoke is still held on its gate: only the watchdog can decide
+        assert time.monotonic() < give_up, "the watchdog never decided"
+        time.sleep(0.001)
+    gate.set()
+    loop.join(SAFETY_S)
+    assert result == [None]  # the loop did not decide it again
+    (decision,) = sink.decisions
+    assert (decision.seq, decision.reason, decision.source) == (7, Reason.DEADLINE, "fallback")
+    assert sink.threads == ["edge-infer-watchdog"]
+    counters = runtime.scheduler.counters()
+    assert counters["watchdog_fallbacks"] == 1 and counters["late_results"] == 1
+    runtime.close()
+
+
+def test_the_loop_and_the_watchdog_never_both_decide_a_window():
+    """Invokes that end right around their fire time, many times over: each window is decided exactly once."""
+    clock = Clock()
+    watchdog = Watchdog(clock)
+    decided = collections.Counter()
+    by_watchdog = []
+
+    def late(pending: Pending, now_ns: int) -> None:
+        decided[pending.frame] += 1
+        by_watchdog.append(pending.frame)
+
+    rng = random.Random(7)
+    for i in range(400):
+        now = clock.now_ns()
+        pending = Pending(now + rng.randrange(0, 400_000), now + 10**9, i, late)
+        watchdog.arm(pending)
+        time.sleep(rng.randrange(0, 400) / 1e6)  # the "invoke"
+        if watchdog.settle(pending):
+            decided[i] += 1
+    watchdog.close()
+    assert all(decided[i] == 1 for i in range(400))
+    assert watchdog.fired == len(by_watchdog)
+    assert 0 < len(by_watchdog) < 400  # both sides won some (the race was exercised)
+
+
+def test_the_watchdog_fires_each_of_several_armed_windows_at_its_own_time():
+    clock = FakeClock(start_ns=0)
+    watchdog = Watchdog(clock)
+    fired: list = []
+    pendings = [Pending(fire, fire, name, lambda p, now: fired.append((p.frame, now)))
+                for name, fire in (("late", 20 * MS), ("early", 5 * MS))]
+    watchdog.arm_many(pendings)
+    clock.advance(6 * MS)
+    give_up = time.monotonic() + SAFETY_S
+    while not fired:
+        assert time.monotonic() < give_up
+        time.sleep(0.001)
+    assert [name for name, _ in fired] == ["early"] and pendings[0].open
+    clock.advance(20 * MS)
+    while len(fired) < 2:
+        assert time.monotonic() < give_up
+        time.sleep(0.001)
+    assert [name for name, _ in fired] == ["early", "late"]
+    watchdog.close()
+
+
+# --- the start-up check ---------------------------------------------------------------------------------
+
+
+def report(p99_us: int) -> StartupReport:
+    return StartupReport(windows=20, measured=18, p50_us=p99_us, p99_us=p99_us, max_us=p99_us, failed=0,
+                         budget_ms=50.0, wait_ms=49.0)
+
+
+def test_the_start_up_check_compares_the_p99_with_the_window_period_too(caplog):
+    with caplog.at_level(logging.WARNING):
+        check_budget(report(19_000), "inline", strict=False, window_period_ms=10.0)
+    (line,) = [r.getMessage() for r in caplog.records if "start-up check" in r.getMessage()]
+    assert "19.00 ms" in line and "10.00 ms between windows" in line and "overrun" in line
+    with pytest.raises(BudgetError, match="between windows"):
+        check_budget(report(19_000), "inline", strict=True, window_period_ms=10.0)
+    check_budget(report(9_000), "inline", strict=True, window_period_ms=10.0)  # keeps up: silent
+    unknown = report(19_000)
+    check_budget(unknown, "inline", strict=True, window_period_ms=None)  # no sample rate: only the budget
+    assert unknown.keeps_up is None
+
+
+def test_a_frame_read_late_is_dated_by_the_device_clock_mapped_onto_the_host():
+    from edge_infer.sources.arrival import DeviceClock
+
+    clock = DeviceClock()
+    host0 = 5 * 10**12
+    # frames every 10 ms of device time, each normally read 200 us after it was sent
+    assert clock.arrival_ns(0, host0 + 200_000) == host0 + 200_000
+    assert clock.arrival_ns(10 * MS, host0 + 10 * MS + 300_000) == host0 + 10 * MS + 200_000 + 5_050  # + 500 ppm
+    # the reader was starved for 40 ms: the frame is dated when it came, not when it was read
+    late = clock.arrival_ns(20 * MS, host0 + 60 * MS)
+    assert host0 + 20 * MS + 200_000 <= late <= host0 + 20 * MS + 250_000  # not + 40 ms
+    # a faster frame lowers the offset at once
+    assert clock.arrival_ns(30 * MS, host0 + 30 * MS + 100_000) == host0 + 30 * MS + 100_000
+    # a device clock that goes back (rebooted, broken) starts the mapping again, and never dates a frame
+    # more than MAX_LAG_NS before it was read, nor after
+    assert clock.arrival_ns(0, host0 + 40 * MS) == host0 + 40 * MS
+    clock.reset()
+    assert clock.arrival_ns(10**15, host0 + 50 * MS) == host0 + 50 * MS
+    assert clock.arrival_ns(10**15 + 1, host0 + 50 * MS + 5 * 10**9) >= host0 + 50 * MS + 5 * 10**9 - DeviceClock.MAX_LAG_NS
