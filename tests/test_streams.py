@@ -329,6 +329,13 @@ fallback = "rest"
     assert {json.loads(line)["stream"] for line in (tmp_path / "left.jsonl").read_text().splitlines()} == {"left"}
 
 
+def test_process_mode_is_refused_with_several_streams(tmp_path, capsys):
+    log = write_log(tmp_path / "small.csv", 40)
+    assert cli_main(["run", "--source", str(log), "--source", str(log), "--mode", "process"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge-infer: error: --mode process") and "Traceback" not in err
+
+
 def test_bad_stream_tables_are_one_line_each(tmp_path, capsys):
     config = tmp_path / "config.toml"
     config.write_text('[[stream]]\nname = "a"\n[[stream]]\nname = "a"\nsource = 5\n')

@@ -69,6 +69,9 @@ def streams_runtime(args: argparse.Namespace) -> StreamsRuntime:
     if getattr(args, "record", None):
         raise EdgeInferError("--record records one stream; with several streams, record each device on its own "
                              "(edge-infer record) or keep decision logs per stream ([[stream]] decisions)")
+    if getattr(args, "mode", None) == "process":
+        raise EdgeInferError("--mode process runs one stream's model in a child process; with several streams use "
+                             "inline (default) or thread (docs/streams.md)")
     entries = stream_entries(args)
     names = stream_names(entries)
     models: Dict[Optional[str], Tuple[ModelSpec, Engine]] = {}
