@@ -14,6 +14,7 @@ _SUB_BITS = 7
 _SUB = 1 << _SUB_BITS  # values below this are stored exactly
 _HALF = _SUB >> 1
 _MAX_EXPONENT = 40  # about 12 days in microseconds
+_LAST = _SUB + _MAX_EXPONENT * _HALF - 1
 
 
 def _index(value: int) -> int:
@@ -42,9 +43,13 @@ class Histogram:
 
     def record(self, value: float) -> None:
         v = int(value) if value > 0 else 0
-        index = _index(v)
-        if index >= len(self.counts):
-            index = len(self.counts) - 1
+        if v < _SUB:  # _index, inlined: this runs twice per decision
+            index = v
+        else:
+            shift = v.bit_length() - _SUB_BITS
+            index = _SUB + (shift - 1) * _HALF + ((v >> shift) - _HALF)
+            if index >= _LAST:
+                index = _LAST
         self.counts[index] += 1
         self.total += 1
         self.sum += v

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Nice value of the model's worker thread or child process under ``--realtime``.
 WORKER_NICE = -10
+#: SCHED_FIFO, and a process forked from such a thread starts under the normal scheduler (a helper process,
+#: say the metrics server, scraped hard, must not inherit the loop's real-time priority and starve it).
+FIFO_POLICY = getattr(os, "SCHED_FIFO", 1) | getattr(os, "SCHED_RESET_ON_FORK", 0)
 
 
 class GcPacer:
@@ -106,10 +109,10 @@ class LoopPriority:
 
     The threads that wait for a deadline get SCHED_FIFO: they sleep nearly all the time and must win
     a CPU the moment their timer fires, even on a loaded machine. In the thread and process modes that
-    is the loop; inline, the watchdog waits and the loop both waits and computes: it keeps SCHED_FIFO
-    while it holds the GIL and drops to the normal scheduler for each invoke
-    (``InlineScheduler.set_worker_nice``); the source's reader thread, which stamps arrivals, gets
-    SCHED_FIFO too (:meth:`add_waiter`). The model's worker
+    is the loop; inline, the watchdog and the loop, which also runs the model (a model that keeps it
+    busy more than 95 % of the time then meets the kernel's real-time throttling: use the thread mode
+    for it); the source's reader thread, which stamps arrivals, gets SCHED_FIFO too
+    (:meth:`add_waiter`). The model's worker
     (thread or child process) stays under the normal scheduler with nice :data:`WORKER_NICE`: it wins
     most of the CPU against ordinary processes, but a model that is busy all the time (slower than
     the windows come) does not use up the real-time budget — once it is spent, the kernel throttles
@@ -161,7 +164,7 @@ class LoopPriority:
 
     def _make_fifo(self, tid: int) -> None:
         old = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(self._fifo_priority))
+        os.sched_setscheduler(tid, FIFO_POLICY, os.sched_param(self._fifo_priority))
         self._old_policies.append(old)
 
     def restore(self) -> None:

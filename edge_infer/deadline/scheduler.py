@@ -37,7 +37,6 @@ from .watchdog import Pending, Watchdog
 
 log = logging.getLogger(__name__)
 
-_NORMAL = os.sched_param(0) if hasattr(os, "sched_param") else None
 #: After this many windows in a row refused by admission control, one is admitted anyway, so the
 #: latency estimate can follow a model that got faster again (e.g. when a CPU hog stopped).
 ADMISSION_PROBE_EVERY = 10
@@ -142,8 +141,6 @@ class InlineScheduler(Scheduler):
         self.model_errors = 0
         self.admission_rejects = 0
         self._invoke_since = 0  # 0: no invoke running (read by hung() from the service hooks)
-        self._infer = engine.infer  # set_worker_nice (--realtime) replaces it
-        self._fifo: Any = None
 
     def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
         clock = self.clock
@@ -155,7 +152,7 @@ class InlineScheduler(Scheduler):
             self.watchdog.arm(pending)
         self._invoke_since = start
         try:
-            output = self._infer(window)  # the engine's buffer: read before the next invoke
+            output = self.engine.infer(window)  # the engine's buffer: read before the next invoke
             reason = None
         except Exception:  # the native runtime failing is a fallback, not a crash
             if not self.model_errors:
@@ -187,28 +184,9 @@ class InlineScheduler(Scheduler):
         return [self.watchdog.native_id, loop_tid]
 
     def set_worker_nice(self, nice: int) -> None:
-        """Inline, the loop's thread is the worker: it stays SCHED_FIFO while it holds the GIL, and runs
-        each invoke (which releases the GIL) under the normal scheduler at ``nice``.
-
-        A SCHED_FIFO thread computing a slow model all the time would use up the kernel's real-time
-        budget (then every SCHED_FIFO thread is throttled, the watchdog too); a normal thread preempted
-        while it holds the GIL would keep the SCHED_FIFO watchdog from deciding. So the loop drops to
-        the normal scheduler only for the invoke: two system calls per window, only under ``--realtime``.
-        """
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        if all(hasattr(self.engine, name) for name in ("set_input", "invoke", "output")):
-            self._fifo = os.sched_param(os.sched_getparam(0).sched_priority)
-            self._infer = self._infer_demoted
-
-    def _infer_demoted(self, window: np.ndarray) -> np.ndarray:
-        engine = self.engine
-        engine.set_input(window)
-        os.sched_setscheduler(0, os.SCHED_OTHER, _NORMAL)
-        try:
-            engine.invoke()
-        finally:
-            os.sched_setscheduler(0, os.SCHED_FIFO, self._fifo)
-        return engine.output()
+        """Inline, the loop's thread runs the model and keeps its SCHED_FIFO throughout (measured: dropping
+        to the normal scheduler for each invoke let a loaded machine preempt the loop mid-window, p99
+        63 ms against 14 ms; docs/performance.md)."""
 
     def hung(self, now_ns: int) -> bool:
         since = self._invoke_since

@@ -11,19 +11,18 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
-
 
 class TailEstimate:
     """The ``percentile`` of the last ``size`` durations, refreshed every ``every`` records.
 
     ``value_ns`` is None until ``min_samples`` durations were recorded.
-    Recording is an array store; the percentile (a partial sort of ``size``
-    numbers) is computed only every ``every`` records.
+    Recording is a list store; the percentile (a sort of ``size`` numbers)
+    is computed only every ``every`` records.
     """
 
     def __init__(self, size: int = 100, every: int = 10, percentile: float = 99.0, min_samples: int = 10):
-        self._ring = np.zeros(size, dtype=np.int64)
+        self._ring = [0] * size  # a list: a store is cheaper than into a numpy array, and sorted() is fast at 100
+        self._size = size
         self._count = 0
         self._every = every
         self._min_samples = min_samples
@@ -32,9 +31,8 @@ class TailEstimate:
 
     def record(self, duration_ns: int) -> None:
         count = self._count
-        self._ring[count % len(self._ring)] = duration_ns
+        self._ring[count % self._size] = duration_ns
         self._count = count = count + 1
         if count >= self._min_samples and (count % self._every == 0 or count == self._min_samples):
-            samples = self._ring[:min(count, len(self._ring))]
-            k = max(0, math.ceil(self._rank * len(samples)) - 1)
-            self.value_ns = int(np.partition(samples, k)[k])
+            samples = sorted(self._ring[:count] if count < self._size else self._ring)
+            self.value_ns = samples[max(0, math.ceil(self._rank * len(samples)) - 1)]

@@ -49,7 +49,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics-textfile", metavar="FILE",
                        help="write Prometheus metrics to FILE (node-exporter textfile collector), atomically")
     group.add_argument("--metrics-http", metavar="[HOST:]PORT",
-                       help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given; needs prometheus-client)")
+                       help="serve Prometheus metrics over HTTP (host 127.0.0.1 unless given), from a process of its own")
     group.add_argument("--metrics-interval", type=positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
                        help="rewrite the metrics textfile every S seconds")
 
