@@ -461,7 +461,8 @@ class StreamsRuntime:
                 model = SharedModel(BatchEngine(setup.engine, max_batch=users[id(setup.engine)]), len(setups),
                                     self._answered, self.clock, reserve_ns=options.reserve_ns(budget_ns),
                                     hang_limit_ns=options.hang_limit_ns(budget_ns),
-                                    threaded=options.mode == "thread", wake=events, watchdog=self.watchdog)
+                                    threaded=options.mode == "thread", wake=events, watchdog=self.watchdog,
+                                    users=users[id(setup.engine)])
                 shared[id(setup.engine)] = model
                 self.models.append(model)
         self.streams = [Runtime(s.spec, s.engine, s.source, s.sinks, scheduler=shared[id(s.engine)],
@@ -519,7 +520,7 @@ class StreamsRuntime:
                     self._gc.slack()
                 if end_ns is not None and now >= end_ns:
                     break
-                if arrivals.all_ended() and not any(m.pending() or m.busy() for m in models):
+                if arrivals.all_ended() and not any(m.owes() for m in models):  # (a hung invoke owes nothing)
                     break
                 if not busy:
                     event = arrivals.wait(self._timeout_s(now, end_ns))

@@ -193,7 +193,7 @@ def test_a_hung_model_falls_back_on_time_and_its_late_answer_is_dropped():
         model.dispatch(clock.now_ns())
         assert [(s, a.reason) for s, _, a in answers] == [(0, Reason.DEADLINE)]
         assert model.next_due_ns() == 29 * MS  # the loop wakes for stream 1's deadline
-        model.add(0, frame(9), window(9), 40 * MS)  # stream 0's next window waits for the busy model
+        model.add(0, frame(9), window(9), 100 * MS)  # stream 0's next window waits for the busy model
         clock.advance(10 * MS)
         model.dispatch(clock.now_ns())
         assert [(s, a.reason) for s, _, a in answers[1:]] == [(1, Reason.DEADLINE)]
@@ -233,6 +233,28 @@ def test_inline_the_watchdog_decides_every_window_of_an_overrunning_batch_at_its
     assert len(answers) == 2  # the late answers were dropped, not decided again
     assert model.late_results == 2 and watchdog.fired == 2
     assert not model.holds(0) and not model.holds(1)
+
+
+def test_windows_waiting_for_a_busy_model_expire_on_time():
+    clock = FakeClock()
+    hang = threading.Event()
+    model, batch, answers = shared(clock, {1: 1 * MS}, threaded=True, hang=hang, reserve_ns=MS)
+    try:
+        model.add(0, frame(1), window(0), 50 * MS)
+        model.dispatch(clock.now_ns())
+        assert batch.started.wait(10)
+        model.add(1, frame(2), window(1), 10 * MS)  # waits: the model is busy
+        clock.advance(7 * MS)
+        model.dispatch(clock.now_ns())
+        assert answers == []
+        assert model.next_due_ns() == 8 * MS  # its last chance to start: deadline - reserve - one invoke
+        clock.advance(1 * MS)
+        model.dispatch(clock.now_ns())
+        assert [(s, a.reason) for s, _, a in answers] == [(1, Reason.DEADLINE)]
+        assert model.skipped == 1 and batch.calls == [1]
+    finally:
+        hang.set()
+        model.close()
 
 
 def test_plan_batch_takes_the_largest_batch_in_time():
@@ -283,6 +305,45 @@ def test_every_stream_decides_what_a_single_stream_replay_decides(mode):
     single_keys = set(Runtime(spec, engine, log_source(path, spec, engine, rows=40), [],
                               options=quiet(mode="inline")).run())
     assert single_keys <= set(summary["streams"][0])
+
+
+def test_a_hung_model_holds_up_only_its_own_streams(tmp_path):
+    """Thread mode, two models: model X hangs on its third window; its stream falls back while the stream on
+    model Y goes on deciding every window with its model (a budget no loaded machine can miss)."""
+    spec_path = str(write_spec(tmp_path))
+    spec_x, engine_x = open_model(spec_path)
+    spec_y, engine_y = open_model(spec_path)
+    spec_x = with_overrides(spec_x, budget_ms=300.0)
+    spec_y = with_overrides(spec_y, budget_ms=600_000.0)
+    hang = threading.Event()
+    calls = []
+
+    def hanging_infer(window, real=engine_x.infer):
+        calls.append(1)
+        if len(calls) > 2 + 20:  # after the warm-up's 20 and two real windows
+            hang.wait(60)
+        return real(window)
+
+    log = str(write_log(tmp_path / "small.csv", 120))
+    collects = [CollectSink(), CollectSink()]
+    runtime = StreamsRuntime([
+        StreamSetup("x", spec_x, engine_x, log_source(log, spec_x, engine_x, speed=10.0), [collects[0]],
+                    options=quiet(mode="thread", warmup=20)),
+        StreamSetup("y", spec_y, engine_y, log_source(log, spec_y, engine_y, speed=10.0), [collects[1]],
+                    options=quiet(mode="thread", warmup=20)),
+    ])
+    engine_x.infer = hanging_infer  # after the batch interpreters were checked against the real model
+    try:
+        summary = runtime.run()
+    finally:
+        hang.set()
+    x, y = summary["streams"]
+    assert y["decisions"] == y["model_decisions"] == 27 and y["fallback_decisions"] == 0
+    assert x["decisions"] == 27 and x["model_decisions"] == 2
+    # the window in the hung invoke falls back at its deadline; each later one waits for the model until a newer
+    # one arrives (a window every 40 ms, budget 300 ms): overrun, the newest always waiting
+    assert x["fallback_reasons"]["deadline"] >= 1 and set(x["fallback_reasons"]) <= {"deadline", "overrun"}
+    assert [s["shared_by"] for s in summary["scheduler"]] == [1, 1]
 
 
 def test_cli_streams_share_one_decision_log_with_stream_names(tmp_path, capsys):
@@ -369,16 +430,18 @@ def test_status_and_metrics_name_each_stream(tmp_path):
 # --- faults stay in their stream: real devices on ptys ----------------------------------------------------------
 
 def test_an_unplugged_device_decides_no_data_while_the_others_go_on(tmp_path):
-    """Three virtual devices; one is unplugged for good after a while: it decides no_data, the others the model."""
+    """Three virtual devices; one is unplugged for good after a while: it decides no_data, the others the model.
+
+    Device 2 also sends noise bursts between its frames: its link resyncs, and nothing of it reaches the others.
+    """
     log = write_log(tmp_path / "device.csv", 3000)
     spec = write_spec(tmp_path)
     links = [tmp_path / f"dev{i}" for i in range(3)]
-    sims = [start_sim(log, link, "--speed", "4", "--wait-host",
-                      *(["--unplug-after", "3", "--unplug-for", "600"] if i == 1 else [])) for i, link in
-            enumerate(links)]
+    faults = {1: ["--unplug-after", "3", "--unplug-for", "600"], 2: ["--garbage", "0.2", "--seed", "7"]}
+    sims = [start_sim(log, link, "--speed", "4", "--wait-host", *faults.get(i, [])) for i, link in enumerate(links)]
     decisions = tmp_path / "decisions.jsonl"
     run = RuntimeProcess(f"serial:{links[0]}", spec, decisions, "--source", f"serial:{links[1]}",
-                         "--source", f"serial:{links[2]}", "--no-data-ms", "300")
+                         "--source", f"serial:{links[2]}", "--no-data-ms", "1500")
     try:
         def unplugged_and_others_on(records: List[dict]) -> bool:
             gone = [r for r in records if r["stream"] == f"serial:{links[1]}" and r["reason"] == "no_data"]
@@ -389,6 +452,7 @@ def test_an_unplugged_device_decides_no_data_while_the_others_go_on(tmp_path):
                 sum(1 for r in records[records.index(gone[0]):] if r["source"] == "model") > 20
         run.wait_for(unplugged_and_others_on, "no_data on the unplugged stream while the others decide")
         summary = run.stop(signal.SIGINT)
+        records = run.records()
     finally:
         run.kill()
         for sim in sims:
@@ -397,8 +461,13 @@ def test_an_unplugged_device_decides_no_data_while_the_others_go_on(tmp_path):
     streams = {s["stream"]: s for s in summary["streams"]}
     assert streams[f"serial:{links[1]}"]["fallback_reasons"].get("no_data", 0) >= 5
     for i in (0, 2):
+        mine = [r for r in records if r["stream"] == f"serial:{links[i]}"]
+        first = next(n for n, r in enumerate(mine) if r["source"] == "model")
         assert streams[f"serial:{links[i]}"]["model_decisions"] > 0
-        assert "no_data" not in streams[f"serial:{links[i]}"]["fallback_reasons"]
+        # (before its first frame a device is silent too: no_data then is right, whatever the others do)
+        assert not [r for r in mine[first:] if r["reason"] == "no_data"]
+    assert streams[f"serial:{links[2]}"]["source"]["resyncs"] > 0  # the noise was there, and stayed in its stream
+    assert streams[f"serial:{links[0]}"]["source"]["resyncs"] == 0
 
 
 def test_a_device_with_the_wrong_schema_fails_its_stream_only(tmp_path):

@@ -132,11 +132,13 @@ class SharedModel(Scheduler):
     def __init__(self, batch: BatchEngine, streams: int, answer: Answer, clock: Optional[Clock] = None,
                  reserve_ns: int = 0, hang_limit_ns: int = 10**9, threaded: bool = True,
                  wake: "Optional[queue.SimpleQueue[Any]]" = None, costs: Optional[Dict[int, int]] = None,
-                 watchdog: Optional[Watchdog] = None):
+                 watchdog: Optional[Watchdog] = None, users: Optional[int] = None):
         """``answer`` hears every window's outcome: on the loop thread, or (inline) on the ``watchdog``'s when
         an invoke overran the window's deadline. ``wake`` (the loop's event queue) gets this object when the
-        worker finished a batch. ``costs`` skips the start-up measurement (tests)."""
+        worker finished a batch. ``costs`` skips the start-up measurement (tests). Streams are numbered
+        ``0..streams-1`` across the runtime; ``users`` of them use this model (default: all)."""
         self.batch = batch
+        self.users = streams if users is None else users
         self.clock = clock or Clock()
         self.mode = "thread" if threaded else "inline"
         self.reserve_ns = reserve_ns
@@ -195,11 +197,9 @@ class SharedModel(Scheduler):
         self._held[pending.stream] -= 1
         self._answer(pending, answer)
 
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def busy(self) -> bool:
-        return bool(self._in_flight)
+    def owes(self) -> bool:
+        """Whether some window still waits for its decision (queued, or in flight and not yet fallen back)."""
+        return bool(self._pending) or any(not w.decided for w in self._in_flight)
 
     def next_due_ns(self) -> Optional[int]:
         """When the loop must look at this model next without being woken: an in-flight or queued deadline."""
@@ -211,15 +211,9 @@ class SharedModel(Scheduler):
     def dispatch(self, now_ns: int) -> None:
         """Collect a finished batch, keep in-flight deadlines, drop windows too late to start, start the next batch."""
         self.poll(now_ns)
-        while self._pending and not self._in_flight:
-            ordered = sorted(self._pending.values(), key=_by_deadline)
-            latest_start = now_ns + self.costs.cost_ns(1) + self.reserve_ns
-            fresh = [p for p in ordered if p.deadline_ns >= latest_start]
-            for late in ordered[:len(ordered) - len(fresh)]:  # never start a window that cannot make it
-                del self._pending[late.stream]
-                self.skipped += 1
-                self._decided(late, ModelAnswer(None, Reason.DEADLINE, None))
-            if not fresh:
+        while self._pending:
+            fresh = self._expire(now_ns)
+            if not fresh or self._in_flight:  # a busy (or hung) model: the waiting windows still expire on time
                 return
             k = plan_batch(fresh, now_ns, self.reserve_ns, self.costs, self.batch.size_for)
             self._start(fresh[:k])
@@ -227,6 +221,18 @@ class SharedModel(Scheduler):
                 return
             now_ns = self.clock.now_ns()
             self._finish(now_ns)  # inline: the batch already ran
+
+    def _expire(self, now_ns: int) -> List[Waiting]:
+        """Fall back ``deadline`` for every waiting window that could not finish in time even if started now
+        (the model never starts such a window); the others, earliest deadline first."""
+        ordered = sorted(self._pending.values(), key=_by_deadline)
+        latest_start = now_ns + self.costs.cost_ns(1) + self.reserve_ns
+        fresh = [p for p in ordered if p.deadline_ns > latest_start]  # at its last chance a busy model cannot take it
+        for late in ordered[:len(ordered) - len(fresh)]:
+            del self._pending[late.stream]
+            self.skipped += 1
+            self._decided(late, ModelAnswer(None, Reason.DEADLINE, None))
+        return fresh
 
     def poll(self, now_ns: int) -> None:
         """Take the worker's report if it came; fall back for in-flight windows whose deadline passed."""
@@ -344,7 +350,7 @@ class SharedModel(Scheduler):
         sizes = self.batch_sizes
         return {
             "mode": self.mode,
-            "shared_by": len(self._slots),
+            "shared_by": self.users,
             "batch_sizes": list(self.batch.sizes),
             "batch_cost_us": self.costs.to_dict(),
             "batches": sizes.total,
