@@ -17,7 +17,9 @@ class Frame:
     ``t`` is the sample's own timestamp in seconds (the log's ``t`` column or
     the device's clock), used for pacing and gap checks.
     ``recv_ns`` is the host's monotonic clock (``time.perf_counter_ns``) when
-    the frame was received: decision latency is measured from it.
+    the frame *arrived* (stamped by the source's reader thread, dated by the
+    device clock; a paced replay's due time): deadlines and decision latency
+    run from it (docs/deadlines.md).
     ``values`` has one float per channel, in the model's channel order.
     ``label`` is the ground truth where a recorded log carries one.
     ``device_seq`` is the sequence number the device put on the wire (None for logs).

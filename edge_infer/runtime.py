@@ -21,7 +21,6 @@ acting on old frames.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -47,7 +46,7 @@ from .model.engine import Engine
 from .model.spec import ModelSpec
 from .sinks.base import Sink
 from .sinks.stats import RunStats
-from .sources.arrival import ArrivalReader
+from .sources.arrival import ArrivalReader, Wake
 from .sources.arrivals import Arrivals, StreamEnded
 from .sources.base import EndOfStream, Source
 from .window import WindowBuffer
@@ -446,7 +445,7 @@ class StreamsRuntime:
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must differ: {names}")
         self.clock = clock or Clock()
-        events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        wake = Wake()  # the loop's one wake-up: live readers and model workers release it
         self.sinks: List[Sink] = list(sinks)
         self.options = setups[0].options or options_for_spec(setups[0].spec)
         #: One watchdog for every window in flight on the loop's thread, whichever stream and model it is of.
@@ -461,7 +460,7 @@ class StreamsRuntime:
                 model = SharedModel(BatchEngine(setup.engine, max_batch=users[id(setup.engine)]), len(setups),
                                     self._answered, self.clock, reserve_ns=options.reserve_ns(budget_ns),
                                     hang_limit_ns=options.hang_limit_ns(budget_ns),
-                                    threaded=options.mode == "thread", wake=events, watchdog=self.watchdog,
+                                    threaded=options.mode == "thread", wake=wake.notify, watchdog=self.watchdog,
                                     users=users[id(setup.engine)])
                 shared[id(setup.engine)] = model
                 self.models.append(model)
@@ -471,7 +470,7 @@ class StreamsRuntime:
         for stream in self.streams:
             stream.sinks.extend(self.sinks)
         # a live source is read by its stream's ArrivalReader; a log is paced by the loop itself
-        self.arrivals = Arrivals([s.arrivals for s in self.streams], self.clock, events)
+        self.arrivals = Arrivals([s.arrivals for s in self.streams], self.clock, wake)
         self._budgets_ns = [s.spec.budget_ns for s in setups]
         #: per stream: "running", "ended" (its log is over) or "failed: <why>"
         self.states = ["running"] * len(setups)
@@ -505,11 +504,9 @@ class StreamsRuntime:
             self._start_readers()
             while not (stop is not None and stop.is_set()):
                 now = clock.now_ns()
-                busy = arrivals.due(now, self._take, self._ready)
-                event = arrivals.poll()
-                while event is not None:
-                    self._event(event)
-                    event = arrivals.poll()
+                busy = arrivals.take(now, self._take, self._ready)
+                for ended in arrivals.take_ends():
+                    self._ended(ended)
                 now = clock.now_ns()
                 for model in models:
                     model.dispatch(now)
@@ -523,9 +520,7 @@ class StreamsRuntime:
                 if arrivals.all_ended() and not any(m.owes() for m in models):  # (a hung invoke owes nothing)
                     break
                 if not busy:
-                    event = arrivals.wait(self._timeout_s(now, end_ns))
-                    if event is not None:
-                        self._event(event)
+                    arrivals.wait(self._timeout_s(now, end_ns), self._reported)
         finally:
             self.elapsed_s = time.monotonic() - started
             if hooks is not None:
@@ -586,16 +581,16 @@ class StreamsRuntime:
         """A shared model's outcome for a window (on the loop's thread, or the watchdog's for an overrun)."""
         self.streams[waiting.stream].finish(waiting.frame, answer, waiting.verdict)
 
-    def _event(self, event: Any) -> None:
-        if type(event) is int:  # a live stream's reader queued frames
-            self.arrivals.take_live(event, self._take)
-        elif isinstance(event, StreamEnded):
-            i = event.stream
-            if event.error is None:
-                self.states[i] = "ended"
-                self.streams[i]._silence = None  # a log that ended is not a silent sensor
-            else:
-                self.states[i] = f"failed: {event.error}"  # its no_data timer goes on: the device is unusable
+    def _reported(self) -> bool:
+        return any(model.reported() for model in self.models)
+
+    def _ended(self, ended: StreamEnded) -> None:
+        i = ended.stream
+        if ended.error is None:
+            self.states[i] = "ended"
+            self.streams[i]._silence = None  # a log that ended is not a silent sensor
+        else:
+            self.states[i] = f"failed: {ended.error}"  # its no_data timer goes on: the device is unusable
 
     def _tick(self, now_ns: int) -> None:
         for stream in self.streams:

@@ -101,14 +101,16 @@ def invoke_ms(path: Path) -> float:
     window = np.zeros((engine.window, engine.channels), dtype=np.float32)
     for _ in range(3):
         engine.infer(window)
-    start = time.perf_counter()
-    for _ in range(5):
+    times = []
+    for _ in range(15):  # the fastest: what the model costs when it has a CPU (the machine's load varies)
+        start = time.perf_counter()
         engine.infer(window)
-    return (time.perf_counter() - start) / 5 * 1000
+        times.append(time.perf_counter() - start)
+    return min(times) * 1000
 
 
 def build_models(directory: Path, rate: float, budget_ms: float) -> Dict[str, Path]:
-    """The fast model, and one of about two window periods (checked by timing it here)."""
+    """The fast model, and one of about two window periods at its fastest (checked by timing it here)."""
     fast = write_model(directory / "fast.tflite", dense_model(WINDOW, len(CHANNELS), 4, seed=1))
     target = 2 * 1000.0 / rate
     rows = 64
@@ -215,10 +217,14 @@ def free_port() -> int:
 
 
 SCRAPER = """
-import sys, time, urllib.request
+import signal, sys, time, urllib.request
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
 end = time.monotonic() + seconds
 n = 0
+def done(*_):
+    print(n, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
 while time.monotonic() < end:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -226,7 +232,7 @@ while time.monotonic() < end:
         n += 1
     except Exception:  # a refused or cut connection (the run is ending): try again
         time.sleep(0.01)
-print(n)
+done()
 """
 
 

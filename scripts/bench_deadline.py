@@ -6,7 +6,8 @@ Three parts, each a markdown table on stdout (and ``--json FILE``):
 1. **Slow model, short budget.** The test builder's ~30 ms model (``PRESET_SLOW``) with a 5 ms budget,
    replayed in real time with a window every 40 ms (so each window finds the model free and must be
    decided by the deadline while the invoke goes on), and with a window every 10 ms (the model is
-   still busy: the overload policy decides). Per mode (``inline`` — the hand-written loop's behaviour —
+   still busy: the overload policy decides). Per mode (``inline`` — the loop invokes, its watchdog decides
+   at the deadline —
    ``thread``, ``process``), with and without ``--realtime`` (SCHED_FIFO for the loop thread).
 2. **Bundled model under a CPU hog.** The bundled model on its log, replayed at 20x real time,
    while busy-looping processes (one per CPU) compete for the CPUs; with and without ``--realtime``.

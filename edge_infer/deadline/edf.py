@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -131,11 +130,11 @@ class SharedModel(Scheduler):
 
     def __init__(self, batch: BatchEngine, streams: int, answer: Answer, clock: Optional[Clock] = None,
                  reserve_ns: int = 0, hang_limit_ns: int = 10**9, threaded: bool = True,
-                 wake: "Optional[queue.SimpleQueue[Any]]" = None, costs: Optional[Dict[int, int]] = None,
+                 wake: Optional[Callable[[], None]] = None, costs: Optional[Dict[int, int]] = None,
                  watchdog: Optional[Watchdog] = None, users: Optional[int] = None):
         """``answer`` hears every window's outcome: on the loop thread, or (inline) on the ``watchdog``'s when
-        an invoke overran the window's deadline. ``wake`` (the loop's event queue) gets this object when the
-        worker finished a batch. ``costs`` skips the start-up measurement (tests). Streams are numbered
+        an invoke overran the window's deadline. ``wake`` is called when the worker finished a batch (the
+        loop's ``Wake.notify``). ``costs`` skips the start-up measurement (tests). Streams are numbered
         ``0..streams-1`` across the runtime; ``users`` of them use this model (default: all)."""
         self.batch = batch
         self.users = streams if users is None else users
@@ -196,6 +195,10 @@ class SharedModel(Scheduler):
     def _decided(self, pending: Waiting, answer: ModelAnswer) -> None:
         self._held[pending.stream] -= 1
         self._answer(pending, answer)
+
+    def reported(self) -> bool:
+        """Whether the worker has finished a batch the loop has not collected (the loop must not sleep)."""
+        return bool(self._in_flight) and self._worker is not None and not self._done.locked()
 
     def owes(self) -> bool:
         """Whether some window still waits for its decision (queued, or in flight and not yet fallen back)."""
@@ -323,7 +326,7 @@ class SharedModel(Scheduler):
             self._report = self._invoke(self._size)
             self._done.release()
             if self._wake is not None:
-                self._wake.put(self)
+                self._wake()
 
     # --- Scheduler: one window at a time (the start-up check) -----------------------------------------------------
 

@@ -112,14 +112,16 @@ class LoopPriority:
     is the loop; inline, the watchdog and the loop, which also runs the model (a model that keeps it
     busy more than 95 % of the time then meets the kernel's real-time throttling: use the thread mode
     for it); the source's reader thread, which stamps arrivals, gets SCHED_FIFO too
-    (:meth:`add_waiter`). The model's worker
+    (:meth:`add_waiter`). Threads other than the loop get one priority more than the loop: SCHED_FIFO
+    threads of equal priority never preempt each other, and the watchdog must preempt a loop that is
+    computing the model. The model's worker
     (thread or child process) stays under the normal scheduler with nice :data:`WORKER_NICE`: it wins
     most of the CPU against ordinary processes, but a model that is busy all the time (slower than
     the windows come) does not use up the real-time budget — once it is spent, the kernel throttles
     every SCHED_FIFO thread on the CPU for the rest of the second, the loop included (measured: a
     decision 9 ms late with a SCHED_FIFO worker). Failures (no permission, no such CPU) are one
-    warning line each; the run goes on. Restoring matters beyond tidiness: a process forked from a
-    SCHED_FIFO thread inherits the policy.
+    warning line each; the run goes on. A process forked from these threads starts under the normal
+    scheduler (:data:`FIFO_POLICY`).
     """
 
     def __init__(self) -> None:
@@ -146,7 +148,7 @@ class LoopPriority:
             try:
                 self._old_nice = (loop, os.getpriority(os.PRIO_PROCESS, loop))
                 for tid in scheduler.deadline_threads(loop):
-                    self._make_fifo(tid)
+                    self._make_fifo(tid, fifo_priority + (tid != loop))
                 scheduler.set_worker_nice(WORKER_NICE)
             except (OSError, AttributeError) as exc:
                 self._fifo_priority = None
@@ -158,13 +160,13 @@ class LoopPriority:
         """SCHED_FIFO for a thread started after :meth:`apply` that waits for time (the source's reader)."""
         if self._fifo_priority:
             try:
-                self._make_fifo(tid)
+                self._make_fifo(tid, self._fifo_priority + 1)
             except OSError as exc:
                 log.warning("--realtime: cannot give thread %d SCHED_FIFO (%s)", tid, exc.strerror or exc)
 
-    def _make_fifo(self, tid: int) -> None:
+    def _make_fifo(self, tid: int, priority: int) -> None:
         old = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-        os.sched_setscheduler(tid, FIFO_POLICY, os.sched_param(self._fifo_priority))
+        os.sched_setscheduler(tid, FIFO_POLICY, os.sched_param(priority))
         self._old_policies.append(old)
 
     def restore(self) -> None:

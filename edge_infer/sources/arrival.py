@@ -11,9 +11,10 @@ whatever the loop is doing, and queues them; the loop takes them with
 :meth:`ArrivalReader.recv` and sees how many more already wait with
 :meth:`ArrivalReader.backlog` (the never-behind rule, docs/deadlines.md).
 
-The hand-over is a ``deque`` (append and popleft are atomic) and a lock used
-as a binary semaphore that the reader releases only when the loop said it is
-about to sleep: one wake-up per frame at most, none while the loop is busy.
+The hand-over is a ``deque`` (append and popleft are atomic) and a
+:class:`Wake`: a lock used as a binary semaphore that the reader releases only
+when the loop said it is about to sleep: one wake-up per frame at most, none
+while the loop is busy. Readers of several sources can share one ``Wake``.
 
 A restart of the source's stream (a reconnect, a device reboot) is queued
 in order with the frames (:meth:`mark_restart`), so the loop resets its
@@ -39,6 +40,34 @@ _RESTART = object()
 _END = object()
 
 
+class Wake:
+    """A loop's wake-up, shared by the readers of every source it takes frames from.
+
+    A lock used as a binary semaphore: a reader releases it after queueing a frame, but only when the
+    loop said it is about to sleep (:attr:`waiting`), so a busy loop costs the readers nothing; several
+    streams' readers can share one (issue 13: one loop, many sources).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.waiting = False
+
+    def notify(self) -> None:
+        if self.waiting and self._lock.locked():
+            try:
+                self._lock.release()
+            except RuntimeError:  # another reader released it at the same moment
+                pass
+
+    def sleep(self, timeout: Optional[float], ready: Callable[[], int]) -> None:
+        """Sleep up to ``timeout`` (None: forever) unless ``ready()`` is already true, or until notified."""
+        self.waiting = True  # publish, then look again: a frame queued in between releases the lock
+        if not ready():
+            self._lock.acquire(True, -1 if timeout is None else timeout)
+        self.waiting = False
+
+
 class ArrivalReader(Source):
     """Reads ``source`` in a thread from :meth:`start` on; the loop takes the frames in order.
 
@@ -47,17 +76,12 @@ class ArrivalReader(Source):
     thread).
     """
 
-    def __init__(self, source: Source, name: str = "edge-infer-reader"):
+    def __init__(self, source: Source, name: str = "edge-infer-reader", wake: Optional[Wake] = None):
         self.source = source
         self.channels = source.channels
         self.restart_listeners: List[Callable[[], None]] = []
-        #: Called on the reader thread after each frame (or the end) is queued: a loop that serves several
-        #: readers waits on its own queue (:mod:`.arrivals`) instead of this reader's lock.
-        self.on_arrival: Optional[Callable[[], None]] = None
         self._queue: Deque[Any] = collections.deque()
-        self._wake = threading.Lock()
-        self._wake.acquire()
-        self._waiting = False
+        self.wake = wake or Wake()
         self._closing = False
         self._error: Optional[BaseException] = None
         self.queued_max = 0
@@ -82,22 +106,13 @@ class ArrivalReader(Source):
                 frame = recv(READ_SLICE_S)
                 if frame is not None:
                     queue.append(frame)
-                    self._notify()
+                    self.wake.notify()
         except EndOfStream:
             queue.append(_END)
         except BaseException as exc:  # a fatal source error (schema mismatch) ends the run on the loop's thread
             self._error = exc
             queue.append(_END)
-        self._notify()
-
-    def _notify(self) -> None:
-        if self.on_arrival is not None:
-            self.on_arrival()
-        if self._waiting and self._wake.locked():
-            try:
-                self._wake.release()
-            except RuntimeError:
-                pass
+        self.wake.notify()
 
     def mark_restart(self) -> None:
         """The source's stream restarted (called on the reader thread, from inside its ``recv``)."""
@@ -108,10 +123,7 @@ class ArrivalReader(Source):
     def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:
         queue = self._queue
         if not queue:
-            self._waiting = True  # publish, then look again: a frame queued in between releases the lock
-            if not queue:
-                self._wake.acquire(True, -1 if timeout is None else timeout)
-            self._waiting = False
+            self.wake.sleep(timeout, queue.__len__)
             if not queue:
                 return None
         item = queue.popleft()

@@ -13,26 +13,24 @@ every frame that has arrived, from any stream, stamped with its arrival:
   to the streams that are ready for one;
 * a **live source** (a device on a serial port) is read by its stream's
   :class:`~.arrival.ArrivalReader` (a thread that reads, stamps and queues,
-  python-can's Notifier pattern, the same as with one stream), which puts the
-  stream's number on the loop's event queue for every frame: the loop wakes
-  and takes that reader's frames. Restart markers reset the stream's window
-  on the loop's thread; a fatal error (a device whose schema does not match
-  the model) ends that stream only, and is reported in its state.
+  python-can's Notifier pattern, the same as with one stream); every reader
+  shares the loop's one :class:`~.arrival.Wake`, released only when the loop
+  is about to sleep. Restart markers reset the stream's window on the loop's
+  thread; a fatal error (a device whose schema does not match the model)
+  ends that stream only, and is reported in its state.
 
-The loop's event queue carries other wake-ups too (a model worker that
-finished a batch); :meth:`wait` hands those back to the loop.
+A model worker that finished a batch releases the same ``Wake``.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import queue
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..deadline.clock import Clock
 from ..frame import Frame
-from .arrival import ArrivalReader
+from .arrival import ArrivalReader, Wake
 from .base import EndOfStream, Source
 from .log_replay import LogSource
 
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class StreamEnded:
-    """Put on the event queue when a stream's source ended (``error`` is None) or failed (a one-line reason)."""
+    """A stream whose source ended (``error`` is None) or failed (a one-line reason)."""
 
     __slots__ = ("stream", "error")
 
@@ -52,25 +50,26 @@ class StreamEnded:
 class Arrivals:
     """The frames of ``sources`` (stream ``i`` is ``sources[i]``), taken by one loop thread."""
 
-    def __init__(self, sources: Sequence[Source], clock: Optional[Clock] = None,
-                 events: "Optional[queue.SimpleQueue[Any]]" = None):
-        """``sources[i]`` is stream ``i``'s: a :class:`LogSource`, or the :class:`ArrivalReader` of a live one."""
+    def __init__(self, sources: Sequence[Source], clock: Optional[Clock] = None, wake: Optional[Wake] = None):
+        """``sources[i]`` is stream ``i``'s: a :class:`LogSource`, or the :class:`ArrivalReader` of a live one.
+        Every reader is given ``wake``, the loop's one wake-up (others, a model worker, may share it too)."""
         self.sources = list(sources)
         self.clock = clock or Clock()
-        #: The loop's one place to wait: live streams with frames, ends, and whatever else must wake it.
-        self.events: "queue.SimpleQueue[Any]" = events if events is not None else queue.SimpleQueue()
+        self.wake = wake or Wake()
         self._paced: List[Tuple[int, int]] = []  # heap of (due ns, stream)
         self._unpaced: List[int] = []
         self._live: Dict[int, ArrivalReader] = {}
         for i, source in enumerate(self.sources):
             if isinstance(source, ArrivalReader):
                 self._live[i] = source
-                source.on_arrival = _putter(self.events, i)
+                source.wake = self.wake
             elif isinstance(source, LogSource):
                 (self._paced if source.paced else self._unpaced).append(i)
             else:
                 raise TypeError(f"stream {i}: a log or a live source's ArrivalReader, not {type(source).__name__}")
+        self._readers = list(self._live.items())
         self.ended: List[bool] = [False] * len(self.sources)
+        self._ends: List[StreamEnded] = []
 
     def start(self) -> None:
         """Start the clock of every paced log and the reader of every live source: frames are stamped from now."""
@@ -84,26 +83,27 @@ class Arrivals:
         """When the next paced log frame is due (None if none is)."""
         return self._paced[0][0] if self._paced else None
 
-    def due(self, now_ns: int, take: Callable[[int, Frame], None], ready: Callable[[int], bool]) -> bool:
-        """Hand ``take`` every log frame due by ``now_ns`` (paced), and one frame of each unpaced log that is
-        ``ready`` (its last window was decided: a replay as fast as possible waits for the model, it does not
-        skip windows). Returns whether an unpaced log gave a frame (then the loop must not sleep)."""
+    def take(self, now_ns: int, take: Callable[[int, Frame], None], ready: Callable[[int], bool]) -> bool:
+        """Hand ``take`` every frame that has arrived: paced log frames due by ``now_ns``, every frame a live
+        reader queued, and one frame of each unpaced log that is ``ready`` (its last window was decided: a
+        replay as fast as possible waits for the model, it does not skip windows). Returns whether an unpaced
+        log gave a frame (then the loop must not sleep)."""
         paced = self._paced
         while paced and paced[0][0] <= now_ns:
             _, i = paced[0]
             source: LogSource = self.sources[i]  # type: ignore[assignment]
             frame = source.take_due()
-            if frame is None:
+            due = None if frame is None else source.next_due_ns()
+            if frame is not None:
+                take(i, frame)
+            if due is None:
                 heapq.heappop(paced)
                 self._end(i)
             else:
-                take(i, frame)
-                due = source.next_due_ns()
-                if due is None:
-                    heapq.heappop(paced)
-                    self._end(i)
-                else:
-                    heapq.heapreplace(paced, (due, i))
+                heapq.heapreplace(paced, (due, i))
+        for i, reader in self._readers:
+            if reader.backlog() and not self.ended[i]:
+                self._take_live(i, reader, take)
         gave = False
         for i in list(self._unpaced):
             if not ready(i):
@@ -119,31 +119,26 @@ class Arrivals:
                 take(i, frame)
         return gave
 
-    def wait(self, timeout_s: float) -> Optional[Any]:
-        """Block up to ``timeout_s`` for an event (a live frame as ``(stream, frame)``, or a wake-up); None if none."""
-        try:
-            return self.events.get(True, timeout_s) if timeout_s > 0 else self.events.get_nowait()
-        except queue.Empty:
-            return None
+    def wait(self, timeout_s: float, ready: Callable[[], bool]) -> None:
+        """Sleep up to ``timeout_s`` unless a live frame is queued or ``ready()`` (a model worker reported)."""
+        readers = self._readers
+        self.wake.sleep(timeout_s, lambda: ready() or any(r.backlog() for _, r in readers))
 
-    def poll(self) -> Optional[Any]:
-        """An event that is already waiting, or None."""
-        try:
-            return self.events.get_nowait()
-        except queue.Empty:
-            return None
+    def take_ends(self) -> List[StreamEnded]:
+        """The streams that ended or failed since the last call."""
+        ends, self._ends = self._ends, []
+        return ends
 
     def all_ended(self) -> bool:
         return all(self.ended)
 
     def _end(self, stream: int, error: Optional[str] = None) -> None:
         self.ended[stream] = True
-        self.events.put(StreamEnded(stream, error))
+        self._ends.append(StreamEnded(stream, error))
 
-    def take_live(self, stream: int, take: Callable[[int, Frame], None]) -> None:
-        """Hand ``take`` every frame live stream ``stream`` has queued; its end or failure ends the stream."""
-        reader = self._live[stream]
-        while not self.ended[stream]:
+    def _take_live(self, stream: int, reader: ArrivalReader, take: Callable[[int, Frame], None]) -> None:
+        """Hand ``take`` every frame a live reader has queued; its end or failure ends the stream, not the run."""
+        while True:
             try:
                 frame = reader.recv(0.0)
             except EndOfStream:
@@ -161,10 +156,6 @@ class Arrivals:
         """Stop the readers; the loop closes the sources themselves after."""
         for reader in self._live.values():
             reader.close()
-
-
-def _putter(events: "queue.SimpleQueue[Any]", stream: int) -> Callable[[], None]:
-    return lambda: events.put(stream)
 
 
 def _one_line(exc: BaseException) -> str:
