@@ -18,6 +18,8 @@ Also this machine's own sleep jitter (1 ms sleeps in a thread of this process du
 decision's stamp against the log's length), and whether every stream decided exactly what a single-stream
 replay of the same log decides.
 
+First, the bundled model's invoke cost per batch size on the resized interpreters (``--batch-costs-only``).
+
 usage: python scripts/bench_streams.py [--streams 32] [--sweep 32,48,64,96,128] [--rounds 2] [--speed 40] [--realtime]
                                        [--duration S] [--json FILE]
        (--threads-child N: internal, the thread-per-stream process)
@@ -211,6 +213,26 @@ def judge(result: Dict[str, Any], n: int, speed: float, reference: Dict[int, Any
     }
 
 
+def batch_costs(rounds: int = 7, invokes: int = 300) -> List[Dict[str, Any]]:
+    """The bundled model's invoke (input conversion, set_tensor, invoke, output) per batch size, interleaved:
+    p50 over ``rounds`` rounds of ``invokes`` invokes of every size in turn."""
+    from edge_infer.model.batch import BatchEngine
+    from edge_infer.model.loader import open_model
+
+    spec, engine = open_model(None)
+    batch = BatchEngine(engine, max_batch=32)
+    batch.staging()[:] = np.random.default_rng(0).normal(size=batch.staging().shape) * spec.scale + spec.offset
+    times: Dict[int, List[float]] = {size: [] for size in batch.sizes}
+    for _ in range(rounds):
+        for size in batch.sizes:
+            start = time.perf_counter_ns()
+            for _ in range(invokes):
+                batch.infer_batch(size)
+            times[size].append((time.perf_counter_ns() - start) / invokes / 1000.0)
+    return [{"batch": size, "us_per_invoke": round(float(np.median(t)), 1),
+             "us_per_window": round(float(np.median(t)) / size, 2)} for size, t in times.items()]
+
+
 def reference_actions() -> Dict[int, Any]:
     """A single-stream replay of the bundled log as fast as possible: seq -> action."""
     out = subprocess.run(edge_infer("--show", "none", "--decisions", "/dev/stdout", "--json"), cwd=ROOT,
@@ -264,6 +286,7 @@ def main() -> None:
                         help="stream counts for the largest-N search of one runtime (inline mode)")
     parser.add_argument("--sweep-others", default="8,16,32", help="stream counts for processes and threads")
     parser.add_argument("--skip-sweep", action="store_true", help="only the side-by-side comparison")
+    parser.add_argument("--batch-costs-only", action="store_true", help="only the invoke cost per batch size")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--speed", type=float, default=40.0)
     parser.add_argument("--duration", type=float, help="stop each run after S seconds (default: the whole log)")
@@ -276,6 +299,14 @@ def main() -> None:
         threads_child(args.threads_child, args.speed, args.duration, args.realtime)
         return
     report = start_report()
+    print("\n## The bundled model's invoke per batch size (BatchEngine, interleaved, median of 7 rounds)\n")
+    print("| batch | µs per invoke | µs per window |\n|---|---|---|")
+    report["batch_costs"] = batch_costs()
+    for row in report["batch_costs"]:
+        print(f"| {row['batch']} | {row['us_per_invoke']} | {row['us_per_window']} |", flush=True)
+    if args.batch_costs_only:
+        finish_report(report, args.json)
+        return
     reference = reference_actions()
     log_s = float(read_log(str(bundled_log())).t[-1])
     run_s = min(args.duration or math.inf, log_s / args.speed)

@@ -2,7 +2,7 @@
 
 Streams that share a model often have windows due at the same moment (eight
 motors sampled by one clock). One invoke of a batch of ``k`` windows costs
-less than ``k`` invokes (here: 3.5 us per window at 32 against 7.6 us alone,
+less than ``k`` invokes (here: 5 us per window at 32 against 23 us alone,
 docs/streams.md), because the interpreter's fixed cost per call and the
 Python around it are paid once.
 
