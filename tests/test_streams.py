@@ -390,6 +390,14 @@ fallback = "rest"
     assert {json.loads(line)["stream"] for line in (tmp_path / "left.jsonl").read_text().splitlines()} == {"left"}
 
 
+def test_check_config_checks_every_streams_source_uri(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text('[[stream]]\nsource = "serial:/dev/ttyUSB0"\n[[stream]]\nsource = "serial:/dev/ttyUSB1?baud=x"\n')
+    assert cli_main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "baud must be a positive integer" in err and "Traceback" not in err
+
+
 def test_process_mode_is_refused_with_several_streams(tmp_path, capsys):
     log = write_log(tmp_path / "small.csv", 40)
     assert cli_main(["run", "--source", str(log), "--source", str(log), "--mode", "process"]) == 2

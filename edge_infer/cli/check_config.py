@@ -19,6 +19,7 @@ from ..io import read_log
 from ..model.loader import bundled_log, open_model
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..service.metrics import HttpExporter
+from ..sources import parse_source_uri
 from ..sources.log_replay import channel_columns
 from . import run
 
@@ -46,6 +47,8 @@ def main(args: argparse.Namespace) -> int:
     # every stream as the service would open it, short of a serial device: its model and spec, its log's columns
     for stream in options.get("streams") or [{}]:
         source = stream.get("source") or options.get("source") or str(bundled_log())
+        if is_source_uri(source):
+            parse_source_uri(source)  # a bad URI is an error now, not when the service opens it
         log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
         spec, engine = open_model(stream.get("spec") or options.get("model"),
                                   log.channels if log is not None else None, backend=options.get("backend"),
