@@ -77,14 +77,13 @@ class Histogram:
         self.sum += int(v.sum())
         self.max = max(self.max, int(v.max()))
 
-    def merge(self, other: "Histogram") -> None:
-        """Add another histogram's counts (the results of several logs, say)."""
-        for i, count in enumerate(other.counts):
-            if count:
-                self.counts[i] += count
+    def merge(self, other: "Histogram") -> "Histogram":
+        """Add ``other``'s counts to this one (a total over several streams); returns self."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
         self.total += other.total
         self.sum += other.sum
         self.max = max(self.max, other.max)
+        return self
 
     def percentile(self, p: float) -> int:
         """The smallest bucket edge with at least ``p`` percent of values at or below it."""

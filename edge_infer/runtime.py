@@ -23,26 +23,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .checks.guard import build_guard
 from .deadline import build_scheduler
 from .deadline.clock import Clock
+from .deadline.edf import SharedModel, Waiting
 from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
 from .deadline.scheduler import ALREADY_DECIDED, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
-from .deadline.watchdog import Pending
+from .deadline.watchdog import Pending, Watchdog
 from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
 from .decide.reasons import Reason
 from .frame import Frame
+from .model.batch import BatchEngine
 from .model.engine import Engine
 from .model.spec import ModelSpec
 from .sinks.base import Sink
 from .sinks.stats import RunStats
-from .sources.arrival import ArrivalReader
+from .sources.arrival import ArrivalReader, Wake
+from .sources.arrivals import Arrivals, StreamEnded
 from .sources.base import EndOfStream, Source
 from .window import WindowBuffer
 
@@ -60,7 +65,10 @@ class Runtime:
 
     def __init__(self, spec: ModelSpec, engine: Engine, source: Source, sinks: Sequence[Sink] = (),
                  scheduler: Optional[Scheduler] = None, clock: Optional[Clock] = None,
-                 fallback: Optional[ConstantFallback] = None, options: Optional[DeadlineOptions] = None):
+                 fallback: Optional[ConstantFallback] = None, options: Optional[DeadlineOptions] = None,
+                 name: Optional[str] = None):
+        """``name`` is the stream's, carried by every decision (default: the source's name)."""
+        self.name = name or getattr(source, "name", None)
         self.spec = spec
         self.engine = engine
         self.source = source
@@ -179,14 +187,18 @@ class Runtime:
             self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.gc_control:
             self._gc.start()
-        hop_period_ns = (None if not self.spec.sample_rate_hz
-                         else int(self.window.hop / self.spec.sample_rate_hz * 1e9))
-        gap_ns = options.no_data_ns(hop_period_ns)
-        if gap_ns is not None and self.source.paced:  # an unpaced replay has no silence (Source.paced)
-            self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
+        self.arm_silence()
         if isinstance(self.arrivals, ArrivalReader):
             self.arrivals.start()  # last: frames are stamped from now on
             self._priority.add_waiter(self.arrivals.native_id)
+
+    def arm_silence(self) -> None:
+        """Start the ``no_data`` timer, if the options want one (the gap counts from now)."""
+        hop_period_ns = (None if not self.spec.sample_rate_hz
+                         else int(self.window.hop / self.spec.sample_rate_hz * 1e9))
+        gap_ns = self.options.no_data_ns(hop_period_ns)
+        if gap_ns is not None and self.source.paced:  # an unpaced replay has no silence (Source.paced)
+            self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
 
     def _window_period_ms(self) -> Optional[float]:
         """How often windows come (hop / sample rate), if the spec knows its sample rate."""
@@ -244,6 +256,7 @@ class Runtime:
         decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.SHUTDOWN, now),
                             source="fallback", reason=Reason.SHUTDOWN, latency_us=0.0,  # no window waited for it
                             invoke_us=None, output=None, label=None)
+        decision.stream = self.name
         for sink in [*self.device_sinks, *self.sinks]:
             try:
                 sink.on_decision(decision)
@@ -256,17 +269,9 @@ class Runtime:
 
         Returns the decision, or None if no window completed or the watchdog decided it.
         """
-        self._last_frame = frame
-        if self._silence is not None:
-            self._silence.on_frame(frame.recv_ns)
-        if self._sinks_seen != len(self.sinks) + len(self.device_sinks):  # a sink was attached since
-            self._frame_sinks = self._sinks_that_take_frames()
-        for take in self._frame_sinks:
-            take(frame)
-        self.guard.on_frame(frame)
-        window = self.window
-        if not window.push(frame.values):
+        if not self.take(frame):
             return None
+        window = self.window
         deadline = frame.recv_ns + self._budget_ns
         waiting, until = self.arrivals.backlog(), window.until_due()
         if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
@@ -279,7 +284,27 @@ class Runtime:
             answer = self.scheduler.run(window.view(), deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
-        decision = self.guard.review(self._decide(frame, answer))
+        return self.finish(frame, answer)
+
+    def take(self, frame: Frame) -> bool:
+        """The stream's part of a frame: silence timer, sinks, input checks, window; True when a window is due."""
+        self._last_frame = frame
+        if self._silence is not None:
+            self._silence.on_frame(frame.recv_ns)
+        if self._sinks_seen != len(self.sinks) + len(self.device_sinks):  # a sink was attached since
+            self._frame_sinks = self._sinks_that_take_frames()
+        for take in self._frame_sinks:
+            take(frame)
+        self.guard.on_frame(frame)
+        return self.window.push(frame.values)
+
+    def finish(self, frame: Frame, answer: ModelAnswer, verdict: Optional[tuple] = None) -> Decision:
+        """Decide the window that ended at ``frame`` from ``answer`` and hand the decision to the sinks.
+
+        ``verdict`` is the input guard's for that window when later windows were checked since (see
+        :meth:`~edge_infer.checks.guard.InputGuard.verdict`).
+        """
+        decision = self.guard.review(self._decide(frame, answer), verdict)
         self._emit(decision, frame.recv_ns)
         if self._gc.active:  # the slack after a decision: the next window is a hop away
             self._gc.slack()
@@ -324,6 +349,7 @@ class Runtime:
 
         The time spent in all sinks is measured (``sink_us`` in the summary).
         """
+        decision.stream = self.name
         now_ns = self.clock.now_ns
         start = now_ns()
         for sink in self.device_sinks:
@@ -370,6 +396,7 @@ class Runtime:
         out = self.stats.to_dict()
         out["input_checks"] = self.guard.summary()
         out.update({
+            "stream": self.name,
             "elapsed_s": round(self.elapsed_s, 3),
             "model": self.spec.name or self.spec.model_path.name,
             "backend": self.engine.backend.name,
@@ -378,5 +405,246 @@ class Runtime:
             "scheduler": self.scheduler.counters(),
             "fallback": self.fallback.describe(),
             "startup": None if self.startup is None else self.startup.to_dict(),
+        })
+        return out
+
+
+@dataclass
+class StreamSetup:
+    """One stream of a :class:`StreamsRuntime`: its source, the model it uses, its own sinks and settings.
+
+    Streams whose ``engine`` is the same object share that model (docs/streams.md).
+    """
+
+    name: str
+    spec: ModelSpec
+    engine: Engine
+    source: Source
+    sinks: List[Sink] = field(default_factory=list)
+    options: Optional[DeadlineOptions] = None
+    fallback: Optional[ConstantFallback] = None
+
+
+class StreamsRuntime:
+    """Many streams, one loop: every stream keeps its own window, checks, fallback, silence timer and sinks,
+    streams on one model share it (:class:`~edge_infer.deadline.edf.SharedModel`: earliest deadline first,
+    batched), and a fault in one stream (an unplugged device, a schema mismatch, a log that ends) never stops
+    the others.
+
+    The loop waits in one place (:class:`~edge_infer.sources.arrivals.Arrivals`): for the next paced log frame,
+    a live frame, a model worker that finished, the next deadline or ``no_data`` due, or ``POLL_S``. Then it
+    takes every frame that arrived (each stamped with its arrival), queues every window that became due,
+    starts the next batch of each model and decides whatever is due. ``sinks`` see every stream's decisions
+    (a shared decision log); each stream's own sinks only its own.
+    """
+
+    def __init__(self, setups: Sequence[StreamSetup], sinks: Sequence[Sink] = (), clock: Optional[Clock] = None):
+        if not setups:
+            raise ValueError("a runtime needs at least one stream")
+        names = [s.name for s in setups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names must differ: {names}")
+        self.clock = clock or Clock()
+        wake = Wake()  # the loop's one wake-up: live readers and model workers release it
+        self.sinks: List[Sink] = list(sinks)
+        self.options = setups[0].options or options_for_spec(setups[0].spec)
+        #: One watchdog for every window in flight on the loop's thread, whichever stream and model it is of.
+        self.watchdog = Watchdog(self.clock)
+        self.models: List[SharedModel] = []
+        shared: Dict[int, SharedModel] = {}
+        users = Counter(id(s.engine) for s in setups)
+        for setup in setups:
+            if id(setup.engine) not in shared:
+                options = setup.options or options_for_spec(setup.spec)
+                budget_ns = setup.spec.budget_ns
+                model = SharedModel(BatchEngine(setup.engine, max_batch=users[id(setup.engine)]), len(setups),
+                                    self._answered, self.clock, reserve_ns=options.reserve_ns(budget_ns),
+                                    hang_limit_ns=options.hang_limit_ns(budget_ns),
+                                    threaded=options.mode == "thread", wake=wake.notify, watchdog=self.watchdog,
+                                    users=users[id(setup.engine)])
+                shared[id(setup.engine)] = model
+                self.models.append(model)
+        self.streams = [Runtime(s.spec, s.engine, s.source, s.sinks, scheduler=shared[id(s.engine)],
+                                clock=self.clock, fallback=s.fallback, options=s.options, name=s.name)
+                        for s in setups]
+        for stream in self.streams:
+            stream.sinks.extend(self.sinks)
+        # a live source is read by its stream's ArrivalReader; a log is paced by the loop itself
+        self.arrivals = Arrivals([s.arrivals for s in self.streams], self.clock, wake)
+        self._budgets_ns = [s.spec.budget_ns for s in setups]
+        #: per stream: "running", "ended" (its log is over) or "failed: <why>"
+        self.states = ["running"] * len(setups)
+        self.elapsed_s = 0.0
+        self.startup: Dict[str, Any] = {}
+        self._gc = GcPacer()
+        self._priority = LoopPriority()
+
+    # --- what the service hooks read (edge_infer.service.hooks) -------------------------------------------------
+
+    @property
+    def stats(self) -> RunStats:
+        return RunStats.total([s.stats for s in self.streams])
+
+    def hung(self, now_ns: int) -> bool:
+        """True while a shared model has been inside one invoke for longer than its hang limit."""
+        return any(model.hung(now_ns) for model in self.models)
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+
+    def run(self, duration_s: Optional[float] = None, stop: Optional[threading.Event] = None,
+            hooks: Optional["ServiceHooks"] = None) -> Dict[str, Any]:
+        """Decide until every source ended, ``duration_s`` passed or ``stop`` is set; return the summary."""
+        started = time.monotonic()
+        end_ns = None if duration_s is None else self.clock.now_ns() + int(duration_s * 1e9)
+        arrivals, models, clock = self.arrivals, self.models, self.clock
+        try:
+            self.start()
+            if hooks is not None:
+                hooks.on_ready(self)
+            self._start_readers()
+            while not (stop is not None and stop.is_set()):
+                now = clock.now_ns()
+                busy = arrivals.take(now, self._take, self._ready)
+                for ended in arrivals.take_ends():
+                    self._ended(ended)
+                now = clock.now_ns()
+                for model in models:
+                    model.dispatch(now)
+                self._tick(now)
+                if hooks is not None:
+                    hooks.tick(now)
+                if self._gc.active:  # the slack after this turn's decisions
+                    self._gc.slack()
+                if end_ns is not None and now >= end_ns:
+                    break
+                if arrivals.all_ended() and not any(m.owes() for m in models):  # (a hung invoke owes nothing)
+                    break
+                if not busy:
+                    arrivals.wait(self._timeout_s(now, end_ns), self._reported)
+        finally:
+            self.elapsed_s = time.monotonic() - started
+            if hooks is not None:
+                hooks.on_stop()
+            arrivals.close()
+            for i, stream in enumerate(self.streams):
+                if not arrivals.ended[i]:
+                    stream.shutdown()
+            self.close()
+        return self.summary()
+
+    def start(self) -> None:
+        """Warm every shared model up and check its budget, then OS hygiene once and each stream's ``no_data`` timer."""
+        options = self.options
+        for model in self.models:
+            users = [s for s in self.streams if s.scheduler is model]
+            spec, budget_ns = users[0].spec, min(s.spec.budget_ns for s in users)
+            if options.warmup > 0:
+                report = warm_up(model, (spec.window, len(spec.channels)), options.warmup, budget_ns / 1e6,
+                                 options.reserve_ns(budget_ns) / 1e6, options.hang_limit_ns(budget_ns), self.clock)
+                check_budget(report, model.mode, options.strict_budget, users[0]._window_period_ms())
+                self.startup[spec.name or spec.model_path.name] = report.to_dict()
+        if options.cpu_affinity or options.realtime:
+            self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
+                                 self.models[0])
+            self._priority.add_waiter(self.watchdog.native_id)
+        if options.gc_control:
+            self._gc.start()
+        for stream in self.streams:
+            stream.arm_silence()
+
+    def _start_readers(self) -> None:
+        """Start the live sources' readers (after warm-up: frames stamped earlier would only be old)."""
+        self.arrivals.start()
+        for stream in self.streams:
+            if isinstance(stream.arrivals, ArrivalReader):
+                self._priority.add_waiter(stream.arrivals.native_id)
+
+    def _take(self, i: int, frame: Frame) -> None:
+        """A frame of stream ``i`` arrived: into its window; a due window is checked, then queued for its model."""
+        stream = self.streams[i]
+        if not stream.take(frame):
+            return
+        model: SharedModel = stream.scheduler  # type: ignore[assignment]
+        model.supersede(i)  # the model always takes the newest window: an older one still waiting falls back
+        view = stream.window.view()
+        failed = stream.guard.check_window(view)
+        if failed is not None:
+            stream.finish(frame, failed)
+        else:
+            model.add(i, frame, view, frame.recv_ns + self._budgets_ns[i], stream.guard.verdict())
+
+    def _ready(self, i: int) -> bool:
+        """Whether stream ``i`` may take its next frame now (an unpaced replay waits for its last window)."""
+        return not self.streams[i].scheduler.holds(i)  # type: ignore[attr-defined]
+
+    def _answered(self, waiting: Waiting, answer: ModelAnswer) -> None:
+        """A shared model's outcome for a window (on the loop's thread, or the watchdog's for an overrun)."""
+        self.streams[waiting.stream].finish(waiting.frame, answer, waiting.verdict)
+
+    def _reported(self) -> bool:
+        return any(model.reported() for model in self.models)
+
+    def _ended(self, ended: StreamEnded) -> None:
+        i = ended.stream
+        if ended.error is None:
+            self.states[i] = "ended"
+            self.streams[i]._silence = None  # a log that ended is not a silent sensor
+        else:
+            self.states[i] = f"failed: {ended.error}"  # its no_data timer goes on: the device is unusable
+
+    def _tick(self, now_ns: int) -> None:
+        for stream in self.streams:
+            silence = stream._silence
+            if silence is not None and now_ns >= silence.next_due_ns:
+                stream._no_data(silence.take_due(now_ns), now_ns)  # type: ignore[arg-type]
+
+    def _timeout_s(self, now_ns: int, end_ns: Optional[int]) -> float:
+        """How long the loop may sleep: until the next frame, deadline, no_data or end, at most ``POLL_S``."""
+        wake = now_ns + int(POLL_S * 1e9)
+        for due in (self.arrivals.next_due_ns(), end_ns, *(m.next_due_ns() for m in self.models)):
+            if due is not None and due < wake:
+                wake = due
+        for stream in self.streams:
+            silence = stream._silence
+            if silence is not None and silence.next_due_ns < wake:
+                wake = silence.next_due_ns
+        return max(0.0, (wake - self.clock.now_ns()) / 1e9)
+
+    def close(self) -> None:
+        """Stop the model workers, then close every stream (its sinks and source); shared sinks once."""
+        self._gc.stop()
+        self._priority.restore()
+        shared = set(map(id, self.sinks))
+        for model in self.models:
+            model.close()
+        self.watchdog.close()
+        for stream in self.streams:
+            stream.sinks = [s for s in stream.sinks if id(s) not in shared]
+            stream.close()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                logging.getLogger(__name__).exception("error while closing %r", sink)
+
+    def summary(self) -> Dict[str, Any]:
+        """Today's totals over every stream, plus ``streams``: each stream's own summary (README: "JSON summary")."""
+        per_stream = []
+        for stream, state in zip(self.streams, self.states):
+            part = stream.summary()
+            part["state"] = state if state != "running" or stream._last_frame is not None else "no data"
+            part["elapsed_s"] = round(self.elapsed_s, 3)
+            part["startup"] = None
+            per_stream.append(part)
+        out = self.stats.to_dict()
+        first = self.streams[0]
+        out.update({
+            "elapsed_s": round(self.elapsed_s, 3),
+            "model": ", ".join(sorted({s.spec.name or s.spec.model_path.name for s in self.streams})),
+            "backend": first.engine.backend.name,
+            "backend_version": first.engine.backend_version,
+            "scheduler": [model.counters() for model in self.models],
+            "startup": self.startup or None,
+            "streams": per_stream,
         })
         return out

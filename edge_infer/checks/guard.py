@@ -200,12 +200,21 @@ class InputGuard:
 
     # --- after the decision ---------------------------------------------------------------------
 
-    def review(self, decision: Decision) -> Decision:
-        """Add the window's OOD score and a flagged reason (if the model decided) to ``decision``."""
-        decision.ood_score = self._distance
+    def verdict(self) -> "Tuple[Optional[float], Optional[Reason]]":
+        """The last checked window's OOD score and flag: kept with a window the model answers after later
+        windows of the stream were checked (several streams on one model, docs/streams.md)."""
+        return self._distance, self._flag
+
+    def review(self, decision: Decision, verdict: "Optional[Tuple[Optional[float], Optional[Reason]]]" = None) -> Decision:
+        """Add the window's OOD score and a flagged reason (if the model decided) to ``decision``.
+
+        ``verdict`` (from :meth:`verdict`) is for a window checked before the last one; by default the last one.
+        """
+        distance, flag = (self._distance, self._flag) if verdict is None else verdict
+        decision.ood_score = distance
         if decision.reason is None and decision.source == "model":
-            if self._flag is not None:
-                decision.reason = self._flag
+            if flag is not None:
+                decision.reason = flag
             elif self._min_confidence and decision.output and max(decision.output) < self._min_confidence:
                 decision.reason = Reason.LOW_CONFIDENCE
         return decision

@@ -24,6 +24,7 @@ from ..io import read_log
 from ..model.loader import bundled_log
 from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..service.metrics import HttpExporter
+from ..sources import parse_source_uri
 from ..sources.log_replay import channel_columns
 from . import run
 from .common import open_model_for
@@ -63,20 +64,28 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.path, supported=_run_options())
     options = config.options
     key_note = ""
-    source = options.get("source") or str(bundled_log())
     if options.get("link_key"):  # what the service would refuse at start: a key for a log, a bad key file
-        if not is_source_uri(source):
-            raise ConfigError(f"config {config.path}: [source].link_key signs a serial link, but the source is "
-                              f"the recorded log {source}; remove link_key or set [source].uri = \"serial:...\"")
+        sources = [s.get("source") for s in options.get("streams") or []] or [options.get("source")]
+        if not any(text and is_source_uri(text) for text in sources):
+            raise ConfigError(f"config {config.path}: [source].link_key signs a serial link, but no source is one; "
+                              "remove link_key or set [source].uri = \"serial:...\"")
         key_note = _check_link_key(options["link_key"])
-    log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
-    run_args = argparse.Namespace(**{**dict.fromkeys(_run_options()), **options})
-    # with [trust] keys: the bundle's signature and (with a state dir) its version, as run checks them
-    spec, engine = open_model_for(run_args, log.channels if log is not None else None, record_version=False)
-    # the spec's [deadline] and [fallback] tables under the config's overrides, as run builds them
-    runtime_options(spec, run_args)
-    if log is not None:
-        channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
+    # every stream as the service would open it, short of a serial device: its model and spec (with [trust]
+    # keys: its signature, and with a state dir its version), the spec's [deadline] and [fallback] tables under
+    # the config's overrides, its log's columns
+    for stream in options.get("streams") or [{}]:
+        source = stream.get("source") or options.get("source") or str(bundled_log())
+        if is_source_uri(source):
+            parse_source_uri(source)  # a bad URI is an error now, not when the service opens it
+        log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
+        overrides = {"model": stream.get("spec"), "hop": stream.get("hop"), "budget_ms": stream.get("budget_ms"),
+                     "fallback": stream.get("fallback")}
+        run_args = argparse.Namespace(**{**dict.fromkeys(_run_options()), **options,
+                                         **{key: value for key, value in overrides.items() if value is not None}})
+        spec, engine = open_model_for(run_args, log.channels if log is not None else None, record_version=False)
+        runtime_options(spec, run_args)
+        if log is not None:
+            channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
     if options.get("metrics_http"):
         HttpExporter(options["metrics_http"])
     print(f"config {config.path} is valid: {config.describe()}; model {spec.name or spec.model_path.name} "

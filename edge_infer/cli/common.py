@@ -87,13 +87,29 @@ def open_model_for(args: argparse.Namespace, channels: Optional[List[str]] = Non
     return spec, engine
 
 
-def add_source_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", metavar="LOG|serial:PORT",
+def add_source_option(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--source``; with ``many``, given again for each stream (docs/streams.md): then a list, else one value."""
+    parser.add_argument("--source", metavar="LOG|serial:PORT", action=_Sources if many else "store",
                         help="where frames come from: a recorded log path, or a device on a serial port, "
-                             "serial:PORT[?baud=N] (default: the bundled log)")
+                             "serial:PORT[?baud=N] (default: the bundled log)"
+                             + ("; give it once per stream to run several streams in one runtime" if many else ""))
     parser.add_argument("--link-key", metavar="FILE",
                         help="sign the serial link with the key in FILE (32 raw bytes or 64 hex digits, mode "
                              "0600): frames not signed with it are dropped and counted (docs/link-security.md)")
+
+
+class _Sources(argparse.Action):
+    """``--source A --source B``: a list of the values given on the command line; they replace a config file's
+    source (a default of the second parse) instead of adding to it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_sources_given", None)
+        if given is None:
+            given = []
+            setattr(namespace, "_sources_given", given)
+        given.append(values)
+        setattr(namespace, self.dest, list(given))
 
 
 LINK_KEY_FOR_A_LOG = ("--link-key signs a serial link; the source is a recorded log, which has none "
@@ -126,15 +142,25 @@ def add_run_options(parser: argparse.ArgumentParser, service: bool = False) -> N
 def build_sinks(args: argparse.Namespace, spec: Optional[ModelSpec] = None, engine: Optional[Engine] = None,
                 source: str = "") -> List[Sink]:
     """The console and, with ``--decisions``, the decision log (its run_start line names the model and source)."""
-    show = args.show or ("none" if args.json else "changes")
-    sinks: List[Sink] = [ConsoleSink(show)]
+    sinks: List[Sink] = [ConsoleSink(show_mode(args))]
     if args.decisions:
-        about: Dict[str, Any] = {"command": getattr(args, "command", None), "source": source}
-        if spec is not None:
-            about.update(model=spec.name or spec.model_path.name, model_version=spec.version,
-                         model_sha256=engine.sha256 if engine is not None else None)
-        sinks.append(JsonLinesSink(args.decisions, about))
+        sinks.append(JsonLinesSink(args.decisions, run_about(args, source, spec, engine)))
     return sinks
+
+
+def run_about(args: argparse.Namespace, source: str, spec: Optional[ModelSpec] = None,
+              engine: Optional[Engine] = None) -> Dict[str, Any]:
+    """What a decision log's run_start line says of the run: the command, the source, the model and its hash."""
+    about: Dict[str, Any] = {"command": getattr(args, "command", None), "source": source}
+    if spec is not None:
+        about.update(model=spec.name or spec.model_path.name, model_version=spec.version,
+                     model_sha256=engine.sha256 if engine is not None else None)
+    return about
+
+
+def show_mode(args: argparse.Namespace) -> str:
+    """``--show``, or its default: changes, none with --json."""
+    return args.show or ("none" if args.json else "changes")
 
 
 def read_usable_log(path: str, strict: bool) -> RecordedLog:

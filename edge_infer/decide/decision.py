@@ -20,9 +20,11 @@ class Decision:
     from the receipt of the window's last frame to the hand-off to the sinks.
     ``output`` is the dequantized output vector (None when the model gave none).
     ``ood_score`` is not a constructor argument: the input guard sets it on windows it scored.
+    ``stream`` is not one either: the runtime sets the name of the stream the window came from.
     """
 
-    __slots__ = ("seq", "t", "action", "source", "reason", "latency_us", "invoke_us", "output", "label", "ood_score")
+    __slots__ = ("seq", "t", "action", "source", "reason", "latency_us", "invoke_us", "output", "label", "ood_score",
+                 "stream")
 
     seq: int
     t: float
@@ -37,6 +39,8 @@ class Decision:
     def __post_init__(self) -> None:
         #: the window's out-of-distribution score, set by the input guard (edge_infer/checks) where it scores
         self.ood_score: Optional[float] = None
+        #: the stream's name (by default its source), set by the runtime
+        self.stream: Optional[str] = None
 
     @property
     def is_fallback(self) -> bool:
@@ -55,6 +59,7 @@ class Decision:
             "output": self.output,
             "label": self.label,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 3),
+            "stream": self.stream,
         }
 
 

@@ -124,11 +124,20 @@ def open_model(model: Optional[str], channels: Optional[List[str]] = None, *, ba
         engine = Engine(path, backend=backend, num_threads=num_threads)
         names = list(channels) if channels else [f"ch{i}" for i in range(engine.channels)]
         spec = spec_for_bare_model(path, engine.window, names, hop, budget_ms, parse_action(fallback))
-    spec = replace(
+    spec = with_overrides(spec, hop=hop, budget_ms=budget_ms, fallback=fallback)
+    engine.set_normalization(spec.offset, spec.scale)
+    return spec, engine
+
+
+def with_overrides(spec: ModelSpec, *, hop: Optional[int] = None, budget_ms: Optional[float] = None,
+                   fallback: Optional[str] = None) -> ModelSpec:
+    """The spec with the command line's (or a config stream's) hop, budget and fallback where given.
+
+    Streams that share a model each get their own copy with their own values (docs/streams.md).
+    """
+    return replace(
         spec,
         hop=hop or spec.hop,
         budget_ms=budget_ms or spec.budget_ms,
         fallback_action=spec.fallback_action if fallback is None else parse_action(fallback),
     )
-    engine.set_normalization(spec.offset, spec.scale)
-    return spec, engine

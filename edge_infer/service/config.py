@@ -165,6 +165,49 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
 }
 
 
+#: The keys of a ``[[stream]]`` table (docs/streams.md): one stream of a many-stream service. ``source`` is
+#: required; the others default to the file's [model], [deadline], [fallback], [input] and [sinks] values.
+STREAM_KEYS: Dict[str, _Key] = {
+    "name": _Key("name", _string), "source": _Key("source", _string, _SOURCE), "spec": _Key("spec", _string, _PATH),
+    "budget_ms": _Key("budget_ms", _rule(values.MILLISECONDS)), "fallback": _Key("fallback", _action),
+    "hop": _Key("hop", _rule(values.count(1))),
+    "decisions": _Key("decisions", _string, _PATH),
+}
+
+
+def _streams(value: Any, base: Path, problems: List[str]) -> List[Dict[str, Any]]:
+    """Validate the ``[[stream]]`` tables; problems are appended, each naming ``[[stream]] N`` and the key."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        problems.append("[[stream]] must be one or more tables ([[stream]] headers), not "
+                        f"{type(value).__name__}")
+        return []
+    streams = []
+    for number, table in enumerate(value, 1):
+        where = f"[[stream]] {number}"
+        entry: Dict[str, Any] = {}
+        for key, raw in table.items():
+            rule = STREAM_KEYS.get(key)
+            if rule is None:
+                problems.append(f"{where}: {key} is not a known key (known: {', '.join(STREAM_KEYS)})")
+                continue
+            try:
+                checked = rule.check(raw)
+            except _Problem as exc:
+                problems.append(f"{where}: {key} {exc}")
+                continue
+            entry[key] = _resolve(checked, rule.path, base) if rule.path else checked
+        if "source" not in table:
+            problems.append(f"{where}: source is required (a log path or serial:PORT)")
+        streams.append(entry)
+    for key in ("name", "decisions"):
+        values = [entry[key] for entry in streams if key in entry]
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            problems.append(f"[[stream]] {key} must differ between streams: {', '.join(map(str, repeated))} "
+                            "is given twice")
+    return streams
+
+
 @dataclass
 class ServiceConfig:
     """A validated config file: the ``run`` options it sets (argparse dest -> value)."""
@@ -175,7 +218,12 @@ class ServiceConfig:
     def describe(self) -> str:
         """A one-line account of what the service will do, for check-config and the start-up log."""
         opts = self.options
-        parts = [f"model {opts.get('model', 'bundled')}", f"source {opts.get('source', 'bundled log')}"]
+        parts = [f"model {opts.get('model', 'bundled')}"]
+        if opts.get("streams"):
+            parts.append(f"{len(opts['streams'])} streams (" + ", ".join(
+                s.get("name") or s.get("source", "?") for s in opts["streams"]) + ")")
+        else:
+            parts.append(f"source {opts.get('source', 'bundled log')}")
         for dest, what in (("link_key", "link key"), ("decisions", "decisions"), ("record", "recording"),
                            ("mqtt", "mqtt"),
                            ("metrics_textfile", "metrics textfile"), ("metrics_http", "metrics http")):
@@ -202,9 +250,15 @@ def parse_config(path: Path, doc: Dict[str, Any], supported: Optional[Sequence[s
     config = ServiceConfig(path=path)
     problems: List[str] = []
     for table_name, table in doc.items():
+        if table_name == "stream":
+            if supported is not None and "streams" not in supported:
+                problems.append("[[stream]] is not supported by this version of edge-infer")
+            else:
+                config.options["streams"] = _streams(table, path.parent, problems)
+            continue
         keys = SCHEMA.get(table_name)
         if keys is None:
-            problems.append(f"[{table_name}] is not a known table (known: {', '.join(SCHEMA)})")
+            problems.append(f"[{table_name}] is not a known table (known: {', '.join(SCHEMA)}, [[stream]])")
             continue
         if not isinstance(table, dict):
             problems.append(f"[{table_name}] must be a table, not {table!r}")
@@ -223,6 +277,9 @@ def parse_config(path: Path, doc: Dict[str, Any], supported: Optional[Sequence[s
                     problems.append(f"{name} {exc}")
                     continue
                 config.options[rule.dest] = _resolve(checked, rule.path, path.parent) if rule.path else checked
+    if "streams" in config.options and "source" in config.options:
+        problems.append("[source].uri and [[stream]] tables both name the source; with streams, give each its "
+                        "source in its [[stream]] table")
     if problems:
         raise ConfigError(f"config {path}: " + "; ".join(problems))
     if supported is None or "strict_budget" in supported:

@@ -25,6 +25,7 @@ import time
 from typing import Any, List, Optional
 
 from ..settings.argtypes import seconds
+from ..sinks.stats import RunStats
 from .config import add_config_option
 from .logs import DEFAULT_REPEAT_INTERVAL_S, LEVELS, setup_logging
 from .metrics import DEFAULT_INTERVAL_S, HttpExporter, MetricFamily, TextfileExporter, collect, format_text
@@ -88,9 +89,7 @@ class ServiceHooks:
             self.http.start(self.render())
         if self.textfile is not None:
             self.textfile.write(self.render())
-        model = runtime.spec.name or runtime.spec.model_path.name
-        source = getattr(runtime.source, "name", type(runtime.source).__name__)
-        text = f"deciding: model {model} on {runtime.engine.backend.name}, source {source}"
+        text = _describe(runtime)
         now = runtime.clock.now_ns()
         self.notifier.ready(text, now)
         self._next_status_ns = now + self.status_interval_ns
@@ -123,7 +122,8 @@ class ServiceHooks:
         fallback for good. Withholding the watchdog makes systemd restart the service (and reload the model)
         once the hang has lasted ``WatchdogSec``; an isolated model is killed and restarted by its scheduler.
         """
-        hung = self.runtime.scheduler.hung(now_ns)
+        runtime = self.runtime
+        hung = runtime.hung(now_ns) if hasattr(runtime, "streams") else runtime.scheduler.hung(now_ns)
         if hung != self._withholding:
             self._withholding = hung
             if hung:
@@ -156,10 +156,40 @@ class ServiceHooks:
         return format_text(self.families())
 
     def status_line(self) -> str:
-        """What ``systemctl status`` shows: counts since start and the last decision's latency."""
-        stats = self.runtime.stats
-        top = sorted(dict(stats.fallback_reasons).items(), key=lambda item: -item[1])[:3]
-        reasons = ", ".join(f"{reason} {count}" for reason, count in top)
-        fallbacks = f"{stats.fallback_decisions} fallbacks" + (f" ({reasons})" if reasons else "")
-        return (f"{stats.decisions} decisions, {fallbacks}, last latency {stats.last_latency_us / 1000:.1f} ms, "
-                f"{stats.frames} frames")
+        """What ``systemctl status`` shows: counts since start and the last decision's latency; with several
+        streams, the totals and then each stream's state (docs/streams.md)."""
+        runtime = self.runtime
+        streams = getattr(runtime, "streams", None)
+        if streams is None:
+            return _counts_line(runtime.stats)
+        line = _counts_line(RunStats.total([s.stats for s in streams], latencies=False))
+        return f"{len(streams)} streams: {line}; " + "; ".join(
+            _stream_state(stream, state) for stream, state in zip(streams, runtime.states))
+
+
+def _counts_line(stats: Any) -> str:
+    top = sorted(dict(stats.fallback_reasons).items(), key=lambda item: -item[1])[:3]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in top)
+    fallbacks = f"{stats.fallback_decisions} fallbacks" + (f" ({reasons})" if reasons else "")
+    return (f"{stats.decisions} decisions, {fallbacks}, last latency {stats.last_latency_us / 1000:.1f} ms, "
+            f"{stats.frames} frames")
+
+
+def _stream_state(stream: Any, state: str) -> str:
+    """``motor1 ok 1200`` / ``motor2 no_data 1190`` / ``motor3 ended 900``: what the stream last did, decisions."""
+    stats = stream.stats
+    if state == "running":
+        state = stats.last_reason or "ok"
+    return f"{stream.name} {state} {stats.decisions}"
+
+
+def _describe(runtime: Any) -> str:
+    """The READY line: what is deciding on what."""
+    streams = getattr(runtime, "streams", None)
+    if streams is not None:
+        models = sorted({s.spec.name or s.spec.model_path.name for s in streams})
+        return (f"deciding: {len(streams)} streams, model {', '.join(models)} on {streams[0].engine.backend.name}, "
+                f"sources {', '.join(s.name for s in streams[:4])}{', ...' if len(streams) > 4 else ''}")
+    model = runtime.spec.name or runtime.spec.model_path.name
+    source = getattr(runtime.source, "name", type(runtime.source).__name__)
+    return f"deciding: model {model} on {runtime.engine.backend.name}, source {source}"

@@ -80,7 +80,28 @@ def _summary(name: str, help_text: str, histogram: Histogram) -> List[MetricFami
 
 
 def collect(runtime: Any, started_unix_s: float) -> List[MetricFamily]:
-    """The metric families for a :class:`~edge_infer.runtime.Runtime`'s current state."""
+    """The metric families for a runtime's current state; with several streams every sample carries a
+    ``stream`` label, and ``edge_infer_stream_state`` says which streams run, ended or failed."""
+    streams = getattr(runtime, "streams", None)
+    if streams is None:
+        return _collect_stream(runtime, started_unix_s)
+    merged: Dict[str, MetricFamily] = {}
+    for stream in streams:
+        for family in _collect_stream(stream, started_unix_s):
+            family.samples = [(name, {"stream": stream.name, **labels}, value) for name, labels, value in family.samples]
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+    state = MetricFamily(f"{PREFIX}_stream_state", "gauge",
+                         "1 for each stream's state: running, ended (its log is over), no data, failed")
+    for stream, text in zip(streams, runtime.states):
+        state.add(1, {"stream": stream.name, "state": text.split(":")[0]})
+    return [*merged.values(), state]
+
+
+def _collect_stream(runtime: Any, started_unix_s: float) -> List[MetricFamily]:
+    """The metric families of one stream (a :class:`~edge_infer.runtime.Runtime`)."""
     stats = runtime.stats
     spec = runtime.spec
     info = MetricFamily(f"{PREFIX}_info", "gauge", "what is running: model, backend, versions (value 1)")

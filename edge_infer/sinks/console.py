@@ -34,11 +34,13 @@ def format_decision(decision: Decision) -> str:
 class ConsoleSink(Sink):
     """Prints decision lines to a stream (stdout by default)."""
 
-    def __init__(self, show: str = "changes", stream: Optional[TextIO] = None):
+    def __init__(self, show: str = "changes", stream: Optional[TextIO] = None, prefix: str = ""):
+        """``prefix`` starts every line (the stream's name, when one runtime decides for several)."""
         if show not in SHOW_MODES:
             raise ValueError(f"show must be one of {SHOW_MODES}")
         self.show = show
         self.stream = stream or sys.stdout
+        self.prefix = f"{prefix}  " if prefix else ""
         self._last: Optional[tuple] = None
 
     def on_decision(self, decision: Decision) -> None:
@@ -46,7 +48,7 @@ class ConsoleSink(Sink):
             return
         key = (decision.action, decision.source, decision.reason)
         if self.show == "all" or key != self._last:
-            self.stream.write(format_decision(decision) + "\n")
+            self.stream.write(self.prefix + format_decision(decision) + "\n")
         self._last = key
 
     def close(self) -> None:

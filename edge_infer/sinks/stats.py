@@ -8,9 +8,10 @@ line: constant memory (histograms, counters), nothing kept per decision.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from ..checks.guard import format_input_checks
+from ..deadline.edf import describe_shared
 from ..deadline.scheduler import describe_counters
 from ..decide.decision import Decision
 from ..frame import Frame
@@ -58,6 +59,7 @@ class RunStats(Sink):
         #: Time the loop spent in all sinks per decision (the runtime records it; the device sink is in it).
         self.sink_time = SinkTime()
         self.last_latency_us = 0.0  # for the service's status line
+        self.last_reason: Optional[str] = None  # the last decision's reason code (status line of a stream)
 
     def on_frame(self, frame: Frame) -> None:
         self.frames += 1
@@ -75,11 +77,36 @@ class RunStats(Sink):
             self.late_decisions += 1
         self.latency_us.record(decision.latency_us)
         self.last_latency_us = decision.latency_us
+        self.last_reason = None if decision.reason is None else decision.reason.code
         if decision.invoke_us is not None:
             self.invoke_us.record(decision.invoke_us)
         if decision.label is not None and _comparable(decision.action, decision.label):
             self.labelled += 1
             self.correct += str(decision.action) == decision.label
+
+    @classmethod
+    def total(cls, parts: "Sequence[RunStats]", latencies: bool = True) -> "RunStats":
+        """The counts of several streams added up (the summary's totals); the budget is the smallest one.
+
+        ``latencies=False`` leaves the histograms empty: the status line, built on the loop's thread once a
+        second, needs only the counts (merging 2 x N histograms costs milliseconds).
+        """
+        out = cls(min(p.budget_us for p in parts) / 1000.0 if parts else 0.0)
+        for part in parts:
+            for name in ("frames", "decisions", "model_decisions", "fallback_decisions", "late_decisions",
+                         "labelled", "correct"):
+                setattr(out, name, getattr(out, name) + getattr(part, name))
+            out.fallback_reasons.update(part.fallback_reasons)
+            out.flagged_reasons.update(part.flagged_reasons)
+            out.sink_time.count += part.sink_time.count
+            out.sink_time.total_ns += part.sink_time.total_ns
+            out.sink_time.max_ns = max(out.sink_time.max_ns, part.sink_time.max_ns)
+            if latencies:
+                out.latency_us.merge(part.latency_us)
+                out.invoke_us.merge(part.invoke_us)
+        if parts:
+            out.last_latency_us = max(p.last_latency_us for p in parts)
+        return out
 
     @property
     def accuracy(self) -> Optional[float]:
@@ -122,12 +149,25 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(f"  flagged model decisions: {_counts(summary['flagged_reasons'])}")
     if summary.get("input_checks"):
         lines.append(format_input_checks(summary["input_checks"]))
-    if summary.get("scheduler"):
-        lines.append(describe_counters(summary["scheduler"]))
+    scheduler = summary.get("scheduler")
+    if isinstance(scheduler, list):  # several streams: one line per shared model
+        lines.extend(describe_shared(counters) for counters in scheduler)
+    elif scheduler:
+        lines.append(describe_counters(scheduler))
     bad = summary.get("source", {}).get("bad_rows", 0)
     if bad:
         lines.append(f"  skipped {bad} bad log rows (first at line {summary['source'].get('first_bad_line')})")
+    for stream in summary.get("streams", ()):
+        lines.append(format_stream(stream))
     return "\n".join(lines)
+
+
+def format_stream(stream: Dict[str, Any]) -> str:
+    """One line per stream of a many-stream run: its state and what it decided."""
+    reasons = f" ({_counts(stream['fallback_reasons'])})" if stream["fallback_reasons"] else ""
+    return (f"  stream {stream['stream']} [{stream.get('state', '?')}]: {stream['decisions']} decisions, model "
+            f"{stream['model_decisions']}, fallback {stream['fallback_decisions']}{reasons}, late "
+            f"{stream['late_decisions']}, latency us p99 {stream['latency_us']['p99']}")
 
 
 def _counts(counts: Dict[str, int]) -> str:

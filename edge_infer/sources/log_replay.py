@@ -92,6 +92,33 @@ class LogSource(Source):
         t_now = self._t[0] + (self._clock.now_ns() - self._start_ns) * self._speed / 1e9
         return max(0, int(np.searchsorted(self._t, t_now, side="right")) - self._index)
 
+    # --- pacing by a loop that serves many sources (edge_infer.sources.arrivals) ----------------------------------
+
+    @property
+    def paced(self) -> bool:
+        return self._speed is not None
+
+    def start_pacing(self, start_ns: int) -> int:
+        """Frame 0 is due at ``start_ns``; returns when the next frame is due."""
+        self._start_ns = start_ns
+        return self._due_ns(self._index)
+
+    def _due_ns(self, i: int) -> int:
+        return self._start_ns + int((self._t[i] - self._t[0]) / self._speed * 1e9)  # type: ignore[operator]
+
+    def next_due_ns(self) -> Optional[int]:
+        """When the next frame is due on the loop clock; None after the last one."""
+        return self._due_ns(self._index) if self._index < len(self._t) else None
+
+    def take_due(self) -> Optional[Frame]:
+        """The next frame without waiting, stamped with its due time (its arrival); None after the last one."""
+        i = self._index
+        if i >= len(self._t):
+            return None
+        self._index = i + 1
+        return Frame(seq=i, t=float(self._t[i]), recv_ns=self._due_ns(i), values=self._values[i],
+                     label=None if self._labels is None else self._labels[i], device_seq=None)
+
     def counters(self) -> Dict[str, int]:
         out: Dict[str, int] = {"rows": len(self._t), "bad_rows": len(self._bad_rows)}
         if self._bad_rows:
