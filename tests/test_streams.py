@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
+from conftest import read_jsonl
 from serial_helpers import CHANNELS, RuntimeProcess, hello_for, wait_for, write_spec  # puts fb_helpers on the path
 
 from fb_helpers import start_sim, write_log  # noqa: E402  (isort: after serial_helpers)
@@ -354,7 +355,7 @@ def test_cli_streams_share_one_decision_log_with_stream_names(tmp_path, capsys):
                      "--decisions", str(decisions), "--warmup", "0"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    records = [json.loads(line) for line in decisions.read_text().splitlines()]
+    records = read_jsonl(decisions)
     names = {r["stream"] for r in records}
     assert names == {str(log), f"{log}#2"}
     assert len(summary["streams"]) == 2 and summary["decisions"] == len(records)
@@ -387,7 +388,7 @@ fallback = "rest"
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [s["stream"] for s in summary["streams"]] == ["left", "right"]
     assert [s["budget_ms"] for s in summary["streams"]] == [5000.0, 7000.0]
-    assert {json.loads(line)["stream"] for line in (tmp_path / "left.jsonl").read_text().splitlines()} == {"left"}
+    assert {r["stream"] for r in read_jsonl(tmp_path / "left.jsonl")} == {"left"}
 
 
 def test_check_config_checks_every_streams_source_uri(tmp_path, capsys):

@@ -54,7 +54,6 @@ class LogSource(Source):
         self._labels = log.labels
         self._bad_rows = log.bad_rows
         self._speed = speed
-        self.paced = speed is not None
         self._clock = clock or Clock()
         self._index = 0
         self._start_ns: Optional[int] = None
