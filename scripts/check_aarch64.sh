@@ -16,14 +16,15 @@
 #  4. Where no interpreter has a wheel (armv7l, Python 3.13): edge-infer installs, and says in one line
 #     which interpreter to get.
 #
-# usage: scripts/check_aarch64.sh [WORKDIR]         (default WORKDIR: .cache/arm, gitignored)
+# usage: scripts/check_aarch64.sh [WORKDIR]   (default: $EDGE_INFER_ARM_CACHE, else ~/.cache/edge-infer/arm,
+#                                              shared by every clone on the machine: downloads are made once)
 # needs: the project's venv active (python -m edge_infer runs the x86 reference), qemu-user-static,
 #        apt-get and dpkg-deb (Debian/Ubuntu host), and the network to Debian and PyPI on the first run.
 # The budget is lifted to 10 s: this compares what the model decides, not how fast emulation is.
 # Run by .ci/run; the result is recorded in docs/aarch64.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${1:-$ROOT/.cache/arm}
+WORK=${1:-${EDGE_INFER_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-infer/arm}}
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 SPEC=$ROOT/models/basic_motions/basic_motions.toml
 LOG=$ROOT/models/basic_motions/basic_motions_test.csv
