@@ -40,6 +40,19 @@ class SinkTime:
                 "max": round(self.max_ns / 1000.0, 1)}
 
 
+def decision_counts(stats: Any) -> Dict[str, Any]:
+    """The counts every summary starts with, from anything that keeps them under these names (the loop's
+    :class:`RunStats`, ``eval``'s per-log results), so that ``replay --json`` and ``eval --json`` agree."""
+    return {
+        "frames": stats.frames,
+        "decisions": stats.decisions,
+        "model_decisions": stats.model_decisions,
+        "fallback_decisions": stats.fallback_decisions,
+        "fallback_reasons": dict(sorted(stats.fallback_reasons.items())),
+        "flagged_reasons": dict(sorted(stats.flagged_reasons.items())),
+    }
+
+
 class RunStats(Sink):
     """Counts frames, decisions by source and reason, late decisions, latencies and accuracy."""
 
@@ -115,12 +128,7 @@ class RunStats(Sink):
     def to_dict(self) -> Dict[str, Any]:
         """The counting part of the JSON summary (the runner adds backend, model, source counters)."""
         return {
-            "frames": self.frames,
-            "decisions": self.decisions,
-            "model_decisions": self.model_decisions,
-            "fallback_decisions": self.fallback_decisions,
-            "fallback_reasons": dict(sorted(self.fallback_reasons.items())),
-            "flagged_reasons": dict(sorted(self.flagged_reasons.items())),
+            **decision_counts(self),
             "late_decisions": self.late_decisions,
             "budget_ms": self.budget_us / 1000.0,
             "latency_us": self.latency_us.summary((50, 99, 99.9)),

@@ -16,6 +16,7 @@ import numpy as np
 from ...decide.reasons import Reason
 from ...histogram import Histogram
 from ...model.spec import Action
+from ...sinks.stats import decision_counts
 from .batch import Decisions
 
 #: OOD scores are kept in a histogram of thousandths (the precision of a decision record's ood_score).
@@ -116,12 +117,7 @@ class Tally:
 
     def to_dict(self) -> Dict[str, Any]:
         return {
-            "frames": self.frames,
-            "decisions": self.decisions,
-            "model_decisions": self.model_decisions,
-            "fallback_decisions": self.fallback_decisions,
-            "fallback_reasons": dict(sorted(self.fallback_reasons.items())),
-            "flagged_reasons": dict(sorted(self.flagged_reasons.items())),
+            **decision_counts(self),
             "accuracy": self.accuracy,
             "labelled_windows": self.labelled,
         }
