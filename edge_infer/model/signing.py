@@ -58,7 +58,8 @@ def _crypto() -> Any:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
         raise TrustError("signed bundles need the 'cryptography' package: pip install cryptography "
-                         "(or edge-infer[trust])") from None
+                         "(or edge-infer[trust]; on a 32-bit Pi: apt install python3-cryptography and a venv "
+                         "made with --system-site-packages)") from None
     return InvalidSignature, serialization, ed25519
 
 
