@@ -169,6 +169,9 @@ def test_check_config_valid_prints_one_line_and_exits_0(model, tmp_path):
     ('[model]\nspec = "missing.toml"\n[source]\nuri = "serial:/dev/ttyACM0"\n', "missing.toml not found"),  # loaded
     ('[source]\nuri = "missing.csv"\n', "missing.csv"),  # a log source is read
     ("[deadline]\nbudget_ms = [1]\n", "[deadline].budget_ms must be a number"),
+    # the fleet options as run checks them (run would refuse to start)
+    ('[fleet]\nmqtt = "mqtt://127.0.0.1:1"\ndevice_id = "bad/id+#"\n', "device id 'bad/id+#'"),
+    ('[fleet]\nmqtt = "mqtt://127.0.0.1:1"\npassword_file = "pw"\n', "--mqtt-password-file"),
 ])
 def test_check_config_invalid_prints_one_line_and_exits_2(model, tmp_path, text, fragment):
     spec, _ = model

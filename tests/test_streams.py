@@ -513,3 +513,42 @@ def test_a_device_with_the_wrong_schema_fails_its_stream_only(tmp_path):
     assert result["streams"][0]["state"].startswith("failed")
     assert result["streams"][0]["fallback_reasons"].get("no_data", 0) >= 3
     assert result["streams"][1]["model_decisions"] > 20
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[fleet]\nmqtt = "mqtt://127.0.0.1:1"\n', "--mqtt publishes one stream's decisions"),
+    ('[deadline]\nmode = "process"\n', "--mode process runs one stream's model"),
+    ('[source]\nlink_key = "lk"\n', "signs a serial link"),
+    ('[sinks]\ndecisions = "left.jsonl"\n', "both the shared one and a stream's own"),
+], ids=["mqtt", "process-mode", "link-key-for-logs", "decision-log-twice"])
+def test_check_config_refuses_what_run_refuses_with_several_streams(tmp_path, capsys, extra, message):
+    """A service config that check-config calls valid must not fail at start."""
+    log = write_log(tmp_path / "small.csv", 120)
+    (tmp_path / "lk").write_bytes(bytes(range(1, 33)))
+    (tmp_path / "lk").chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\nspec = "{write_spec(tmp_path)}"\n{extra}[[stream]]\nname = "left"\n'
+                      f'source = "{log}"\ndecisions = "left.jsonl"\n[[stream]]\nname = "right"\nsource = "{log}"\n')
+    assert cli_main(["check-config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert cli_main(["run", "--config", str(config), "--warmup", "0"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_serial_port_is_one_stream(tmp_path, capsys):
+    code = cli_main(["run", "--source", "serial:/tmp/dev0", "--source", "serial:/tmp/dev0?baud=9600",
+                     "--model", str(write_spec(tmp_path))])
+    assert code == 2 and "named by two streams" in capsys.readouterr().err
+
+
+def test_the_shared_decision_log_names_every_model_and_starts_only_when_every_stream_opened(tmp_path, capsys):
+    log = write_log(tmp_path / "small.csv", 200)
+    spec = write_spec(tmp_path)
+    decisions = tmp_path / "d.jsonl"
+    bad = ["run", "--source", str(log), "--source", str(tmp_path / "missing.csv"), "--model", str(spec),
+           "--decisions", str(decisions)]
+    assert cli_main(bad) == 2 and not decisions.exists()
+    assert cli_main(["run", "--source", str(log), "--source", str(log), "--model", str(spec), "--decisions",
+                     str(decisions), "--warmup", "0", "--json"]) == 0
+    start = json.loads(decisions.read_text().splitlines()[0])
+    assert start["event"] == "run_start" and len(start["models"]) == 1 and start["models"][0]["model_sha256"]

@@ -26,7 +26,11 @@ from ..service.config import DEFAULT_CONFIG, is_source_uri, load_config
 from ..service.metrics import HttpExporter
 from ..sources import parse_source_uri
 from ..sources.log_replay import channel_columns
+from ..fleet import topics
+from ..fleet.broker import parse_broker_url
 from . import run
+from .fleet import mqtt_options
+from .streams import refuse_for_streams
 from .common import open_model_for
 
 
@@ -60,6 +64,26 @@ def _check_link_key(path: str) -> str:
     return ""
 
 
+#: The [fleet] options that name secret files (``${CREDENTIALS_DIRECTORY}/...`` under systemd).
+FLEET_SECRETS = ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_password_file", "control_key_file")
+
+
+def _check_fleet(run_args: argparse.Namespace) -> str:
+    """The [fleet] options as run checks them; secrets in systemd's credential directory exist only inside
+    the service, so then only the broker URL and the device id are checked here."""
+    unset = [key for key in FLEET_SECRETS
+             if getattr(run_args, key, None) and "$" in os.path.expandvars(getattr(run_args, key))]
+    if not unset:
+        mqtt_options(run_args)
+        return ""
+    parse_broker_url(run_args.mqtt)
+    try:
+        topics.check_device_id(run_args.device_id or "edge-infer")
+    except ValueError as exc:
+        raise ConfigError(f"[fleet].device_id: {exc}") from None
+    return "; fleet secrets in $CREDENTIALS_DIRECTORY are checked when the service starts"
+
+
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.path, supported=_run_options())
     options = config.options
@@ -86,9 +110,12 @@ def main(args: argparse.Namespace) -> int:
         runtime_options(spec, run_args)
         if log is not None:
             channel_columns(log, spec.channels if spec.spec_path is not None else None, engine.channels, source)
+    if options.get("streams"):
+        refuse_for_streams(run_args)  # what run refuses with several streams, refused here too
+    fleet_note = _check_fleet(run_args) if options.get("mqtt") else ""
     if options.get("metrics_http"):
         HttpExporter(options["metrics_http"])
     print(f"config {config.path} is valid: {config.describe()}; model {spec.name or spec.model_path.name} "
-          f"on {engine.backend.name}, budget {spec.budget_ms:g} ms, fallback {spec.fallback_action!r}{key_note}",
+          f"on {engine.backend.name}, budget {spec.budget_ms:g} ms, fallback {spec.fallback_action!r}{key_note}{fleet_note}",
           file=sys.stdout)
     return 0

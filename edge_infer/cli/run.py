@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import EdgeInferError
 from ..service.hooks import ServiceHooks, add_service_options
 from .common import add_run_options, add_source_option, log_runtime, print_summary, run_until_stopped
 from .fleet import add_mqtt_options, attach_mqtt, mqtt_options
@@ -32,9 +31,6 @@ def main(args: argparse.Namespace) -> int:
     fleet = mqtt_options(args) if args.mqtt else None  # a bad fleet option fails before the model loads
     try:
         if wants_streams(args):
-            if fleet is not None:
-                raise EdgeInferError("--mqtt publishes one stream's decisions; with several streams in one "
-                                     "runtime it is not supported yet (docs/streams.md)")
             summary = run_until_stopped(streams_runtime(args), args.duration, hooks)
         else:
             source = args.source[0] if isinstance(args.source, list) else args.source

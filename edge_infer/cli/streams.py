@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..deadline.options import runtime_options
@@ -24,10 +25,10 @@ from ..sinks.base import Sink
 from ..sinks.console import ConsoleSink
 from ..sinks.device import attach_device
 from ..sinks.jsonl import JsonLinesSink
-from ..sources import open_live_source
+from ..sources import open_live_source, parse_source_uri
 from ..sources.log_replay import LogSource, channel_columns
 from ..sources.serial_link import SerialSource
-from .common import open_model_for, read_usable_log, run_about, show_mode
+from .common import open_model_for, read_usable_log, refuse_link_key_for_logs, run_about, show_mode
 from .live import is_live_source
 
 
@@ -64,20 +65,40 @@ def stream_names(entries: List[Dict[str, Any]]) -> List[str]:
     return out
 
 
-def streams_runtime(args: argparse.Namespace) -> StreamsRuntime:
-    """The runtime for every stream ``args`` names, with a console line prefix and a device sink per stream."""
+def refuse_for_streams(args: argparse.Namespace) -> None:
+    """What several streams in one runtime cannot do, refused in one line (by ``run``, and by ``check-config``
+    before a service would fail at start), rather than ignored."""
     if getattr(args, "record", None):
         raise EdgeInferError("--record records one stream; with several streams, record each device on its own "
                              "(edge-infer record) or keep decision logs per stream ([[stream]] decisions)")
     if getattr(args, "mode", None) == "process":
         raise EdgeInferError("--mode process runs one stream's model in a child process; with several streams use "
                              "inline (default) or thread (docs/streams.md)")
+    if getattr(args, "mqtt", None):
+        raise EdgeInferError("--mqtt publishes one stream's decisions; with several streams in one runtime it is "
+                             "not supported yet (docs/streams.md)")
+    entries = stream_entries(args)
+    ports = [parse_source_uri(e["source"]).path for e in entries if e.get("source") and is_live_source(e["source"])]
+    repeated = sorted({port for port in ports if ports.count(port) > 1})
+    if repeated:
+        raise EdgeInferError(f"serial port {repeated[0]} is named by two streams; one device is one stream")
+    if getattr(args, "link_key", None) and not ports:
+        refuse_link_key_for_logs(args)
+    shared = getattr(args, "decisions", None)
+    if shared and any(e.get("decisions") and Path(e["decisions"]).resolve() == Path(shared).resolve()
+                      for e in entries):
+        raise EdgeInferError(f"decision log {shared} is both the shared one and a stream's own; every record "
+                             "would be written twice: give the stream another file")
+
+
+def streams_runtime(args: argparse.Namespace) -> StreamsRuntime:
+    """The runtime for every stream ``args`` names, with a console line prefix and a device sink per stream."""
+    refuse_for_streams(args)
     entries = stream_entries(args)
     names = stream_names(entries)
     models: Dict[Optional[str], Tuple[ModelSpec, Engine]] = {}
     logs: Dict[str, RecordedLog] = {}
     setups: List[StreamSetup] = []
-    shared: List[Sink] = [JsonLinesSink(args.decisions, run_about(args, "streams"))] if args.decisions else []
     for entry, name in zip(entries, names):
         model = entry.get("spec") or args.model
         if model not in models:  # through the trust checks (--trusted-key, [trust]) as a single stream is
@@ -103,9 +124,19 @@ def streams_runtime(args: argparse.Namespace) -> StreamsRuntime:
         if entry.get("decisions"):
             sinks.append(JsonLinesSink(entry["decisions"], run_about(args, name, spec, engine)))
         setups.append(StreamSetup(name, spec, engine, source, sinks, **runtime_options(spec, args)))
+    # opened last: a stream that fails to open must not leave a run_start line behind
+    shared: List[Sink] = [JsonLinesSink(args.decisions, _shared_about(args, models))] if args.decisions else []
     runtime = StreamsRuntime(setups, shared)
     for stream in runtime.streams:
         if isinstance(stream.source, SerialSource):
             attach_device(stream)  # served first; a reconnect or reboot resets the window on the loop's thread
     return runtime
 
+
+
+def _shared_about(args: argparse.Namespace, models: Dict[Optional[str], Tuple[ModelSpec, Engine]]) -> Dict[str, Any]:
+    """The shared decision log's run_start line: every model the streams use, with its version and hash."""
+    about = run_about(args, "streams")
+    about["models"] = [{"model": spec.name or spec.model_path.name, "model_version": spec.version,
+                        "model_sha256": engine.sha256} for spec, engine in models.values()]
+    return about
