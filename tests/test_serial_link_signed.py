@@ -261,8 +261,19 @@ def test_the_link_key_drop_in_verifies_and_check_config_accepts_a_credential_pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
     config = tmp_path / "config.toml"
-    credential = "/run/credentials/edge-infer.service/link.key"
-    config.write_text(f'[model]\nspec = "{spec}"\n[source]\nuri = "serial:/dev/ttyACM0"\nlink_key = "{credential}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    for credential in ("/run/credentials/edge-infer.service/link.key", "${CREDENTIALS_DIRECTORY}/link.key"):
+        config.write_text(f'[model]\nspec = "{spec}"\n[source]\nuri = "serial:/dev/ttyACM0"\n'
+                          f'link_key = "{credential}"\n')
+        ok = subprocess.run([sys.executable, "-m", "edge_infer", "check-config", str(config)], cwd=ROOT,
+                            capture_output=True, text=True, env=dict(env, PYTHONPATH=str(ROOT)), timeout=120)
+        assert ok.returncode == 0 and "is a systemd credential, checked when the service starts" in ok.stdout
+    # inside the service the variable is set: the key is read from there, never from the config's folder
+    (tmp_path / "creds").mkdir()
+    key = tmp_path / "creds" / "link.key"
+    key.write_bytes(bytes(range(1, 33)))
+    key.chmod(0o600)
     ok = subprocess.run([sys.executable, "-m", "edge_infer", "check-config", str(config)], cwd=ROOT,
-                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
-    assert ok.returncode == 0 and "is a systemd credential, checked when the service starts" in ok.stdout
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(env, PYTHONPATH=str(ROOT), CREDENTIALS_DIRECTORY=str(tmp_path / "creds")))
+    assert ok.returncode == 0 and "is a systemd credential" not in ok.stdout, ok.stderr

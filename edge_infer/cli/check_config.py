@@ -57,7 +57,8 @@ CREDENTIALS = "/run/credentials/"
 
 def _check_link_key(path: str) -> str:
     """Check the key file as the service will; a systemd credential only exists inside the service."""
-    if path.startswith(CREDENTIALS) and not os.path.exists(path):
+    path = os.path.expandvars(path)
+    if (path.startswith(CREDENTIALS) or "$" in path) and not os.path.exists(path):
         return (f"; link key {path} is a systemd credential, checked when the service starts (check its source "
                 "file with: python -m firmware_bridge.keys check /etc/edge-infer/link.key)")
     load_key(path)

@@ -142,7 +142,7 @@ SCHEMA: Dict[str, Dict[str, _Key]] = {
     "fallback": {"action": _Key("fallback", _action), "hold_ms": _Key("hold_ms", _rule(values.MILLISECONDS))},
     "scheduling": {"cpu_affinity": _Key("cpu_affinity", _cpus), "realtime": _Key("realtime", _boolean)},
     "source": {"uri": _Key("source", _string, _SOURCE), "speed": _Key("speed", _speed),
-               "strict": _Key("strict", _boolean), "link_key": _Key("link_key", _string, _PATH)},
+               "strict": _Key("strict", _boolean), "link_key": _Key("link_key", _string, _SECRET)},
     "sinks": {"decisions": _Key("decisions", _string, _PATH), "show": _Key("show", _one_of(SHOW_MODES))},
     "recording": {"path": _Key("record", _string, _PATH), "max_mb": _Key("record_max_mb", _rule(values.MEGABYTES))},
     "metrics": {"textfile": _Key("metrics_textfile", _string, _PATH), "http": _Key("metrics_http", _listen),

@@ -10,6 +10,7 @@ On the command line a source is a log path or a URI. The one live scheme is
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 from .uri import DEFAULT_BAUD, SCHEMES, SERIAL_OPTIONS, SerialAddress, parse_source_uri
@@ -38,7 +39,9 @@ def open_live_source(text: str, channels: Optional[Sequence[str]] = None, channe
 
     from .serial_link import SerialSource
 
-    key = load_key(link_key_file) if link_key_file else None
+    # ${CREDENTIALS_DIRECTORY}/link.key: systemd's LoadCredential= (systemd/drop-ins/link-key.conf), as the
+    # fleet's secret files are named
+    key = load_key(os.path.expandvars(link_key_file)) if link_key_file else None
     source = SerialSource(address.path, address.baud, channels, channel_count, name=text,
                           sample_rate_hz=sample_rate_hz, link_key=key)
     if channels is None and channel_count is None:
