@@ -545,7 +545,7 @@ class StreamsRuntime:
                 self.startup[spec.name or spec.model_path.name] = report.to_dict()
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
-                                 self.models[0])
+                                 *self.models)  # every model's worker, not just the first's
             self._priority.add_waiter(self.watchdog.native_id)
         if options.gc_control:
             self._gc.start()

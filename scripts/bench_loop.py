@@ -8,7 +8,7 @@ In one process and one run, on the same recorded log (repeated to get enough win
       array, every hop frames normalise, quantize, ``set_tensor``, ``invoke``, ``get_tensor``,
       dequantize, argmax (see :func:`hand_written_loop`);
   (c) edge-infer's loop (``Runtime`` on a ``LogSource`` at full speed, with its statistics sink) in
-      each mode: ``inline``, ``thread`` (the default), ``process``, with the spec's input checks
+      each mode: ``inline`` (the default), ``thread``, ``process``, with the spec's input checks
       (``[checks]``, ``[ood]``) as shipped and without them; plus ``thread, gc on`` (the
       thread mode without the loop's garbage-collector control), ``thread, SCHED_FIFO``
       (``--realtime``) and ``thread, one CPU`` (``--cpu-affinity 0``), to measure that hygiene.

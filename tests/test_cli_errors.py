@@ -1,10 +1,13 @@
 """Every bad input a user can give ends in one line on stderr and exit code 2 — never a traceback."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import BUNDLED_LOG, BUNDLED_SPEC, run_cli
+from conftest import BUNDLED_LOG, BUNDLED_SPEC, ROOT, run_cli
 
 
 def assert_one_line_error(proc, *fragments):
@@ -128,3 +131,19 @@ def test_missing_log(tmp_path):
 ])
 def test_bad_options_are_one_line_usage_errors(args, fragment):
     assert_one_line_error(run_cli("replay", str(BUNDLED_LOG), *args), fragment, "see 'edge-infer replay --help'")
+
+
+@pytest.mark.parametrize("args", [["run"], ["replay", str(BUNDLED_LOG)]])
+def test_reader_closing_the_pipe_ends_quietly(args, tmp_path):
+    """``edge-infer ... --show all | head -1``: no BrokenPipeError traceback, not even from the shutdown decision.
+
+    The full output (about 90 kB) is more than a pipe holds, so the CLI is still writing when the pipe closes.
+    """
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_infer", *args, "--show", "all"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert proc.stdout.readline().startswith(b"seq ")
+        proc.stdout.close()
+        assert proc.wait(timeout=300) == 0
+    assert "Traceback" not in stderr.read_text()

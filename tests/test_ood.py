@@ -1,4 +1,4 @@
-"""The OOD score (edge_infer/ood.py) and the calibration that writes [checks] and [ood] into a spec
+"""The OOD score (edge_infer/checks/ood.py) and the calibration that writes [checks] and [ood] into a spec
 (edge_infer/checks/calibrate.py, scripts/calibrate_checks.py), without touching the model."""
 
 from __future__ import annotations

@@ -130,14 +130,17 @@ class LoopPriority:
         self._old_nice: Optional["tuple[int, int]"] = None  # (loop thread id, nice)
         self._fifo_priority: Optional[int] = None
 
-    def apply(self, cpus: Optional[Sequence[int]], fifo_priority: Optional[int], scheduler: Any) -> None:
+    def apply(self, cpus: Optional[Sequence[int]], fifo_priority: Optional[int], *schedulers: Any) -> None:
+        """One call for every model's scheduler: a runtime with several models has a worker per model, and
+        each must get the same pinning and nice (not just the first model's)."""
         if cpus:
             try:
                 self._old_affinity = os.sched_getaffinity(0)
                 self._set_affinity(cpus)
-                pin_child = getattr(scheduler, "set_child_affinity", None)
-                if pin_child is not None:
-                    pin_child(cpus)
+                for scheduler in schedulers:
+                    pin_child = getattr(scheduler, "set_child_affinity", None)
+                    if pin_child is not None:
+                        pin_child(cpus)
             except (OSError, ValueError) as exc:
                 log.warning("--cpu-affinity: cannot pin to CPUs %s (%s); running unpinned",
                             ",".join(map(str, cpus)), getattr(exc, "strerror", None) or exc)
@@ -147,9 +150,11 @@ class LoopPriority:
             self._fifo_priority = fifo_priority
             try:
                 self._old_nice = (loop, os.getpriority(os.PRIO_PROCESS, loop))
-                for tid in scheduler.deadline_threads(loop):
+                waiters = [tid for scheduler in schedulers for tid in scheduler.deadline_threads(loop)]
+                for tid in dict.fromkeys(waiters):  # schedulers that share the watchdog name it once
                     self._make_fifo(tid, fifo_priority + (tid != loop))
-                scheduler.set_worker_nice(WORKER_NICE)
+                for scheduler in schedulers:
+                    scheduler.set_worker_nice(WORKER_NICE)
             except (OSError, AttributeError) as exc:
                 self._fifo_priority = None
                 log.warning("--realtime: SCHED_FIFO is not permitted here (%s); running with the normal scheduler"

@@ -249,10 +249,6 @@ class Engine:
         self._interpreter.invoke()
         return self.output().reshape(self.batch, self.output_size)
 
-    def quantized_input(self) -> np.ndarray:
-        """The raw input tensor as last set (a copy), for checks against the interpreter."""
-        return self._in.buffer.copy()
-
     def describe(self) -> Dict[str, Any]:
         """What ``edge-infer inspect`` prints: tensors, quantization, size, hash, operators."""
         ops = getattr(self._interpreter, "_get_ops_details", None)

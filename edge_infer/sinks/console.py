@@ -7,6 +7,7 @@ changes. ``all`` prints every decision, ``none`` nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, TextIO
 
@@ -48,8 +49,26 @@ class ConsoleSink(Sink):
             return
         key = (decision.action, decision.source, decision.reason)
         if self.show == "all" or key != self._last:
-            self.stream.write(self.prefix + format_decision(decision) + "\n")
+            try:
+                self.stream.write(self.prefix + format_decision(decision) + "\n")
+            except BrokenPipeError:
+                self._reader_gone()
+                raise  # once: the CLI ends quietly on it
         self._last = key
+
+    def _reader_gone(self) -> None:
+        """The reader closed the pipe (``| head``): print nothing more, here or at exit.
+
+        The runtime still hands the sinks its shutdown decision, and Python flushes stdout at exit;
+        either would raise again and print a traceback. Pointing stdout at /dev/null is what Python's
+        documentation recommends for it (the signal module's note on SIGPIPE).
+        """
+        self.show = "none"
+        if self.stream is sys.stdout:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # no file descriptor behind it (a test's StringIO)
+                pass
 
     def close(self) -> None:
         self.stream.flush()
