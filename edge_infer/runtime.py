@@ -276,12 +276,13 @@ class Runtime:
         waiting, until = self.arrivals.backlog(), window.until_due()
         if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
             return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
-        answer = self.guard.check_window(window.view())  # a failed input check: no invoke, fall back
+        view = window.view()
+        answer = self.guard.check_window(view)  # a failed input check: no invoke, fall back
         if answer is None:
             fire_at = deadline - self._reserve_ns
             if self.clock.now_ns() >= fire_at:  # too late to start the model: never start a lost window
                 return self._overrun(frame)
-            answer = self.scheduler.run(window.view(), deadline, Pending(fire_at, deadline, frame, self._late))
+            answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
         return self.finish(frame, answer)
@@ -330,19 +331,18 @@ class Runtime:
 
     def _overrun(self, frame: Frame) -> Decision:
         """The window the model cannot take: a newer one is waiting, or its deadline has (nearly) passed."""
-        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.OVERRUN, self.clock.now_ns()),
-                            source="fallback", reason=Reason.OVERRUN, latency_us=0.0, invoke_us=None, output=None,
-                            label=frame.label)
-        self._emit(decision, frame.recv_ns)
-        return decision
+        return self._fall_back(frame, Reason.OVERRUN, self.clock.now_ns())
 
     def _late(self, pending: Pending, now_ns: int) -> None:
         """The watchdog's call (on its thread, the loop being inside the invoke): the fallback at the deadline."""
-        frame = pending.frame
-        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(Reason.DEADLINE, now_ns),
-                            source="fallback", reason=Reason.DEADLINE, latency_us=0.0, invoke_us=None, output=None,
-                            label=frame.label)
+        self._fall_back(pending.frame, Reason.DEADLINE, now_ns)
+
+    def _fall_back(self, frame: Frame, reason: Reason, now_ns: int) -> Decision:
+        """Decide the window that ended at ``frame`` without the model, for ``reason``, and hand it on."""
+        decision = Decision(seq=frame.seq, t=frame.t, action=self.fallback.action(reason, now_ns), source="fallback",
+                            reason=reason, latency_us=0.0, invoke_us=None, output=None, label=frame.label)
         self._emit(decision, frame.recv_ns)
+        return decision
 
     def _emit(self, decision: Decision, arrival_ns: int) -> None:
         """Hand ``decision`` to the device sinks, stamp its latency from ``arrival_ns``, then the other sinks.
