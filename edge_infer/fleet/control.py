@@ -27,10 +27,11 @@ import hashlib
 import hmac
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from ..io.files import replace_atomically
 
 #: A command's ``ts`` may differ from the board's clock by this much (NTP keeps boards within a second).
 MAX_SKEW_S = 300.0
@@ -182,12 +183,7 @@ class CommandVerifier:
 
     def _save_last_ts(self, ts: float) -> None:
         """Saved (fsync, rename) before the command takes effect: a crash right after cannot reopen it."""
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        with tmp.open("w") as file:
-            file.write(repr(ts))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, self.state_file)
+        replace_atomically(self.state_file, repr(ts).encode(), "control state")
         self.last_ts = ts
 
 

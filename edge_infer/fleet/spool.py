@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import EdgeInferError
+from ..io.files import replace_atomically, sync_folder
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class Spool:
         self._active += 1
         self._sizes[self._active] = 0
         self._fd = self._open_append(self._active)
-        self._sync_directory()  # the new file's name survives a power cut too
+        sync_folder(self._path(self._active))  # the new segment's name survives a power cut too
 
     def _enforce_bound(self) -> int:
         """Drop whole oldest segments while the spool is over its bound; returns the records dropped."""
@@ -284,21 +285,8 @@ class Spool:
             os.fsync(self._fd)
             self._dirty = False
         if self._ack != self._saved_ack:
-            tmp = self.directory / (ACK_FILE + ".tmp")
-            with tmp.open("w") as file:
-                file.write(f"{self._ack[0]} {self._ack[1]}\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.directory / ACK_FILE)
-            self._sync_directory()
+            replace_atomically(self.directory / ACK_FILE, f"{self._ack[0]} {self._ack[1]}\n".encode(), "spool ack")
             self._saved_ack = self._ack
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         """Sync and let go of the directory."""

@@ -73,10 +73,10 @@ def create_new(path: "str | Path", write: Callable[[Path], None], what: str) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     with contextlib.suppress(OSError):  # published; a folder that cannot be synced does not undo that
-        _sync_folder(path)
+        sync_folder(path)
 
 
-def _sync_folder(path: Path) -> None:
+def sync_folder(path: Path) -> None:
     """fsync ``path``'s folder, so that the new name survives a power cut too (not only the new bytes)."""
     fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -102,7 +102,7 @@ def replace_atomically(path: "str | Path", data: bytes, what: str, mode: Optiona
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         tmp = None
-        _sync_folder(path)
+        sync_folder(path)
     except OSError as exc:
         raise EdgeInferError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     finally:

@@ -39,6 +39,7 @@ from ..fleet.bursts import BurstDetector
 from ..fleet.control import Command, CommandVerifier, Refused
 from ..fleet.spool import Spool
 from ..frame import Frame
+from ..io.files import replace_atomically
 from .base import Sink
 
 log = logging.getLogger(__name__)
@@ -435,10 +436,9 @@ class MqttSink(Sink):
         self._save_state(clean_stop=False)
 
     def _save_state(self, clean_stop: bool) -> None:
-        path = self.options.spool_dir / STATE_FILE
-        tmp = path.with_name(STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"clean_stop": clean_stop, "model": self._model, "run": self.run_id}))
-        os.replace(tmp, path)
+        replace_atomically(self.options.spool_dir / STATE_FILE,
+                           json.dumps({"clean_stop": clean_stop, "model": self._model, "run": self.run_id}).encode(),
+                           "mqtt state")
 
     def _finish(self) -> None:
         """On the worker, after the loop stopped: drain (bounded), offline, disconnect, close the spool.
