@@ -489,6 +489,22 @@ class StreamsRuntime:
         """True while a shared model has been inside one invoke for longer than its hang limit."""
         return any(model.hung(now_ns) for model in self.models)
 
+    def stream_states(self) -> Dict[str, str]:
+        """Each stream's state by name: ``running``, ``no data`` (never sent a frame), ``ended`` or ``failed: ...``.
+
+        Read by the summary, and by the MQTT sink's worker thread (a snapshot: each entry is one reference read).
+        """
+        return {stream.name: state if state != "running" or stream._last_frame is not None else "no data"
+                for stream, state in zip(self.streams, self.states)}
+
+    # --- sinks added after the streams were built (the MQTT sink: docs/fleet.md) --------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        """A sink for every stream's decisions (as ``sinks`` given at construction): closed once, after the streams."""
+        self.sinks.append(sink)
+        for stream in self.streams:
+            stream.sinks.append(sink)
+
     # --- the loop ------------------------------------------------------------------------------------------------
 
     def run(self, duration_s: Optional[float] = None, stop: Optional[threading.Event] = None,
@@ -630,9 +646,9 @@ class StreamsRuntime:
     def summary(self) -> Dict[str, Any]:
         """Today's totals over every stream, plus ``streams``: each stream's own summary (README: "JSON summary")."""
         per_stream = []
-        for stream, state in zip(self.streams, self.states):
+        for stream, state in zip(self.streams, self.stream_states().values()):
             part = stream.summary()
-            part["state"] = state if state != "running" or stream._last_frame is not None else "no data"
+            part["state"] = state
             part["elapsed_s"] = round(self.elapsed_s, 3)
             part["startup"] = None
             per_stream.append(part)

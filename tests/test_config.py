@@ -156,12 +156,13 @@ def test_config_option_without_a_path_means_the_default_file():
 def test_check_config_valid_prints_one_line_and_exits_0(model, tmp_path):
     spec, log = model
     config = write(tmp_path / "c.toml", f'[model]\nspec = "{spec}"\n[source]\nuri = "{log}"\n'
-                                        '[metrics]\ntextfile = "/run/edge-infer/edge_infer.prom"\n')
+                                        '[metrics]\ntextfile = "/run/edge-infer/edge_infer.prom"\n'
+                                        '[fleet]\nmqtt = "mqtt://127.0.0.1:1"\ndevice_id = "pi-1"\n')
     proc = run_cli("check-config", str(config))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"config {config} is valid: ")
-    assert "svc-test" in lines[0] and "budget 50 ms" in lines[0]
+    assert "svc-test" in lines[0] and "budget 50 ms" in lines[0] and "mqtt mqtt://127.0.0.1:1" in lines[0]
 
 
 @pytest.mark.parametrize("text,fragment", [

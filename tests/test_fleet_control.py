@@ -35,7 +35,9 @@ def test_a_signed_threshold_command_is_accepted(verifier):
     command = verifier.verify(sign(KEY, body(set={"min_confidence": 0.7, "ood_threshold": 6})), NOW)
     assert command.set == {"min_confidence": 0.7, "ood_threshold": 6.0} and command.id == "c1"
     start = verifier.verify(sign(KEY, body(ts=NOW + 1, recording="start", max_s=30)), NOW)
-    assert start.recording == "start" and start.max_s == 30
+    assert start.recording == "start" and start.max_s == 30 and start.stream is None
+    one = verifier.verify(sign(KEY, body(ts=NOW + 2, stream="serial:/dev/ttyACM1", set={"min_confidence": 0.5})), NOW)
+    assert one.stream == "serial:/dev/ttyACM1" and one.describe()["stream"] == "serial:/dev/ttyACM1"
 
 
 @pytest.mark.parametrize("payload, why", [
@@ -52,6 +54,8 @@ def test_a_signed_threshold_command_is_accepted(verifier):
     (sign(KEY, body(set={"min_confidence": 0.1}, recording="start")), "exactly one of"),
     (sign(KEY, body(recording="erase")), "start or stop"),
     (sign(KEY, body(recording="start", max_s=1e9)), "max_s"),
+    (sign(KEY, body(stream=3, set={"min_confidence": 0.1})), "stream must be a stream's name"),
+    (sign(KEY, body(stream="", recording="stop")), "stream must be a stream's name"),
 ])
 def test_anything_else_is_refused(verifier, payload, why):
     with pytest.raises(Refused, match=why.replace("[", r"\[").replace("]", r"\]")):
@@ -116,3 +120,21 @@ def test_a_model_without_an_ood_check_refuses_its_threshold(tmp_path):
         guard.set_thresholds(ood_threshold=3.0)
     guard.set_thresholds(min_confidence=0.4)
     assert guard.thresholds() == {"min_confidence": 0.4, "ood_threshold": None}
+
+
+def test_a_board_with_several_streams_changes_one_streams_thresholds_or_every_ones_all_or_nothing(tmp_path):
+    from edge_infer.fleet.control import Command
+    from edge_infer.fleet.streams import BoardStreams
+
+    spec, _ = open_model(str(write_spec(tmp_path / "m.toml", write_model(tmp_path / "m.tflite", seed=1))))
+    guards = {name: build_guard(spec, DecisionRule(spec)) for name in ("m1", "m2")}
+    board = BoardStreams(guards, lambda: {}, [])
+    assert list(board.targets(Command("c", NOW, set={"min_confidence": 0.5}))) == ["m1", "m2"]
+    assert list(board.targets(Command("c", NOW, set={"min_confidence": 0.5}, stream="m2"))) == ["m2"]
+    with pytest.raises(Refused, match="no stream 'm3' on this board"):
+        board.targets(Command("c", NOW, set={"min_confidence": 0.5}, stream="m3"))
+    with pytest.raises(Refused, match="stream 'm1' has no ood_threshold"):  # (this model has no [ood])
+        board.targets(Command("c", NOW, set={"min_confidence": 0.5, "ood_threshold": 3.0}))
+    with pytest.raises(Refused, match="a recording is of one, name it"):
+        board.recording_stream(Command("c", NOW, recording="start"))
+    assert board.recording_stream(Command("c", NOW, recording="start", stream="m1")) == "m1"

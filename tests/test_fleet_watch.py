@@ -41,6 +41,41 @@ def test_render_is_a_table_with_every_device():
     assert lines[1].split()[:2] == ["pi-7", "online"] and lines[1].endswith("connected")
 
 
+def message(n, **body):
+    return json.dumps({"run": "r", "n": n, "time": "2026-12-01T00:00:00.000Z", **body}).encode()
+
+
+def test_a_board_with_several_streams_has_a_row_per_stream_with_its_state():
+    view = FleetView(window_s=10.0)
+    view.on_message("edge-infer/gw/status", b"online", 100.0)
+    records = [{"seq": i, "stream": name, "source": "fallback" if name == "m2" else "model",
+                "reason": "no_data" if name == "m2" else None} for i in range(10) for name in ("m1", "m2")]
+    view.on_message("edge-infer/gw/decisions", message(1, records=records), 101.0)
+    view.on_message("edge-infer/gw/summary", message(2, summary={"decisions": 20, "streams": [
+        {"stream": "m1", "state": "running"}, {"stream": "m2", "state": "running"},
+        {"stream": "m3", "state": "no data", "fallback_reasons": {"no_data": 4}}]}), 101.0)
+    view.on_message("edge-infer/gw/events", message(3, event="stream_state", streams={"m2": "failed: unplugged"}),
+                    102.0)
+    view.on_message("edge-infer/gw/events", message(4, event="fallback_burst", state="start", stream="m2"), 102.0)
+    view.on_message("edge-infer/one/decisions", message(1, records=[{"seq": 0, "stream": "/var/x.csv",
+                                                                      "source": "model"}]), 101.0)
+    rows = {row["device"]: row for row in view.rows(105.0)}
+    assert rows["one"]["streams"] == []  # one stream: the device's row is the stream's
+    gw = rows["gw"]
+    assert gw["decisions_per_s"] == 2.0 and gw["fallback_rate"] == 0.5 and gw["last_event"] == "fallback_burst"
+    streams = {s["stream"]: s for s in gw["streams"]}
+    assert list(streams) == ["m1", "m2", "m3"]
+    assert streams["m1"]["state"] == "running" and streams["m1"]["fallback_rate"] == 0.0
+    assert streams["m2"]["state"] == "failed: unplugged" and streams["m2"]["top_reasons"] == {"no_data": 10}
+    assert streams["m2"]["last_event"] == "fallback_burst" and streams["m2"]["decisions"] == 10
+    assert streams["m3"]["decisions_per_s"] == 0.0 and streams["m3"]["top_reasons"] == {"no_data": 4}
+    lines = view.render(105.0).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("gw"))
+    assert [line.split()[:2] for line in lines[at + 1:at + 4]] == [["m1", "running"], ["m2", "failed:"],
+                                                                    ["m3", "no"]]
+    assert lines[at + 1].startswith("  m1")
+
+
 def test_a_burst_starts_at_half_the_window_and_ends_after_a_calm_window():
     detector = BurstDetector(window=10)
     events = []

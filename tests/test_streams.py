@@ -516,11 +516,12 @@ def test_a_device_with_the_wrong_schema_fails_its_stream_only(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ('[fleet]\nmqtt = "mqtt://127.0.0.1:1"\n', "--mqtt publishes one stream's decisions"),
     ('[deadline]\nmode = "process"\n', "--mode process runs one stream's model"),
+    ('[deadline]\noverload = "latest"\n', "--overload ([deadline].overload) is a single-stream scheduling policy"),
+    ('[deadline]\nadmission = false\n', "--admission ([deadline].admission) is a single-stream scheduling policy"),
     ('[source]\nlink_key = "lk"\n', "signs a serial link"),
     ('[sinks]\ndecisions = "left.jsonl"\n', "both the shared one and a stream's own"),
-], ids=["mqtt", "process-mode", "link-key-for-logs", "decision-log-twice"])
+], ids=["process-mode", "overload", "admission", "link-key-for-logs", "decision-log-twice"])
 def test_check_config_refuses_what_run_refuses_with_several_streams(tmp_path, capsys, extra, message):
     """A service config that check-config calls valid must not fail at start."""
     log = write_log(tmp_path / "small.csv", 120)
@@ -533,6 +534,31 @@ def test_check_config_refuses_what_run_refuses_with_several_streams(tmp_path, ca
     assert message in capsys.readouterr().err
     assert cli_main(["run", "--config", str(config), "--warmup", "0"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_overload_and_admission_are_refused_with_several_streams_not_with_one(tmp_path, capsys):
+    """EDF replaces the single-stream policies: set explicitly with several streams they would do nothing."""
+    log = write_log(tmp_path / "small.csv", 40)
+    spec = write_spec(tmp_path)
+    for extra, named in ((["--overload", "latest"], "--overload"), (["--admission"], "--admission"),
+                         (["--overload", "busy", "--admission"], "--overload ([deadline].overload) and --admission")):
+        assert cli_main(["run", "--source", str(log), "--source", str(log), "--model", str(spec), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"edge-infer: error: {named}") and "earliest-deadline-first" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert cli_main(["run", "--source", str(log), "--model", str(spec), "--overload", "latest", "--admission",
+                     "--warmup", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scheduler"]["admission"] is True
+
+
+def test_check_config_takes_a_fleet_table_with_several_streams(tmp_path, capsys):
+    log = write_log(tmp_path / "small.csv", 120)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\nspec = "{write_spec(tmp_path)}"\n[fleet]\nmqtt = "mqtt://127.0.0.1:1"\n'
+                      f'device_id = "gateway-1"\n[[stream]]\nname = "left"\nsource = "{log}"\n'
+                      f'[[stream]]\nname = "right"\nsource = "{log}"\n')
+    assert cli_main(["check-config", str(config)]) == 0
+    assert "2 streams (left, right)" in capsys.readouterr().out
 
 
 def test_one_serial_port_is_one_stream(tmp_path, capsys):

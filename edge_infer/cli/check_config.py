@@ -44,11 +44,15 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     parser.set_defaults(handler=main)
 
 
-def _run_options() -> "list[str]":
-    """The option names ``run`` has in this build (a config key for an option it lacks is an error)."""
+def _run_defaults() -> "dict[str, object]":
+    """``run``'s options in this build, with their defaults (a config key for an option it lacks is an error)."""
     parser = argparse.ArgumentParser()
     run.add_parser(parser.add_subparsers())
-    return list(vars(parser.parse_args(["run"])))
+    return vars(parser.parse_args(["run"]))
+
+
+def _run_options() -> "list[str]":
+    return list(_run_defaults())
 
 
 #: Where systemd puts the service's credentials (systemd/drop-ins/link-key.conf): only the service sees them.
@@ -105,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         log = None if is_source_uri(source) else read_log(source, strict=options.get("strict", False))
         overrides = {"model": stream.get("spec"), "hop": stream.get("hop"), "budget_ms": stream.get("budget_ms"),
                      "fallback": stream.get("fallback")}
-        run_args = argparse.Namespace(**{**dict.fromkeys(_run_options()), **options,
+        run_args = argparse.Namespace(**{**_run_defaults(), **options,  # as run has them: --spool-max-mb's 64
                                          **{key: value for key, value in overrides.items() if value is not None}})
         spec, engine = open_model_for(run_args, log.channels if log is not None else None, record_version=False)
         runtime_options(spec, run_args)

@@ -16,18 +16,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..errors import ConfigError, EdgeInferError
 from ..fleet import topics
 from ..fleet.broker import (BrokerUrl, Credentials, add_broker_options, check_credentials, new_client,
                             parse_broker_url, read_secret)
 from ..fleet.control import THRESHOLDS, check_key, sign
+from ..fleet.streams import BoardStreams
 from ..fleet.watch import DEFAULT_WINDOW_S, FleetView
 from ..settings.argtypes import positive_float
 from ..sinks.mqtt import MqttOptions, MqttSink
 from ..sinks.recorder import RecordingSink
 from .recording import runtime_metadata, source_metadata
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 DEFAULT_SPOOL_MB = 64.0
 
@@ -87,18 +91,42 @@ def mqtt_options(args: argparse.Namespace) -> MqttOptions:
 
 
 def attach_mqtt(runtime: Any, options: MqttOptions) -> MqttSink:
-    """Add the MQTT sink (and the slot a remote recording plays into) to a built runtime."""
-    spec, engine = runtime.spec, runtime.engine
-    model = {"name": spec.name or spec.model_path.name, "version": spec.version, "sha256": engine.sha256}
-    channels = runtime.source.channels
+    """Add the MQTT sink (and the slot a remote recording plays into) to a built runtime: one sink for the
+    whole runtime, also when it runs several streams (one board, one client id, one spool: docs/fleet.md)."""
+    streams: List["Runtime"] = getattr(runtime, "streams", None) or [runtime]
+    by_name = {stream.name: stream for stream in streams}
 
-    def recorder(path: Path) -> RecordingSink:
-        return RecordingSink(path, channels, {**source_metadata(runtime.source), **runtime_metadata(runtime),
-                                              "started_by": "control topic"})
+    def recorder(path: Path, name: Optional[str]) -> RecordingSink:
+        stream = runtime if name is None else by_name[name]
+        return RecordingSink(path, stream.source.channels, {**source_metadata(stream.source),
+                                                            **runtime_metadata(stream), "started_by": "control topic"})
 
-    sink = MqttSink(options, runtime.summary, model, guard=runtime.guard, recorder_factory=recorder)
-    runtime.sinks.extend([sink.recording, sink])
+    if streams[0] is runtime:
+        sink = MqttSink(options, runtime.summary, _model(runtime), guard=runtime.guard, recorder_factory=recorder)
+        runtime.sinks.extend([sink.recordings[None], sink])
+        return sink
+    board = BoardStreams(guards={s.name: s.guard for s in streams}, states=runtime.stream_states,
+                         about=[{"stream": s.name, "source": str(getattr(s.source, "name", "")),
+                                 "model": _model(s)["name"], "budget_ms": s.spec.budget_ms} for s in streams])
+    sink = MqttSink(options, runtime.summary, _models(streams), recorder_factory=recorder, streams=board)
+    for stream in streams:
+        stream.sinks.append(sink.recordings[stream.name])
+    runtime.add_sink(sink)
     return sink
+
+
+def _model(runtime: "Runtime") -> Dict[str, Any]:
+    spec = runtime.spec
+    return {"name": spec.name or spec.model_path.name, "version": spec.version, "sha256": runtime.engine.sha256}
+
+
+def _models(streams: List["Runtime"]) -> Dict[str, Any]:
+    """The ``model`` of the start event: the one model the streams share, or every model's field joined by ", "
+    (as the summary names them), so that a change of any of them is a ``model_changed`` event."""
+    models = list({m["sha256"]: m for m in map(_model, streams)}.values())
+    if len(models) == 1:
+        return models[0]
+    return {key: ", ".join(str(m[key]) for m in models) for key in ("name", "version", "sha256")}
 
 
 # --- edge-infer fleet ---------------------------------------------------------------------------------------
@@ -134,6 +162,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     what.add_argument("--set", action="append", metavar="NAME=VALUE",
                       help=f"a threshold to set: {', '.join(THRESHOLDS)} (repeatable)")
     what.add_argument("--recording", choices=("start", "stop"))
+    control.add_argument("--stream", metavar="NAME",
+                         help="on a board with several streams: the one stream (default for --set: every stream; "
+                              "a recording is always of one)")
     control.add_argument("--max-s", type=positive_float, metavar="S", help="with --recording start: stop after S s")
     control.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                          help="wait this long for the device's acknowledgement")
@@ -200,6 +231,8 @@ def _show(view: FleetView, lock: threading.Lock, as_json: bool, redraw: bool, co
 
 def _command_body(args: argparse.Namespace, device: str) -> Dict[str, Any]:
     body: Dict[str, Any] = {"device": device, "ts": round(time.time(), 3), "id": uuid.uuid4().hex[:8]}
+    if args.stream is not None:
+        body["stream"] = args.stream
     if args.recording:
         body["recording"] = args.recording
         if args.max_s is not None:

@@ -30,19 +30,21 @@ def main(args: argparse.Namespace) -> int:
     hooks = ServiceHooks.from_args(args)
     fleet = mqtt_options(args) if args.mqtt else None  # a bad fleet option fails before the model loads
     try:
-        if wants_streams(args):
-            summary = run_until_stopped(streams_runtime(args), args.duration, hooks)
+        streams = wants_streams(args)
+        if streams:
+            runtime = streams_runtime(args)
         else:
             source = args.source[0] if isinstance(args.source, list) else args.source
             runtime = live_runtime(args, source) if is_live_source(source) else log_runtime(args, source)
-            try:
+        try:
+            if not streams:
                 attach_recorder(runtime, args)
-                if fleet is not None:
-                    attach_mqtt(runtime, fleet)
-            except BaseException:
-                runtime.close()  # the scheduler's thread or process, the source, the sinks already made
-                raise
-            summary = run_until_stopped(runtime, args.duration, hooks)
+            if fleet is not None:
+                attach_mqtt(runtime, fleet)  # one sink for the runtime, however many streams it runs
+        except BaseException:
+            runtime.close()  # the scheduler's thread or process, the source, the sinks already made
+            raise
+        summary = run_until_stopped(runtime, args.duration, hooks)
     finally:
         hooks.close()
     print_summary(summary, args.json)

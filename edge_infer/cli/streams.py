@@ -74,9 +74,13 @@ def refuse_for_streams(args: argparse.Namespace) -> None:
     if getattr(args, "mode", None) == "process":
         raise EdgeInferError("--mode process runs one stream's model in a child process; with several streams use "
                              "inline (default) or thread (docs/streams.md)")
-    if getattr(args, "mqtt", None):
-        raise EdgeInferError("--mqtt publishes one stream's decisions; with several streams in one runtime it is "
-                             "not supported yet (docs/streams.md)")
+    policies = [option for option in ("overload", "admission") if getattr(args, option, None) is not None]
+    if policies:
+        given = " and ".join(f"--{option} ([deadline].{option})" for option in policies)
+        it, are = ("it", "is a single-stream scheduling policy") if len(policies) == 1 else \
+            ("them", "are single-stream scheduling policies")
+        raise EdgeInferError(f"{given} {are}; with several streams, earliest-deadline-first scheduling replaces {it} "
+                             f"and never starts a window that cannot finish in time (docs/streams.md): remove {it}")
     entries = stream_entries(args)
     ports = [parse_source_uri(e["source"]).path for e in entries if e.get("source") and is_live_source(e["source"])]
     repeated = sorted({port for port in ports if ports.count(port) > 1})

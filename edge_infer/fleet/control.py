@@ -1,8 +1,8 @@
 """Remote control, narrow and authenticated: the only commands a board takes from ``edge-infer/<id>/control``.
 
 What a command may do: set the input checks' thresholds (``min_confidence``, ``ood_threshold``) and
-start or stop a recording. Nothing else exists, so nothing else can be asked for: a command with any
-other field is refused whole.
+start or stop a recording, on a board with several streams for one ``stream`` or (thresholds) for all.
+Nothing else exists, so nothing else can be asked for: a command with any other field is refused whole.
 
 Why a signature on top of the broker's ACL: the ACL decides who may *publish* to a topic, but it is
 configured on a server the board does not control, often shared with dashboards and bridges whose
@@ -40,7 +40,9 @@ MAX_RECORDING_S = 3600.0
 DEFAULT_RECORDING_S = 600.0
 THRESHOLDS = ("min_confidence", "ood_threshold")
 RECORDING = ("start", "stop")
-_BODY_KEYS = {"device", "ts", "id", "set", "recording", "max_s"}
+_BODY_KEYS = {"device", "ts", "id", "stream", "set", "recording", "max_s"}
+#: A stream's name is its source by default (a log's path, serial:/dev/serial/by-id/...): room for a long one.
+MAX_STREAM_NAME = 512
 MIN_KEY_BYTES = 16
 #: A real command is about 200 bytes; anything much larger is not parsed at all.
 MAX_COMMAND_BYTES = 4096
@@ -63,9 +65,13 @@ class Command:
     set: Dict[str, float] = field(default_factory=dict)
     recording: Optional[str] = None
     max_s: float = DEFAULT_RECORDING_S
+    #: the one stream it is for, on a board with several (None: every stream; the board checks the name)
+    stream: Optional[str] = None
 
     def describe(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"id": self.id}
+        if self.stream is not None:
+            out["stream"] = self.stream
         if self.set:
             out["set"] = dict(self.set)
         if self.recording:
@@ -142,11 +148,14 @@ class CommandVerifier:
         ident = body.get("id", "")
         if not isinstance(ident, str) or len(ident) > 64:
             raise Refused("id must be a string of at most 64 characters")
+        stream = body.get("stream")
+        if stream is not None and (not isinstance(stream, str) or not 0 < len(stream) <= MAX_STREAM_NAME):
+            raise Refused(f"stream must be a stream's name (a string of 1 to {MAX_STREAM_NAME} characters)")
         has_set, recording = "set" in body, body.get("recording")
         if has_set == (recording is not None):
             raise Refused("a command has exactly one of: set (thresholds), recording (start or stop)")
         if has_set:
-            return Command(ident, float(ts), set=self._thresholds(body["set"]))
+            return Command(ident, float(ts), set=self._thresholds(body["set"]), stream=stream)
         if recording not in RECORDING:
             raise Refused(f"recording must be start or stop, not {recording!r}")
         max_s = body.get("max_s", DEFAULT_RECORDING_S)
@@ -154,7 +163,7 @@ class CommandVerifier:
             raise Refused(f"max_s must be a number of seconds in (0, {MAX_RECORDING_S:g}]")
         if "max_s" in body and recording != "start":
             raise Refused("max_s goes with recording start")
-        return Command(ident, float(ts), recording=recording, max_s=float(max_s))
+        return Command(ident, float(ts), recording=recording, max_s=float(max_s), stream=stream)
 
     @staticmethod
     def _thresholds(values: Any) -> Dict[str, float]:

@@ -15,7 +15,11 @@ process dies instead, the broker publishes the same ``offline`` as the last will
 The control topic (:mod:`edge_infer.fleet.control`) is verified on the worker; threshold changes are
 applied by the loop's own thread in :meth:`on_decision` (between two windows, never in the middle of
 one), and the next decision record published carries a ``control`` field saying what changed.
-Topic tree and payloads: docs/fleet.md.
+
+A runtime with several streams (docs/streams.md) has one sink like a single stream: one client, one
+spool. Each stream has its own burst detector, its own ``control`` marks and its own recording slot;
+the worker looks at every stream's state each step and announces a change (``stream_state``, and a
+fresh retained summary). Topic tree and payloads: docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..fleet.broker import BrokerUrl, Credentials, new_client
 from ..fleet.bursts import BurstDetector
 from ..fleet.control import Command, CommandVerifier, Refused
 from ..fleet.spool import Spool
+from ..fleet.streams import BoardStreams, StateWatch, file_safe
 from ..frame import Frame
 from ..io.files import replace_atomically
 from .base import Sink
@@ -104,20 +109,27 @@ class MqttSink(Sink):
     ``summary`` returns the run summary (called on the worker, and on the loop's thread at close);
     ``model`` describes the model (name, version, sha256) for the start event and model changes;
     ``guard`` (with ``thresholds()``/``set_thresholds()``) is what threshold commands change;
-    ``recorder_factory(path)`` makes the sink a recording command starts (in ``options.recordings_dir``), placed
-    in ``recording``.
+    ``recorder_factory(path, stream)`` makes the sink a recording command starts (in ``options.recordings_dir``),
+    placed in ``recordings[stream]``. ``streams``: the runtime runs several streams (then ``guard`` is unused,
+    every stream has its own in ``streams.guards``, and a recording slot; ``stream`` is None for one stream).
     """
 
     def __init__(self, options: MqttOptions, summary: Callable[[], Dict[str, Any]], model: Dict[str, Any], *,
-                 guard: Any = None, recorder_factory: Optional[Callable[[Path], Sink]] = None):
+                 guard: Any = None, recorder_factory: Optional[Callable[[Path, Optional[str]], Sink]] = None,
+                 streams: Optional[BoardStreams] = None):
         self.options = options
         self.device_id = options.device_id
         self._summary = summary
         self._model = model
         self._guard = guard
+        self._streams = streams
         self._recorder_factory = recorder_factory
         self._recordings_dir = options.recordings_dir
-        self.recording = SwitchableSink()
+        #: where a remote recording plays into: one slot per stream (the key None for a single stream)
+        self.recordings: Dict[Optional[str], SwitchableSink] = {
+            name: SwitchableSink() for name in ([None] if streams is None else list(streams.guards))}
+        self._recording_until: Dict[Optional[str], float] = {}
+        self._states = None if streams is None else StateWatch(streams.states())
         self.spool = Spool(options.spool_dir, options.spool_max_bytes)
         self.run_id = uuid.uuid4().hex[:12]
         self._n = 0
@@ -128,18 +140,20 @@ class MqttSink(Sink):
         self._acks: Deque[int] = deque()             # paho -> worker: acknowledged message ids
         self._in_flight: Deque[List[Any]] = deque()  # [mid, end position, acknowledged] in publish order
         self._by_mid: Dict[int, List[Any]] = {}
-        self._marks: List[Dict[str, Any]] = []       # to attach to the next decision record
+        # per stream (the key None for a single stream), on the worker: marks to attach to its next decision
+        # record, its burst detector, the seq of its last decision taken
+        self._marks: Dict[Optional[str], List[Dict[str, Any]]] = {}
+        self._bursts: Dict[Optional[str], BurstDetector] = {}
+        self._last_seq: Dict[Optional[str], int] = {}
         self._connected = False
         self._attempt_failed = False  # the last connection attempt failed or the connection dropped
         self._said_down = False  # logged that the broker is away (once per outage)
         self._down_since: Optional[float] = time.monotonic()
         self.connections = 0
-        self._bursts = BurstDetector()
         self._verifier = None if options.control_key is None else CommandVerifier(
             options.control_key, self.device_id, options.spool_dir / CONTROL_STATE_FILE)
         self._last_refusal_event = -1e9
         self._refusals_unannounced = 0
-        self._recording_until: Optional[float] = None
         self._stop = threading.Event()
         self._closed = False
         self._started = time.monotonic()
@@ -170,23 +184,35 @@ class MqttSink(Sink):
     def _apply_commands(self, decision: Decision) -> None:
         while self._commands:
             command = self._commands.popleft()
-            result: Dict[str, Any] = {**command.describe(), "after_seq": decision.seq}
+            result: Dict[str, Any] = command.describe()
+            if self._streams is None:
+                result["after_seq"] = decision.seq
             try:
-                self._guard.set_thresholds(**command.set)
-                result["thresholds"] = self._guard.thresholds()
+                result["thresholds"] = self._set_thresholds(command)
                 log.warning("control %s: thresholds now %s (from the next window on)", command.id or "-",
                             result["thresholds"])
-            except (ValueError, AttributeError) as exc:
+            except (ValueError, AttributeError, Refused) as exc:
                 result["refused"] = str(exc)
                 log.warning("control %s refused: %s", command.id or "-", exc)
             self._inbox.append(("control", result))
+
+    def _set_thresholds(self, command: Command) -> Dict[str, Any]:
+        """Apply a verified threshold command; the thresholds now in force (by stream with several streams)."""
+        if self._streams is None:
+            self._guard.set_thresholds(**command.set)
+            return self._guard.thresholds()
+        guards = self._streams.targets(command)  # every stream it names can take it, or Refused
+        for guard in guards.values():
+            guard.set_thresholds(**command.set)
+        return {name: guard.thresholds() for name, guard in guards.items()}
 
     def close(self) -> None:
         """Spool the final summary, drain to the broker (bounded), say offline, let go. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        self.recording.close()
+        for slot in self.recordings.values():
+            slot.close()
         try:
             final = self._summary()
         except Exception:  # the summary must not keep the spool from being drained and closed
@@ -256,8 +282,11 @@ class MqttSink(Sink):
         while self._notes:
             self._note(*self._notes.popleft(), now)
         self._take_inbox()
-        if self._recording_until is not None and now >= self._recording_until:
-            self._stop_recording("max_s reached")
+        if self._states is not None:
+            self._watch_states()
+        for stream, until in list(self._recording_until.items()):
+            if now >= until:
+                self._stop_recording(stream, "max_s reached")
         self._take_acks()
         self._send()
 
@@ -267,15 +296,17 @@ class MqttSink(Sink):
             item = self._inbox.popleft()
             if isinstance(item, Decision):
                 record = item.to_record()
-                if self._marks:
-                    record["control"] = self._marks if len(self._marks) > 1 else self._marks[0]
-                    self._marks = []
+                stream = None if self._streams is None else item.stream
+                marks = self._marks.pop(stream, None)
+                if marks:
+                    record["control"] = marks if len(marks) > 1 else marks[0]
                 records.append(record)
-                burst = self._bursts.feed(record)
+                self._last_seq[stream] = item.seq
+                burst = self._burst_detector(stream).feed(record)
                 if burst is not None:
                     self._spool_decisions(records)
                     records = []
-                    self._event(burst)
+                    self._event(burst if stream is None else {**burst, "stream": stream})
                 if len(records) >= MAX_RECORDS_PER_MESSAGE:
                     self._spool_decisions(records)
                     records = []
@@ -284,12 +315,36 @@ class MqttSink(Sink):
             self._spool_decisions(records)  # what was decided before it goes first
             records = []
             if kind == "control":  # applied by the loop: acknowledge, and mark the next decision record
-                self._marks.append(payload)
+                targets = self._control_targets(payload)
+                if self._streams is not None:  # the last decision of each stream under the old values
+                    payload["after_seq"] = {name: self._last_seq.get(name) for name in targets}
+                for stream in targets:
+                    self._marks.setdefault(stream, []).append(payload)
                 self._event({"event": "control_refused" if "refused" in payload else "control", **payload})
             elif kind == "summary":
                 self._event({"event": "stop", "reason": "clean"})
                 self._publish_summary(True, payload)
         self._spool_decisions(records)
+
+    def _burst_detector(self, stream: Optional[str]) -> BurstDetector:
+        detector = self._bursts.get(stream)
+        if detector is None:
+            detector = self._bursts[stream] = BurstDetector()
+        return detector
+
+    def _control_targets(self, payload: Dict[str, Any]) -> List[Optional[str]]:
+        """The streams whose next decision record carries a command's mark: its stream, else all of them."""
+        if self._streams is None:
+            return [None]
+        return [payload["stream"]] if payload.get("stream") in self._streams.guards else list(self._streams.guards)
+
+    def _watch_states(self) -> None:
+        """A stream that started, ended or failed: a ``stream_state`` event, and the retained summary now."""
+        changed = self._states.changes(self._streams.states())  # type: ignore[union-attr]
+        if changed:
+            log.info("mqtt: stream state %s", changed)
+            self._event({"event": "stream_state", "streams": changed})
+            self._publish_summary(False)
 
     def _spool_decisions(self, records: List[Dict[str, Any]]) -> None:
         if records:
@@ -374,47 +429,67 @@ class MqttSink(Sink):
                 self._last_refusal_event = now
             return
         log.warning("control command %s accepted: %s", command.id or "-", command.describe())
-        if command.set:
-            self._commands.append(command)  # the loop applies it between two windows and reports back
-        elif command.recording == "start":
-            self._start_recording(command, now)
-        else:
-            self._stop_recording("command", command)
-
-    def _start_recording(self, command: Command, now: float) -> None:
-        if self._recorder_factory is None or self._recordings_dir is None:
-            self._event({"event": "control_refused", **command.describe(), "refused": "no recordings here"})
+        if self._streams is None and command.stream is not None:
+            self._refuse(command, "this board runs one stream: send the command without a stream")
             return
-        if self.recording.inner is not None:
-            self._recording_until = now + command.max_s
+        try:
+            if command.set:
+                if self._streams is not None:
+                    self._streams.targets(command)  # a stream it does not run: refused here, before the loop
+                self._commands.append(command)  # the loop applies it between two windows and reports back
+                return
+            stream = None if self._streams is None else self._streams.recording_stream(command)
+        except Refused as exc:
+            self._refuse(command, str(exc))
+            return
+        if command.recording == "start":
+            self._start_recording(stream, command, now)
+        else:
+            self._stop_recording(stream, "command", command)
+
+    def _refuse(self, command: Command, why: str) -> None:
+        log.warning("control command %s refused: %s", command.id or "-", why)
+        self._event({"event": "control_refused", **command.describe(), "refused": why})
+
+    def _start_recording(self, stream: Optional[str], command: Command, now: float) -> None:
+        if self._recorder_factory is None or self._recordings_dir is None:
+            self._refuse(command, "no recordings here")
+            return
+        slot = self.recordings[stream]
+        if slot.inner is not None:
+            self._recording_until[stream] = now + command.max_s
             self._event({"event": "control", **command.describe(), "recording_state": "already recording",
                          "max_s": command.max_s})
             return
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = self._recordings_dir / f"remote-{self.device_id}-{stamp}.mcap"
+        which = "" if stream is None else f"{file_safe(stream)}-"
+        path = self._recordings_dir / f"remote-{self.device_id}-{which}{stamp}.mcap"
         try:
             self._recordings_dir.mkdir(parents=True, exist_ok=True)
-            self.recording.inner = self._recorder_factory(path)
+            slot.inner = self._recorder_factory(path, stream)
         except Exception as exc:
             log.error("remote recording to %s failed to start: %s", path, exc)
-            self._event({"event": "control_refused", **command.describe(), "refused": f"cannot record: {exc}"})
+            self._refuse(command, f"cannot record: {exc}")
             return
-        self._recording_until = now + command.max_s
+        self._recording_until[stream] = now + command.max_s
         mark = {**command.describe(), "recording_state": "started", "path": str(path), "max_s": command.max_s}
-        self._marks.append(mark)
+        self._marks.setdefault(stream, []).append(mark)
         self._event({"event": "control", **mark})
 
-    def _stop_recording(self, why: str, command: Optional[Command] = None) -> None:
-        recorder, self.recording.inner = self.recording.inner, None
-        self._recording_until = None
+    def _stop_recording(self, stream: Optional[str], why: str, command: Optional[Command] = None) -> None:
+        slot = self.recordings[stream]
+        recorder, slot.inner = slot.inner, None
+        self._recording_until.pop(stream, None)
         fields = {} if command is None else command.describe()
+        if stream is not None:
+            fields.setdefault("stream", stream)
         if recorder is None:
             self._event({"event": "control", **fields, "recording_state": "not recording"})
             return
         recorder.close()
         mark = {**fields, "recording_state": "stopped", "by": why,
                 "paths": [str(p) for p in getattr(recorder, "paths", [])]}
-        self._marks.append(mark)
+        self._marks.setdefault(stream, []).append(mark)
         self._event({"event": "control", **mark})
 
     # --- start and stop -------------------------------------------------------------------------------------
@@ -427,13 +502,22 @@ class MqttSink(Sink):
         except (OSError, ValueError):
             previous = None
         last_stop = "first start" if previous is None else ("clean" if previous.get("clean_stop") else "crash")
-        thresholds = None if self._guard is None else self._guard.thresholds()  # the spec's: commands do not persist
-        self._event({"event": "start", "version": __version__, "model": self._model, "previous_stop": last_stop,
-                     "backlog": self.spool.backlog, "thresholds": thresholds, "control": self._verifier is not None,
-                     "pid": os.getpid()})
+        start: Dict[str, Any] = {"event": "start", "version": __version__, "model": self._model,
+                                 "previous_stop": last_stop, "backlog": self.spool.backlog,
+                                 "thresholds": self._thresholds(), "control": self._verifier is not None,
+                                 "pid": os.getpid()}
+        if self._streams is not None:
+            start["streams"] = self._streams.about
+        self._event(start)
         if previous is not None and previous.get("model", {}).get("sha256") != self._model.get("sha256"):
             self._event({"event": "model_changed", "from": previous.get("model"), "to": self._model})
         self._save_state(clean_stop=False)
+
+    def _thresholds(self) -> Any:
+        """The spec's thresholds (commands do not persist), by stream with several streams."""
+        if self._streams is not None:
+            return {name: guard.thresholds() for name, guard in self._streams.guards.items()}
+        return None if self._guard is None else self._guard.thresholds()
 
     def _save_state(self, clean_stop: bool) -> None:
         replace_atomically(self.options.spool_dir / STATE_FILE,
