@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .checks.guard import build_guard
 from .deadline import build_scheduler
+from .deadline.baton import Baton
 from .deadline.clock import Clock
 from .deadline.edf import SharedModel, Waiting
 from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
@@ -448,11 +449,15 @@ class StreamsRuntime:
         wake = Wake()  # the loop's one wake-up: live readers and model workers release it
         self.sinks: List[Sink] = list(sinks)
         self.options = setups[0].options or options_for_spec(setups[0].spec)
-        #: One watchdog for every window in flight on the loop's thread, whichever stream and model it is of.
+        self._priority = LoopPriority()
+        #: Which thread runs the loop: lent around inline invokes, taken over while one overruns.
+        self.baton = Baton(self._turn, wake.notify, self._priority.add_loop_thread)
+        #: One watchdog for every inline invoke, whichever model it is of: calls a deputy when one runs too long.
         self.watchdog = Watchdog(self.clock)
         self.models: List[SharedModel] = []
         shared: Dict[int, SharedModel] = {}
         users = Counter(id(s.engine) for s in setups)
+        takeover_ns = takeover_after_ns(setups)
         for setup in setups:
             if id(setup.engine) not in shared:
                 options = setup.options or options_for_spec(setup.spec)
@@ -461,7 +466,7 @@ class StreamsRuntime:
                                     self._answered, self.clock, reserve_ns=options.reserve_ns(budget_ns),
                                     hang_limit_ns=options.hang_limit_ns(budget_ns),
                                     threaded=options.mode == "thread", wake=wake.notify, watchdog=self.watchdog,
-                                    users=users[id(setup.engine)])
+                                    users=users[id(setup.engine)], baton=self.baton, takeover_ns=takeover_ns)
                 shared[id(setup.engine)] = model
                 self.models.append(model)
         self.streams = [Runtime(s.spec, s.engine, s.source, s.sinks, scheduler=shared[id(s.engine)],
@@ -477,7 +482,9 @@ class StreamsRuntime:
         self.elapsed_s = 0.0
         self.startup: Dict[str, Any] = {}
         self._gc = GcPacer()
-        self._priority = LoopPriority()
+        self._stop: Optional[threading.Event] = None
+        self._hooks: Optional["ServiceHooks"] = None
+        self._end_ns: Optional[int] = None
 
     # --- what the service hooks read (edge_infer.service.hooks) -------------------------------------------------
 
@@ -509,35 +516,26 @@ class StreamsRuntime:
 
     def run(self, duration_s: Optional[float] = None, stop: Optional[threading.Event] = None,
             hooks: Optional["ServiceHooks"] = None) -> Dict[str, Any]:
-        """Decide until every source ended, ``duration_s`` passed or ``stop`` is set; return the summary."""
+        """Decide until every source ended, ``duration_s`` passed or ``stop`` is set; return the summary.
+
+        This thread runs the loop's turns holding the :class:`~.deadline.baton.Baton`; while an inline invoke
+        of it overruns, a deputy thread runs them. The summary and the closing are this thread's, once it is
+        back (after a hung invoke returned, if one was hung when the run ended).
+        """
         started = time.monotonic()
-        end_ns = None if duration_s is None else self.clock.now_ns() + int(duration_s * 1e9)
-        arrivals, models, clock = self.arrivals, self.models, self.clock
+        self._end_ns = None if duration_s is None else self.clock.now_ns() + int(duration_s * 1e9)
+        self._stop, self._hooks = stop, hooks
+        arrivals, baton = self.arrivals, self.baton
+        baton.hold()
         try:
             self.start()
             if hooks is not None:
                 hooks.on_ready(self)
             self._start_readers()
-            while not (stop is not None and stop.is_set()):
-                now = clock.now_ns()
-                busy = arrivals.take(now, self._take, self._ready)
-                for ended in arrivals.take_ends():
-                    self._ended(ended)
-                now = clock.now_ns()
-                for model in models:
-                    model.dispatch(now)
-                self._tick(now)
-                if hooks is not None:
-                    hooks.tick(now)
-                if self._gc.active:  # the slack after this turn's decisions
-                    self._gc.slack()
-                if end_ns is not None and now >= end_ns:
-                    break
-                if arrivals.all_ended() and not any(m.owes() for m in models):  # (a hung invoke owes nothing)
-                    break
-                if not busy:
-                    arrivals.wait(self._timeout_s(now, end_ns), self._reported)
+            while not baton.over and self._turn():
+                pass
         finally:
+            baton.release()  # over: a deputy that gets the baton from now on hands it straight back
             self.elapsed_s = time.monotonic() - started
             if hooks is not None:
                 hooks.on_stop()
@@ -547,6 +545,32 @@ class StreamsRuntime:
                     stream.shutdown()
             self.close()
         return self.summary()
+
+    def _turn(self) -> bool:
+        """One turn of the loop (whichever thread holds the baton): take what arrived, dispatch every model,
+        decide what is due, then sleep until the next thing is due. False when the run is over."""
+        stop, arrivals, models, clock = self._stop, self.arrivals, self.models, self.clock
+        if stop is not None and stop.is_set():
+            return False
+        now = clock.now_ns()
+        busy = arrivals.take(now, self._take, self._ready)
+        for ended in arrivals.take_ends():
+            self._ended(ended)
+        now = clock.now_ns()
+        for model in models:
+            model.dispatch(now)
+        self._tick(now)
+        if self._hooks is not None:
+            self._hooks.tick(now)
+        if self._gc.active:  # the slack after this turn's decisions
+            self._gc.slack()
+        if self._end_ns is not None and now >= self._end_ns:
+            return False
+        if arrivals.all_ended() and not any(m.owes() for m in models):  # (a hung invoke owes nothing)
+            return False
+        if not busy:
+            arrivals.wait(self._timeout_s(now, self._end_ns), self._reported)
+        return True
 
     def start(self) -> None:
         """Warm every shared model up and check its budget, then OS hygiene once and each stream's ``no_data`` timer."""
@@ -598,7 +622,8 @@ class StreamsRuntime:
         self.streams[waiting.stream].finish(waiting.frame, answer, waiting.verdict)
 
     def _reported(self) -> bool:
-        return any(model.reported() for model in self.models)
+        """Whether the loop's wait must end now: a model worker reported, or a thread wants the baton back."""
+        return self.baton.wanted or any(model.reported() for model in self.models)
 
     def _ended(self, ended: StreamEnded) -> None:
         i = ended.stream
@@ -634,6 +659,7 @@ class StreamsRuntime:
         for model in self.models:
             model.close()
         self.watchdog.close()
+        self.baton.close()
         for stream in self.streams:
             stream.sinks = [s for s in stream.sinks if id(s) not in shared]
             stream.close()
@@ -660,7 +686,24 @@ class StreamsRuntime:
             "backend": first.engine.backend.name,
             "backend_version": first.engine.backend_version,
             "scheduler": [model.counters() for model in self.models],
+            "deputy_takeovers": self.baton.takeovers,
             "startup": self.startup or None,
             "streams": per_stream,
         })
         return out
+
+
+def takeover_after_ns(setups: Sequence[StreamSetup]) -> int:
+    """How long an inline invoke may hold a many-stream loop before a deputy runs the loop meanwhile
+    (:mod:`.deadline.baton`): half the shortest window period, so that no stream's next window comes while
+    the one before still waits for the loop, and at most half the shortest budget less its reserve, so that
+    a window that arrives during the invoke still has time to be decided."""
+    limits = []
+    for setup in setups:
+        options = setup.options or options_for_spec(setup.spec)
+        budget_ns = setup.spec.budget_ns
+        limits.append((budget_ns - options.reserve_ns(budget_ns)) // 2)
+        rate, speed = setup.spec.sample_rate_hz, setup.source.speed
+        if rate and speed:
+            limits.append(int(setup.spec.hop / (rate * speed) * 1e9) // 2)
+    return max(1, min(limits))

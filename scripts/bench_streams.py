@@ -20,8 +20,14 @@ replay of the same log decides.
 
 First, the bundled model's invoke cost per batch size on the resized interpreters (``--batch-costs-only``).
 
+``--neighbour-ms MS`` adds ``streams-inline+slow`` and ``streams-thread+slow``: the same N streams in one runtime
+plus one more stream, ``slow``, on a model that takes about MS per invoke (budget 3 x MS), from a ``[[stream]]``
+service config. The table is about the N bundled streams only (the slow stream's own decisions are counted
+beside it): a slow or hung model on one stream must not make another stream late (issue 13; inline, a deputy
+runs the loop while the slow invoke holds the loop's thread: edge_infer/deadline/baton.py).
+
 usage: python scripts/bench_streams.py [--streams 32] [--sweep 32,48,64,96,128] [--rounds 2] [--speed 40] [--realtime]
-                                       [--duration S] [--json FILE]
+                                       [--duration S] [--neighbour-ms MS] [--kinds K,K] [--json FILE]
        (--threads-child N: internal, the thread-per-stream process)
 """
 
@@ -33,6 +39,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -123,15 +130,21 @@ class Jitter(threading.Thread):
             self.late_us.append((time.perf_counter_ns() - start - 1_000_000) / 1000.0)
 
 
-def run_config(kind: str, n: int, speed: float, duration: Optional[float], realtime: bool) -> Dict[str, Any]:
-    """One run of ``kind`` with ``n`` streams; returns the stamped decisions and the children's costs."""
+def run_config(kind: str, n: int, speed: float, duration: Optional[float], realtime: bool,
+               neighbour: Optional[Path] = None) -> Dict[str, Any]:
+    """One run of ``kind`` with ``n`` streams; returns the stamped decisions and the children's costs.
+
+    ``neighbour`` (kinds ending ``+slow``): the slow model's spec, for one more stream beside the ``n``."""
     log = str(bundled_log())
     common = ["--speed", str(speed), "--show", "none", "--decisions", "/dev/stdout", "--json"]
     if duration:
         common += ["--duration", str(duration)]
     if realtime:
         common.append("--realtime")
-    if kind.startswith("streams"):
+    if kind.endswith("+slow"):
+        config = neighbour_config(n, neighbour)  # type: ignore[arg-type]
+        children = [Child(edge_infer("--config", str(config), *common, "--mode", kind.split("-")[1][:-5]))]
+    elif kind.startswith("streams"):
         sources = [arg for _ in range(n) for arg in ("--source", log)]
         children = [Child(edge_infer(*sources, *common, "--mode", kind.split("-")[1]))]
     elif kind == "processes":
@@ -159,18 +172,24 @@ def run_config(kind: str, n: int, speed: float, duration: Optional[float], realt
     jitter.join()
     decisions: Dict[str, List["tuple[int, int, float, Any, str]"]] = {}
     own_min_us = []
+    neighbour_sources: Dict[str, int] = {}
     for c, child in enumerate(children):
         for stamp, raw in child.lines:
             record = json.loads(raw)
+            if record.get("event") == "run_start":  # the decision log's first line (docs/recording.md)
+                continue
             if "seq" not in record:
                 own_min_us.append(record["latency_us"]["p50"])
+                continue
+            if record.get("stream") == "slow":  # the slow neighbour: counted, not judged
+                neighbour_sources[record["reason"] or "model"] = neighbour_sources.get(record["reason"] or "model", 0) + 1
                 continue
             name = f"{c}:{record['stream']}"
             decisions.setdefault(name, []).append((stamp, record["seq"], record["t"], record["action"],
                                                    record["source"], record["reason"]))
     return {"decisions": decisions, "cpu_s": sum(c["cpu_s"] for c in costs),
             "rss_mb": sum(c["rss_mb"] for c in costs), "processes": len(children),
-            "jitter_us": jitter.late_us, "runtime_p50_us": own_min_us}
+            "jitter_us": jitter.late_us, "runtime_p50_us": own_min_us, "neighbour": neighbour_sources}
 
 
 def judge(result: Dict[str, Any], n: int, speed: float, reference: Dict[int, Any], kind: str,
@@ -210,6 +229,7 @@ def judge(result: Dict[str, Any], n: int, speed: float, reference: Dict[int, Any
         "processes": result["processes"],
         "jitter_p99_ms": round(float(np.percentile(jitter, 99)) / 1000, 2),
         "jitter_max_ms": round(float(np.max(jitter)) / 1000, 2),
+        "neighbour": result["neighbour"],
     }
 
 
@@ -239,6 +259,45 @@ def reference_actions() -> Dict[int, Any]:
                          capture_output=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     records = [json.loads(line) for line in out.stdout.splitlines()]
     return {r["seq"]: r["action"] for r in records if "seq" in r and r["source"] == "model"}
+
+
+def slow_neighbour(directory: Path, target_ms: float) -> Path:
+    """A spec for the bundled log's channels, window and hop on a model of about ``target_ms`` per invoke
+    (timed here, as scripts/bench_arrival.py does), with a budget of three invokes."""
+    from bench_arrival import invoke_ms
+
+    from edge_infer.model.loader import bundled_spec, open_model
+    from edge_infer.testing.tflite_builder import slow_model, write_model
+
+    spec, _ = open_model(None)
+    rows = 64
+    for _ in range(6):  # scale the row count until the model takes about the target
+        model = write_model(directory / "slow.tflite", slow_model(spec.window, len(spec.channels), 4, rows=rows))
+        took = invoke_ms(model)
+        if 0.8 * target_ms <= took <= 1.25 * target_ms:
+            break
+        rows = max(1, round(rows * target_ms / took))
+    text = Path(bundled_spec()).read_text()
+    text = text.replace('file = "basic_motions.tflite"', 'file = "slow.tflite"').replace('name = "basic-motions-cnn"',
+                                                                                          'name = "slow"')
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("sha256"))
+    path = directory / "slow.toml"
+    path.write_text(text.replace("budget_ms = 20.0", f"budget_ms = {3 * target_ms:g}"))
+    print(f"slow neighbour: {took:.1f} ms per invoke, budget {3 * target_ms:g} ms")
+    return path
+
+
+def neighbour_config(n: int, neighbour: Path) -> Path:
+    """A service config: ``n`` streams of the bundled log on the bundled model, and one on the slow model."""
+    from edge_infer.model.loader import bundled_spec
+
+    log = bundled_log()
+    lines = [f'[model]\nspec = "{bundled_spec()}"']
+    lines += [f'[[stream]]\nname = "s{k}"\nsource = "{log}"' for k in range(n)]
+    lines.append(f'[[stream]]\nname = "slow"\nsource = "{log}"\nspec = "{neighbour}"')
+    path = neighbour.parent / f"streams-{n}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def threads_child(n: int, speed: float, duration: Optional[float], realtime: bool) -> None:
@@ -292,6 +351,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="stop each run after S seconds (default: the whole log)")
     parser.add_argument("--realtime", action="store_true",
                         help="every runtime's loop thread under SCHED_FIFO (run --realtime), in every kind")
+    parser.add_argument("--neighbour-ms", type=float, metavar="MS",
+                        help="also run the streams beside one more stream on a model of about MS per invoke")
+    parser.add_argument("--kinds", help="only these kinds of the side-by-side comparison (comma-separated)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--threads-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,10 +378,18 @@ def main() -> None:
               "CPU s | CPU ms/stream/s | RSS MB | procs | sleep jitter p99/max ms |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
+    kinds = ["streams-inline", "streams-thread", "processes", "threads"]
+    neighbour = None
+    if args.neighbour_ms:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+        neighbour = slow_neighbour(workdir, args.neighbour_ms)
+        kinds += ["streams-inline+slow", "streams-thread+slow"]
+    if args.kinds:
+        kinds = [k for k in kinds if k in args.kinds.split(",")]
     for round_ in range(args.rounds):
-        for kind in ("streams-inline", "streams-thread", "processes", "threads"):
-            row = judge(run_config(kind, args.streams, args.speed, args.duration, args.realtime), args.streams,
-                        args.speed, reference, kind, run_s)
+        for kind in kinds:
+            row = judge(run_config(kind, args.streams, args.speed, args.duration, args.realtime, neighbour),
+                        args.streams, args.speed, reference, kind, run_s)
             row["round"] = round_
             rows.append(row)
             print(_row(row), flush=True)
@@ -343,7 +413,10 @@ def main() -> None:
 
 
 def _row(row: Dict[str, Any]) -> str:
-    return (f"| {row['kind']} | {row['n']} | {row['decisions']} | {row['fallbacks']} | {row['late']} | {row['p50_ms']} | "
+    kind = row["kind"]
+    if row.get("neighbour"):
+        kind += " (slow stream: " + ", ".join(f"{k} {v}" for k, v in sorted(row["neighbour"].items())) + ")"
+    return (f"| {kind} | {row['n']} | {row['decisions']} | {row['fallbacks']} | {row['late']} | {row['p50_ms']} | "
             f"{row['p99_ms']} | {row['max_ms']} | {row['same_actions']} | {row['cpu_s']} | {row['cpu_ms_per_stream_s']} | "
             f"{row['rss_mb']} | "
             f"{row['processes']} | {row['jitter_p99_ms']}/{row['jitter_max_ms']} |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +22,7 @@ from serial_helpers import CHANNELS, RuntimeProcess, hello_for, wait_for, write_
 from fb_helpers import start_sim, write_log  # noqa: E402  (isort: after serial_helpers)
 
 from edge_infer.cli import main as cli_main
+from edge_infer.deadline.baton import Baton
 from edge_infer.deadline.clock import Clock, FakeClock
 from edge_infer.deadline.edf import BatchCosts, SharedModel, Waiting, plan_batch
 from edge_infer.deadline.options import DeadlineOptions
@@ -105,11 +107,13 @@ class FakeBatch:
         return out
 
 
-def shared(clock, costs, streams=4, threaded=False, hang=None, reserve_ns=0, watchdog=None):
+def shared(clock, costs, streams=4, threaded=False, hang=None, reserve_ns=0, watchdog=None, baton=None,
+           takeover_ns=10**9):
     answers: List["tuple[int, int, ModelAnswer]"] = []
     batch = FakeBatch(clock, costs, hang)
     model = SharedModel(batch, streams, lambda p, a: answers.append((p.stream, p.frame.seq, a)), clock,
-                        reserve_ns=reserve_ns, threaded=threaded, costs=costs, watchdog=watchdog)
+                        reserve_ns=reserve_ns, threaded=threaded, costs=costs, watchdog=watchdog, baton=baton,
+                        takeover_ns=takeover_ns)
     return model, batch, answers
 
 
@@ -210,30 +214,91 @@ def test_a_hung_model_falls_back_on_time_and_its_late_answer_is_dropped():
         model.close()
 
 
-def test_inline_the_watchdog_decides_every_window_of_an_overrunning_batch_at_its_deadline():
-    """Inline: the batch runs on the caller's thread; while it hangs, the watchdog falls back for each window."""
+def test_inline_a_deputy_runs_the_loop_while_a_batch_overruns_and_decides_its_windows_at_their_deadlines():
+    """Inline: the batch runs on the caller's thread with the baton lent; once it has run for the takeover time,
+    the watchdog calls a deputy whose turns (here: dispatch) fall back for each window at its deadline and queue
+    the next window, and the invoking thread takes the baton back when the invoke returns."""
     clock = Clock()
-    watchdog = Watchdog(clock)
     hang = threading.Event()
-    model, batch, answers = shared(clock, {1: 2, 2: 3}, hang=hang, watchdog=watchdog)  # one batch of two
+    turns = []
+
+    def turn():
+        turns.append(threading.get_ident())
+        model.dispatch(clock.now_ns())
+        time.sleep(0.001)
+        return True
+
+    baton = Baton(turn, lambda: None)
+    watchdog = Watchdog(clock)
+    model, batch, answers = shared(clock, {1: 2, 2: 3}, hang=hang, watchdog=watchdog, baton=baton,
+                                   takeover_ns=5 * MS)  # one batch of two
     now = clock.now_ns()
     model.add(0, frame(1), window(0), now + 30 * MS)
     model.add(1, frame(2), window(1), now + 60 * MS)
-    loop = threading.Thread(target=model.dispatch, args=(now,))
-    loop.start()
+
+    def loop():
+        baton.hold()
+        model.dispatch(now)
+
+    invoker = threading.Thread(target=loop)
+    invoker.start()
     try:
-        wait_for(lambda: len(answers) == 2, "the watchdog to decide both windows while the invoke hangs")
-        assert loop.is_alive()  # still inside the invoke
-        assert [(s, a.reason) for s, _, a in answers] == [(0, Reason.DEADLINE), (1, Reason.DEADLINE)]
-        assert answers[0][2] is not answers[1][2]
+        wait_for(lambda: turns, "a deputy to take over the loop")
+        model.add(2, frame(3), window(2), clock.now_ns() + 10 * MS)  # meanwhile another stream's window comes
+        wait_for(lambda: len(answers) == 3, "the deputy to decide every window while the invoke hangs")
+        assert invoker.is_alive()  # still inside the invoke
+        assert sorted((s, a.reason) for s, _, a in answers) == [(0, Reason.DEADLINE), (1, Reason.DEADLINE),
+                                                                (2, Reason.DEADLINE)]
+        assert invoker.ident not in turns and baton.takeovers == 1
     finally:
         hang.set()
-        loop.join(30)
-        watchdog.close()
-    assert batch.calls == [2]
-    assert len(answers) == 2  # the late answers were dropped, not decided again
-    assert model.late_results == 2 and watchdog.fired == 2
+        invoker.join(30)
+    assert batch.calls[0] == 2
+    assert len(answers) == 3  # the late answers were dropped, not decided again
+    assert model.late_results == 2 and watchdog.fired == 1
     assert not model.holds(0) and not model.holds(1)
+    assert baton.wanted is False
+    baton.release()  # the invoker holds it again
+    baton.close()
+    watchdog.close()
+
+
+def test_the_baton_goes_back_to_the_invoker_and_only_one_thread_runs_a_turn():
+    """Baton logic: while the first thread has lent the baton, a called deputy runs turns (never two at once);
+    when the first thread asks for it back, the deputy ends its turn and hands it over."""
+    inside = []
+    overlaps = []
+    deputy_turns = threading.Event()
+
+    def turn():
+        inside.append(1)
+        if len(inside) > 1:
+            overlaps.append(1)
+        deputy_turns.set()
+        time.sleep(0.001)
+        inside.pop()
+        return True
+
+    baton = Baton(turn, lambda: None)
+    baton.hold()
+    baton.lend()
+    baton.call_deputy()
+    assert deputy_turns.wait(10)
+    baton.take_back()  # waits for the deputy's turn to end
+    taken = baton.deputy_turns
+    time.sleep(0.05)
+    assert baton.deputy_turns == taken  # the deputy stopped running turns
+    assert not overlaps and not inside
+    baton.lend()
+    baton.call_deputy()  # the same deputy, called again
+    deputy_turns.clear()
+    assert deputy_turns.wait(10)
+    baton.take_back()
+    assert baton.takeovers == 2 and len(baton._threads) == 1
+    baton.release()
+    baton.call_deputy()  # the run is over: nobody takes over
+    assert baton.takeovers == 2
+    baton.close()
 
 
 def test_windows_waiting_for_a_busy_model_expire_on_time():
@@ -308,9 +373,12 @@ def test_every_stream_decides_what_a_single_stream_replay_decides(mode):
     assert single_keys <= set(summary["streams"][0])
 
 
-def test_a_hung_model_holds_up_only_its_own_streams(tmp_path):
-    """Thread mode, two models: model X hangs on its third window; its stream falls back while the stream on
-    model Y goes on deciding every window with its model (a budget no loaded machine can miss)."""
+@pytest.mark.parametrize("mode", ["thread", "inline"])
+def test_a_hung_model_holds_up_only_its_own_streams(tmp_path, mode):
+    """Two models: model X hangs on its third window; its stream falls back while the stream on model Y goes on
+    deciding every window with its model. Thread mode: X runs in a worker. Inline (the default): X hangs on the
+    loop's own thread, and a deputy runs the loop meanwhile (deadline/baton.py); without one, Y's windows would
+    wait for the hung invoke and all but the newest fall back ``overrun``."""
     spec_path = str(write_spec(tmp_path))
     spec_x, engine_x = open_model(spec_path)
     spec_y, engine_y = open_model(spec_path)
@@ -329,11 +397,15 @@ def test_a_hung_model_holds_up_only_its_own_streams(tmp_path):
     collects = [CollectSink(), CollectSink()]
     runtime = StreamsRuntime([
         StreamSetup("x", spec_x, engine_x, log_source(log, spec_x, engine_x, speed=10.0), [collects[0]],
-                    options=quiet(mode="thread", warmup=20)),
+                    options=quiet(mode=mode, warmup=20)),
         StreamSetup("y", spec_y, engine_y, log_source(log, spec_y, engine_y, speed=10.0), [collects[1]],
-                    options=quiet(mode="thread", warmup=20)),
+                    options=quiet(mode=mode, warmup=20)),
     ])
     engine_x.infer = hanging_infer  # after the batch interpreters were checked against the real model
+    # inline, the run is over while X's invoke still hangs on this thread: let it return then
+    release = threading.Thread(target=lambda: (wait_for(lambda: runtime.baton.over, "the run to end", timeout=60),
+                                               hang.set()), daemon=True)
+    release.start()
     try:
         summary = runtime.run()
     finally:
@@ -345,6 +417,7 @@ def test_a_hung_model_holds_up_only_its_own_streams(tmp_path):
     # one arrives (a window every 40 ms, budget 300 ms): overrun, the newest always waiting
     assert x["fallback_reasons"]["deadline"] >= 1 and set(x["fallback_reasons"]) <= {"deadline", "overrun"}
     assert [s["shared_by"] for s in summary["scheduler"]] == [1, 1]
+    assert summary["deputy_takeovers"] >= (mode == "inline")
 
 
 def test_cli_streams_share_one_decision_log_with_stream_names(tmp_path, capsys):

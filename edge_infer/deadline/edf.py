@@ -20,16 +20,18 @@ The batch costs are measured at start on the real, resized interpreters
 size) and follow the recent p99 of each size while running
 (:class:`~.tail_estimate.TailEstimate`).
 
-``inline`` (the default) runs the batch on the loop's thread, the cheapest:
-before the invoke every window of the batch is armed on the runtime's one
-:class:`~.watchdog.Watchdog` (each at its own deadline minus the reserve), so
-a window whose invoke overruns is decided ``deadline`` on time by the
-watchdog thread and the late answer is dropped; windows of other streams
-that come due meanwhile are decided when the invoke returns. ``thread``
-runs the model in a worker thread per shared model, so the loop thread is
-never inside an invoke and keeps every deadline itself: a hung model only
-ever holds up the streams that use it, while streams on another model go
-on. docs/streams.md has the measurements behind the default.
+``inline`` (the default) runs the batch on the loop's thread, the cheapest,
+with the loop's :class:`~.baton.Baton` lent: should the invoke still run at
+the model's *takeover time* (half the shortest window period after it
+started, when the model is normally slower than that; else half the
+shortest budget; never later than its windows' deadlines less the reserve),
+the watchdog calls a deputy thread that runs the loop meanwhile, so other
+streams go on and this batch's windows fall back ``deadline`` on time
+(:meth:`SharedModel.poll`); the late answer is dropped. ``thread`` runs the
+model in a worker thread per shared model, so the loop thread is never
+inside an invoke. Either way a slow or hung model only ever holds up the
+streams that use it, while streams on another model go on.
+docs/streams.md has the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..decide.reasons import Reason
 from ..frame import Frame
 from ..histogram import Histogram
 from ..model.batch import BatchEngine
+from .baton import Baton
 from .clock import Clock
 from .scheduler import ModelAnswer, Scheduler
 from .tail_estimate import TailEstimate
@@ -63,7 +66,7 @@ class Waiting:
     """A window waiting for (or in) the model: which stream, the frame it ends at, its deadline, its copy,
     and the input guard's verdict on it (the loop's, carried back with the answer)."""
 
-    __slots__ = ("stream", "frame", "deadline_ns", "values", "verdict", "decided", "watched")
+    __slots__ = ("stream", "frame", "deadline_ns", "values", "verdict", "decided")
 
     def __init__(self, stream: int, frame: Frame, deadline_ns: int, values: np.ndarray, verdict: Any = None):
         self.stream = stream
@@ -72,7 +75,6 @@ class Waiting:
         self.values = values
         self.verdict = verdict
         self.decided = False  #: in flight, but its deadline came first: it fell back, its answer is dropped
-        self.watched: Optional[Pending] = None  #: inline: what the watchdog holds for it during the invoke
 
 
 class BatchCosts:
@@ -137,11 +139,15 @@ class SharedModel(Scheduler):
     def __init__(self, batch: BatchEngine, streams: int, answer: Answer, clock: Optional[Clock] = None,
                  reserve_ns: int = 0, hang_limit_ns: int = 10**9, threaded: bool = True,
                  wake: Optional[Callable[[], None]] = None, costs: Optional[Dict[int, int]] = None,
-                 watchdog: Optional[Watchdog] = None, users: Optional[int] = None):
+                 watchdog: Optional[Watchdog] = None, users: Optional[int] = None, baton: Optional[Baton] = None,
+                 takeover_ns: int = 10**9):
         """``answer`` hears every window's outcome: on the loop thread, or (inline) on the ``watchdog``'s when
         an invoke overran the window's deadline. ``wake`` is called when the worker finished a batch (the
         loop's ``Wake.notify``). ``costs`` skips the start-up measurement (tests). Streams are numbered
-        ``0..streams-1`` across the runtime; ``users`` of them use this model (default: all)."""
+        ``0..streams-1`` across the runtime; ``users`` of them use this model (default: all). Inline, the
+        ``watchdog`` and ``baton`` are the runtime's: the baton is lent for each invoke, and a deputy runs the loop
+        when one still runs ``takeover_ns`` after it started (:mod:`.baton`); without them (tests on a fake
+        clock) the invoke just runs."""
         self.batch = batch
         self.users = streams if users is None else users
         self.clock = clock or Clock()
@@ -167,7 +173,11 @@ class SharedModel(Scheduler):
         self._batches = 0
         self._report: "tuple[Optional[np.ndarray], Optional[Reason], int]" = (None, None, 0)
         self._wake = wake
+        if (watchdog is None) != (baton is None):
+            raise ValueError("an inline shared model takes both the runtime's watchdog and its baton, or neither")
         self.watchdog = None if threaded else watchdog
+        self.baton = None if threaded else baton
+        self.takeover_ns = takeover_ns
         self._worker: Optional[threading.Thread] = None
         self._closing = False
         if threaded:
@@ -275,22 +285,29 @@ class SharedModel(Scheduler):
         if self._worker is not None:
             self._todo.release()
             return
-        watchdog = self.watchdog
-        if watchdog is not None:
-            for waiting in chosen:
-                waiting.watched = Pending(waiting.deadline_ns - self.reserve_ns, waiting.deadline_ns, waiting,
-                                          self._overran, waiting.stream)
-            watchdog.arm_many([w.watched for w in chosen])  # type: ignore[misc]
-        self._report = self._invoke(self._size)
-        if watchdog is not None:
-            for waiting in chosen:
-                if not watchdog.settle(waiting.watched):  # type: ignore[arg-type]
-                    waiting.decided = True  # the watchdog decided it at its deadline
-                waiting.watched = None
+        if self.baton is None:  # on a fake clock (tests): nothing else runs meanwhile
+            self._report = self._invoke(self._size)
+        else:
+            self._invoke_lent(chosen)
 
-    def _overran(self, pending: Pending, now_ns: int) -> None:
-        """The watchdog's call, on its thread, while the loop is inside the invoke: fall back at the deadline."""
-        self._decided(pending.frame, ModelAnswer(None, Reason.DEADLINE, None))
+    def _invoke_lent(self, chosen: List[Waiting]) -> None:
+        """Inline: invoke with the loop's baton lent. Should the invoke still run at the takeover time (or the
+        earliest deadline of its windows, less the reserve), the watchdog calls a deputy that runs the loop
+        meanwhile (deadline/baton.py): other streams go on, and this batch's windows fall back at their deadlines
+        (:meth:`poll`, on the deputy's turn). On time, nothing wakes: the watchdog sleeps past it."""
+        fire_at = min(self._started_ns + self.takeover_ns, min(w.deadline_ns for w in chosen) - self.reserve_ns)
+        takeover = Pending(fire_at, fire_at, None, self._take_over)
+        self.watchdog.arm_many((takeover,), self)  # type: ignore[union-attr]
+        self.baton.lend()  # type: ignore[union-attr]
+        try:
+            self._report = self._invoke(self._size)
+        finally:
+            self.baton.take_back()  # type: ignore[union-attr]
+        takeover.claim()
+
+    def _take_over(self, pending: Pending, now_ns: int) -> None:
+        """The watchdog's call, on its thread: the invoke is still running at its takeover time."""
+        self.baton.call_deputy()  # type: ignore[union-attr]
 
     def _invoke(self, k: int) -> "tuple[Optional[np.ndarray], Optional[Reason], int]":
         start = self.clock.now_ns()

@@ -163,9 +163,16 @@ class LoopPriority:
 
     def add_waiter(self, tid: int) -> None:
         """SCHED_FIFO for a thread started after :meth:`apply` that waits for time (the source's reader)."""
+        self._add_thread(tid, above_loop=True)
+
+    def add_loop_thread(self, tid: int) -> None:
+        """SCHED_FIFO at the loop's own priority for a thread that takes over the loop (a deputy: baton.py)."""
+        self._add_thread(tid, above_loop=False)
+
+    def _add_thread(self, tid: int, above_loop: bool) -> None:
         if self._fifo_priority:
             try:
-                self._make_fifo(tid, self._fifo_priority + 1)
+                self._make_fifo(tid, self._fifo_priority + above_loop)
             except OSError as exc:
                 log.warning("--realtime: cannot give thread %d SCHED_FIFO (%s)", tid, exc.strerror or exc)
 

@@ -26,9 +26,8 @@ armed while the watchdog sleeps for an earlier one never needs to wake it:
 the watchdog sees the new one when it wakes, about once per budget while
 windows keep coming. Only arming something that fires *before* what the
 watchdog sleeps for (it is idle, or several streams with different budgets
-share it) releases its wake lock. Several pending windows can be armed at
-once (several streams' windows in one batch): the watchdog fires each at
-its own time.
+share it) releases its wake lock. Several owners (shared models) can have
+something armed at once: the watchdog fires each at its own time.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .clock import Clock
 
@@ -89,6 +88,7 @@ class Watchdog:
         #: Windows the watchdog decided (the invoke overran them).
         self.fired = 0
         self._armed: Tuple[Pending, ...] = ()
+        self._by_owner: Dict[Any, Tuple[Pending, ...]] = {}
         self._sleeping_until: float = _NEVER
         self._closing = False
         self._wake = threading.Lock()
@@ -104,9 +104,14 @@ class Watchdog:
         if pending.fire_at_ns < self._sleeping_until:
             self._kick()
 
-    def arm_many(self, pendings: Sequence[Pending]) -> None:
-        """Watch several windows at once (one invoke deciding several streams' windows)."""
-        self._armed = tuple(pendings)
+    def arm_many(self, pendings: Sequence[Pending], owner: Any) -> None:
+        """Watch ``pendings`` for ``owner`` (a shared model), in place of what that owner armed before.
+
+        Each owner keeps its own: while one model's invoke overruns, a deputy invoking another model
+        (:mod:`.baton`) must not unwatch the first one's.
+        """
+        self._by_owner[owner] = tuple(pendings)
+        self._armed = tuple(p for group in self._by_owner.values() for p in group if p.open)
         if pendings and min(p.fire_at_ns for p in pendings) < self._sleeping_until:
             self._kick()
 

@@ -30,6 +30,9 @@ class Source(abc.ABC):
     #: A live source (a device) is read by a thread of its own, so that frames are stamped when they
     #: arrive, not when the loop gets round to reading (:mod:`.arrival`).
     live = False
+    #: How many times faster than recorded the frames come: 1 for a device, the factor of a paced replay, None
+    #: for a replay at full speed (the spec's sample rate divided by it is the rate they really come at).
+    speed: Optional[float] = 1.0
 
     @abc.abstractmethod
     def recv(self, timeout: Optional[float] = None) -> Optional[Frame]:

@@ -53,7 +53,7 @@ class LogSource(Source):
         self._t = log.t
         self._labels = log.labels
         self._bad_rows = log.bad_rows
-        self._speed = speed
+        self.speed = speed
         self._clock = clock or Clock()
         self._index = 0
         self._start_ns: Optional[int] = None
@@ -62,7 +62,7 @@ class LogSource(Source):
         i = self._index
         if i >= len(self._t):
             raise EndOfStream
-        if self._speed is None:
+        if self.speed is None:
             arrived = self._clock.now_ns()
         else:
             arrived = self._wait_due(i, timeout)
@@ -77,7 +77,7 @@ class LogSource(Source):
         now = self._clock.now_ns()
         if self._start_ns is None:
             self._start_ns = now
-        due = self._start_ns + int((self._t[i] - self._t[0]) / self._speed * 1e9)
+        due = self._start_ns + int((self._t[i] - self._t[0]) / self.speed * 1e9)
         if timeout is not None and due - now > timeout * 1e9:
             self._clock.sleep_until(now + int(timeout * 1e9))
             return None
@@ -86,16 +86,16 @@ class LogSource(Source):
 
     def backlog(self) -> int:
         """Paced: the frames already due and not yet read (a loop that is behind has some)."""
-        if self._speed is None or self._start_ns is None:
+        if self.speed is None or self._start_ns is None:
             return 0
-        t_now = self._t[0] + (self._clock.now_ns() - self._start_ns) * self._speed / 1e9
+        t_now = self._t[0] + (self._clock.now_ns() - self._start_ns) * self.speed / 1e9
         return max(0, int(np.searchsorted(self._t, t_now, side="right")) - self._index)
 
     # --- pacing by a loop that serves many sources (edge_infer.sources.arrivals) ----------------------------------
 
     @property
     def paced(self) -> bool:
-        return self._speed is not None
+        return self.speed is not None
 
     def start_pacing(self, start_ns: int) -> int:
         """Frame 0 is due at ``start_ns``; returns when the next frame is due."""
@@ -103,7 +103,7 @@ class LogSource(Source):
         return self._due_ns(self._index)
 
     def _due_ns(self, i: int) -> int:
-        return self._start_ns + int((self._t[i] - self._t[0]) / self._speed * 1e9)  # type: ignore[operator]
+        return self._start_ns + int((self._t[i] - self._t[0]) / self.speed * 1e9)  # type: ignore[operator]
 
     def next_due_ns(self) -> Optional[int]:
         """When the next frame is due on the loop clock; None after the last one."""
