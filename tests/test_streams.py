@@ -170,6 +170,21 @@ def test_a_window_that_cannot_make_its_deadline_is_never_started():
     assert model.skipped == 1
 
 
+def test_a_model_the_estimate_says_is_too_slow_is_still_tried_every_tenth_window():
+    """The cost estimate is refreshed only by real invokes: a model once measured slower than the budget (a stall)
+    must not be kept from every window for good. Every 10th window kept from the free model by the estimate alone
+    is tried anyway (the single-stream admission rule, ADMISSION_PROBE_EVERY)."""
+    clock = FakeClock(start_ns=0)
+    model, batch, answers = shared(clock, {1: 50 * MS}, reserve_ns=MS)  # every invoke takes 50 ms, budget 20 ms
+    for i in range(12):
+        model.add(0, frame(i), window(i), clock.now_ns() + 20 * MS)
+        model.dispatch(clock.now_ns())
+        clock.advance(20 * MS)
+    assert batch.calls == [1]  # the 11th window was tried: the estimate gets a new sample
+    assert [a.reason for _, _, a in answers] == [Reason.DEADLINE] * 12  # (the probe too: it came back late)
+    assert model.skipped == 11 and model.late_results == 1
+
+
 def test_a_newer_window_of_the_same_stream_takes_the_place_of_a_waiting_one():
     clock = FakeClock()
     model, batch, answers = shared(clock, {1: 1 * MS})

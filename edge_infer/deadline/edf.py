@@ -49,7 +49,7 @@ from ..histogram import Histogram
 from ..model.batch import BatchEngine
 from .baton import Baton
 from .clock import Clock
-from .scheduler import ModelAnswer, Scheduler
+from .scheduler import ADMISSION_PROBE_EVERY, ModelAnswer, Scheduler
 from .tail_estimate import TailEstimate
 from .watchdog import Pending, Watchdog
 
@@ -159,6 +159,7 @@ class SharedModel(Scheduler):
         self._pending: Dict[int, Waiting] = {}
         self._held = [0] * streams  # per stream: its windows queued or in flight and not yet decided
         self._in_flight: List[Waiting] = []
+        self._estimate_skips = 0  # windows in a row the cost estimate alone kept from the free model (_expire)
         self._started_ns = 0
         self._size = 0
         self.costs = BatchCosts(costs if costs is not None else measure_costs(batch, self.clock))
@@ -243,13 +244,23 @@ class SharedModel(Scheduler):
 
     def _expire(self, now_ns: int) -> List[Waiting]:
         """Fall back ``deadline`` for every waiting window that could not finish in time even if started now
-        (the model never starts such a window); the others, earliest deadline first."""
+        (the model never starts such a window); the others, earliest deadline first.
+
+        "Could not finish" is judged by the cost estimate, which only real invokes refresh: should a stall make
+        it exceed the budget, a free model would never be tried again. So after
+        :data:`~.scheduler.ADMISSION_PROBE_EVERY` windows in a row kept from a free model by the estimate alone,
+        the next one is tried anyway (at worst it falls back ``deadline`` on time, like any overrun)."""
         ordered = sorted(self._pending.values(), key=_by_deadline)
-        latest_start = now_ns + self.costs.cost_ns(1) + self.reserve_ns
+        cost = self.costs.cost_ns(1)
+        if not self._in_flight and self._estimate_skips >= ADMISSION_PROBE_EVERY:
+            cost = 0  # probe: only a deadline already (nearly) passed keeps this window from the model
+        latest_start = now_ns + cost + self.reserve_ns
         fresh = [p for p in ordered if p.deadline_ns > latest_start]  # at its last chance a busy model cannot take it
         for late in ordered[:len(ordered) - len(fresh)]:
             del self._pending[late.stream]
             self.skipped += 1
+            if not self._in_flight and late.deadline_ns > now_ns + self.reserve_ns:
+                self._estimate_skips += 1  # kept from a free model by the estimate alone
             self._decided(late, ModelAnswer(None, Reason.DEADLINE, None))
         return fresh
 
@@ -279,6 +290,7 @@ class SharedModel(Scheduler):
             del self._pending[pending.stream]
             staging[row] = pending.values
         self._in_flight = chosen
+        self._estimate_skips = 0
         self._size = len(chosen)
         self._batches += 1
         self._started_ns = self.clock.now_ns()
