@@ -179,6 +179,8 @@ class Runtime:
             return
         self._started = True
         options, budget_ns = self.options, self._budget_ns
+        if options.switch_interval_ms:  # before warm-up: it measures the model as the run will see it
+            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.warmup > 0:
             self.startup = warm_up(self.scheduler, (self.spec.window, len(self.spec.channels)), options.warmup,
                                    self.spec.budget_ms, options.reserve_ns(budget_ns) / 1e6,
@@ -187,8 +189,6 @@ class Runtime:
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                    self.scheduler)
-        if options.switch_interval_ms:
-            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.gc_control:
             self._gc.start()
         self.arm_silence()

@@ -393,6 +393,12 @@ def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a
     assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (15, Reason.OVERRUN)
     window(2, 20)  # 20 + 25 < 49: fits, the model takes it
     assert len(engine.inputs) == warm + 1 and sink.decisions[-1].source == "model"
+    # a loop that only ever sees old windows (it reads them late) does not stop the model for good: every
+    # tenth window refused since the estimate was refreshed runs anyway, to measure the model again
+    for seq in range(3, 13):
+        window(seq, 30)
+    assert len(engine.inputs) == warm + 2
+    assert [d.reason for d in sink.decisions[-10:]].count(Reason.OVERRUN) == 9
     runtime.close()
     # ... but a window is still run when no newer one would come first, or when none could fit
     clock = FakeClock(start_ns=10**12)

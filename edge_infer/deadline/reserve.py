@@ -32,6 +32,10 @@ from .tail_estimate import TailEstimate
 WAKE_SAMPLES = 100
 #: Fallbacks the watchdog handed out, remembered for the p99 of the sinks' time (rare: only overruns).
 EMIT_SAMPLES = 20
+#: After this many windows refused on the p99 without the estimate being refreshed, one runs anyway: a loop
+#: that never sees a window fresh enough (it reads them late) must not stop the model for good, and the
+#: estimate must be able to follow a model that got faster again.
+PROBE_EVERY = 10
 
 
 class Reserve:
@@ -49,6 +53,7 @@ class Reserve:
         self.ns = self._clamp(floor_ns)
         #: The model's recent p99 invoke (0 until known).
         self.invoke_ns = 0
+        self._refused = 0
         self._wake = TailEstimate(size=WAKE_SAMPLES, every=10, min_samples=10)
         self._emit = TailEstimate(size=EMIT_SAMPLES, every=1, min_samples=1)
 
@@ -80,6 +85,7 @@ class Reserve:
     def invoked(self, p99_ns: int) -> None:
         """The model's recent p99 invoke changed (``TailEstimate``'s ``on_update``)."""
         self.invoke_ns = p99_ns
+        self._refused = 0
 
     # --- the rule the loop applies --------------------------------------------------------------------------
 
@@ -96,9 +102,16 @@ class Reserve:
           behind it do not wait for an invoke that was going to be wasted.
         * Otherwise (no newer window comes in time, the period is unknown, or the model cannot fit even a
           fresh window) the model runs it: it may still make it, and the watchdog keeps the deadline.
+        * Every :data:`PROBE_EVERY`-th window refused since the estimate was last refreshed runs anyway.
         """
         if now_ns >= fire_at_ns:
             return True
         invoke_ns = self.invoke_ns
-        return (period_ns is not None and arrival_ns + period_ns < now_ns + invoke_ns
-                and invoke_ns + self.ns < budget_ns)
+        if not (period_ns is not None and arrival_ns + period_ns < now_ns + invoke_ns
+                and invoke_ns + self.ns < budget_ns):
+            return False
+        self._refused += 1
+        if self._refused >= PROBE_EVERY:
+            self._refused = 0
+            return False
+        return True
