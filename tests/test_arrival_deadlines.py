@@ -380,11 +380,11 @@ def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a
     runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)
     runtime.start()
     warm = len(engine.inputs)
-    now = clock.now_ns()
 
     def window(seq: int, age_ms: float) -> None:
+        arrived = clock.now_ns() - int(age_ms * MS)
         for i in range(8):  # a whole window (8 frames), its last frame arrived age_ms ago
-            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=now - int(age_ms * MS),
+            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
                                    values=np.full(2, seq, np.float32), label=None, device_seq=None))
         runtime.window.reset()
 
