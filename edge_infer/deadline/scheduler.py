@@ -274,14 +274,14 @@ class WorkerScheduler(Scheduler):
 
     def __init__(self, clock: Optional[Clock], output_size: int, overload: str = "busy", admission: bool = False,
                  reserve_ns: int = 0, hang_limit_ns: int = 10**9, budget_ns: Optional[int] = None):
-        """The reserve is fixed at ``reserve_ns`` here (only the inline mode's watchdog learns it)."""
+        """The reserve is fixed at ``reserve_ns`` here: only the inline mode's watchdog learns it (``budget_ns``,
+        its cap, is taken so that every mode is built alike)."""
         if overload not in ("busy", "latest"):
             raise ValueError(f"overload must be 'busy' or 'latest', not {overload!r}")
         self.clock = clock or Clock()
         self.overload = overload
         self.admission = admission
         self.reserve = Reserve(reserve_ns)
-        self.reserve_ns = reserve_ns
         self.hang_limit_ns = hang_limit_ns
         self.tail = TailEstimate(on_update=self.reserve.invoked)
         self.busy = 0
@@ -365,6 +365,10 @@ class WorkerScheduler(Scheduler):
                 self._hang_seen = self._in_flight
                 self.hangs += 1
                 self._on_hang(now_ns)
+
+    @property
+    def reserve_ns(self) -> int:
+        return self.reserve.ns
 
     def invoke_estimate_ns(self) -> Optional[int]:
         return self.tail.value_ns
