@@ -34,6 +34,7 @@ from .deadline.clock import Clock
 from .deadline.edf import SharedModel, Waiting
 from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
+from .deadline.reserve import Reserve
 from .deadline.scheduler import ALREADY_DECIDED, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
@@ -87,8 +88,11 @@ class Runtime:
         self._frame_sinks: List[Any] = []  # see _sinks_that_take_frames
         self._sinks_seen = -1
         self._budget_ns = spec.budget_ns
-        self._reserve_ns = self.options.reserve_ns(spec.budget_ns)
+        #: The scheduler's reserve (learned, inline) and its model's recent p99: may a window still start?
+        self._reserve: Reserve = (getattr(self.scheduler, "reserve", None)
+                                  or Reserve(self.options.reserve_ns(spec.budget_ns)))
         period_ms = self._window_period_ms()
+        self._period_ns = int(period_ms * 1e6) if period_ms else None
         #: A backlog of windows the model could decide within this long is caught up by the model.
         self._catch_up_ns = min(self._budget_ns, int(period_ms * 1e6)) if period_ms else self._budget_ns
         #: Where the loop takes frames from: a live source through its reader thread, a log directly.
@@ -109,7 +113,7 @@ class Runtime:
         budget_ns, options = self.spec.budget_ns, self.options
         return build_scheduler(options.mode, self.engine, self.clock, overload=options.overload,
                                admission=options.admission, reserve_ns=options.reserve_ns(budget_ns),
-                               hang_limit_ns=options.hang_limit_ns(budget_ns))
+                               hang_limit_ns=options.hang_limit_ns(budget_ns), budget_ns=budget_ns)
 
     def run(self, duration_s: Optional[float] = None, stop: Optional[threading.Event] = None,
             hooks: Optional["ServiceHooks"] = None) -> Dict[str, Any]:
@@ -176,6 +180,8 @@ class Runtime:
             return
         self._started = True
         options, budget_ns = self.options, self._budget_ns
+        if options.switch_interval_ms:  # before warm-up: it measures the model as the run will see it
+            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.warmup > 0:
             self.startup = warm_up(self.scheduler, (self.spec.window, len(self.spec.channels)), options.warmup,
                                    self.spec.budget_ms, options.reserve_ns(budget_ns) / 1e6,
@@ -184,8 +190,6 @@ class Runtime:
         if options.cpu_affinity or options.realtime:
             self._priority.apply(options.cpu_affinity, REALTIME_PRIORITY if options.realtime else None,
                                    self.scheduler)
-        if options.switch_interval_ms:
-            self._switch.apply(options.switch_interval_ms / 1000.0)
         if options.gc_control:
             self._gc.start()
         self.arm_silence()
@@ -280,9 +284,12 @@ class Runtime:
         view = window.view()
         answer = self.guard.check_window(view)  # a failed input check: no invoke, fall back
         if answer is None:
-            fire_at = deadline - self._reserve_ns
-            if self.clock.now_ns() >= fire_at:  # too late to start the model: never start a lost window
-                return self._overrun(frame)
+            reserve = self._reserve
+            fire_at = deadline - reserve.ns
+            now = self.clock.now_ns()
+            if now + reserve.invoke_ns >= fire_at and reserve.refuse(now, fire_at, frame.recv_ns, self._period_ns,
+                                                                     self._budget_ns):
+                return self._overrun(frame)  # it would not be done in time: never start a lost window
             answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None

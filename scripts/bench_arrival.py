@@ -23,8 +23,13 @@ For each: windows sent, ACTIONs received (every window must get one), device lat
 ACTIONs the device saw after the budget against the runtime's own ``late_decisions``, model decisions,
 fallbacks by reason, whether the run kept up (the last ACTION's latency), and the sleep jitter.
 
+With ``--trace DIR`` the runtime's process also stamps, from inside, where each late window's time went (when
+the invoke started and ended, when the watchdog meant to act and did, the device write, the transport back to
+the device): scripts/arrival_trace.py.
+
 usage: python scripts/bench_arrival.py [--seconds S] [--rate HZ] [--budget-ms MS] [--modes inline,thread]
-                                       [--scenarios fast,slow,...] [--json FILE]
+                                       [--scenarios fast,slow,...] [--slow-ms MS] [--realtime] [--trace DIR]
+                                       [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from arrival_trace import explain, launcher  # noqa: E402
 from bench_loop import finish_report, start_report  # noqa: E402
 
 from edge_infer.model.engine import Engine  # noqa: E402
@@ -61,19 +67,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHANNELS = [f"c{i}" for i in range(6)]
 WINDOW = 32
 SCENARIOS = ("fast", "slow", "slow+busy-thread", "slow+metrics-scraped", "slow+cpu-hog")
-
-#: Run the CLI with a Python thread spinning in the same process (the "busy thread" scenario).
-BUSY_LAUNCHER = """
-import sys, threading
-def spin():
-    n = 0
-    while True:
-        n += 1
-threading.Thread(target=spin, daemon=True, name="busy").start()
-from edge_infer.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 def write_spec(directory: Path, name: str, model: Path, rate: float, budget_ms: float) -> Path:
     spec = directory / f"{name}.toml"
@@ -109,15 +102,15 @@ def invoke_ms(path: Path) -> float:
     return min(times) * 1000
 
 
-def build_models(directory: Path, rate: float, budget_ms: float) -> Dict[str, Path]:
-    """The fast model, and one of about two window periods at its fastest (checked by timing it here)."""
+def build_models(directory: Path, rate: float, budget_ms: float, slow_ms: Optional[float] = None) -> Dict[str, Path]:
+    """The fast model, and one of ``slow_ms`` (default two window periods) at its fastest (timed here)."""
     fast = write_model(directory / "fast.tflite", dense_model(WINDOW, len(CHANNELS), 4, seed=1))
-    target = 2 * 1000.0 / rate
+    target = slow_ms or 2 * 1000.0 / rate
     rows = 64
-    for _ in range(6):  # scale the row count until the model takes about the target
+    for _ in range(8):  # scale the row count until the model takes about the target
         slow = write_model(directory / "slow.tflite", slow_model(WINDOW, len(CHANNELS), 4, rows=rows))
         took = invoke_ms(slow)
-        if 0.8 * target <= took <= 1.25 * target:
+        if 0.9 * target <= took <= 1.1 * target:
             break
         rows = max(1, round(rows * target / took))
     print(f"models: fast {invoke_ms(fast) * 1000:.0f} us per invoke; slow {took:.1f} ms per invoke "
@@ -244,21 +237,20 @@ def percentiles(values_us: np.ndarray) -> Dict[str, float]:
 
 
 def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, budget_ms: float,
-                 work: Path, realtime: bool = False) -> Dict[str, Any]:
+                 work: Path, realtime: bool = False, trace: Optional[str] = None) -> Dict[str, Any]:
     link = work / f"dev-{name}-{mode}"
     device = VirtualDevice(link, rate)
     args = ["run", "--source", f"serial:{link}", "--model", str(spec), "--mode", mode, "--json", "--show", "none",
             "--no-data-ms", "0", "--warmup", "20"] + (["--realtime"] if realtime else [])
-    launcher = [sys.executable, "-m", "edge_infer"]
-    if "busy-thread" in name:
-        launcher = [sys.executable, "-c", BUSY_LAUNCHER]
+    trace_path = str(Path(trace) / f"trace-{name}-{mode}{'-rt' if realtime else ''}.json") if trace else None
+    command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name)]
     helpers: List[subprocess.Popen] = []
     port = None
     if "metrics" in name:
         port = free_port()
         args += ["--metrics-http", str(port)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    runtime = subprocess.Popen(launcher + args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    runtime = subprocess.Popen(command + args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
         if "cpu-hog" in name:
@@ -312,6 +304,10 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
         "streamed_s": round(streamed_s, 2), "scrapes": scrapes,
         "scheduler": summary["scheduler"], "startup": summary.get("startup"),
     }
+    if trace_path:
+        Path(trace_path.replace(".json", "-device.json")).write_text(json.dumps(
+            {"sent_ns": device.sent_ns, "actions": [(stamp, a.answers_seq, a.reason) for stamp, a in actions]}))
+        row["trace"] = explain(json.loads(Path(trace_path).read_text()), device.sent_ns, actions, budget_ms)
     return row
 
 
@@ -337,8 +333,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="SENSOR frames per second (hop 1)")
     parser.add_argument("--budget-ms", type=float, default=50.0)
     parser.add_argument("--modes", default="inline")
+    parser.add_argument("--slow-ms", type=float,
+                        help="the slow model's invoke time at its fastest (default: two window periods)")
     parser.add_argument("--realtime", action="store_true", help="run the runtime with --realtime (SCHED_FIFO)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--trace", metavar="DIR",
+                        help="stamp, inside the runtime, where each late window's time went (scripts/arrival_trace.py); "
+                             "the raw records are kept in DIR")
     parser.add_argument("--json")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
@@ -351,16 +352,18 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        specs = build_models(work, args.rate, args.budget_ms)
+        specs = build_models(work, args.rate, args.budget_ms, args.slow_ms)
         report["slow_invoke_ms"] = specs.pop("slow_invoke_ms")
         for mode in args.modes.split(","):
             for name in scenarios:
                 row = run_scenario(name, specs["fast" if name == "fast" else "slow"], mode, args.seconds, args.rate,
-                                   args.budget_ms, work, args.realtime)
+                                   args.budget_ms, work, args.realtime, args.trace)
                 rows.append(row)
                 print(f"{name}/{mode}: {row['actions']}/{row['windows']} ACTIONs, device p99 "
                       f"{row['device_latency_us']['p99'] / 1000:.2f} ms, late {row['device_late']} (runtime "
                       f"{row['runtime_late_decisions']}), model {row['model_decisions']}", flush=True)
+                if args.trace:
+                    print(json.dumps(row["trace"], indent=None)[:6000], flush=True)
     print_table(rows, args.budget_ms)
     report["rows"] = rows
     finish_report(report, args.json)

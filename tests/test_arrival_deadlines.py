@@ -6,7 +6,10 @@
   newest, a window whose deadline has passed is never started, and the run keeps up;
 * the inline mode's watchdog decides an overrunning window at its deadline, exactly once, and the late
   answer is dropped;
-* the start-up check compares the p99 with the window period.
+* the start-up check compares the p99 with the window period;
+* the reserve is learned from how late the watchdog runs and how long its fallbacks take to leave the
+  sinks, and the loop never starts a window whose recent p99 invoke would not end before the watchdog acts
+  when a newer window will be there first.
 
 Real-time behaviour (a pty device faster than the model, a busy thread, a CPU hog) is measured from outside
 by scripts/bench_arrival.py (docs/performance.md); tests/test_arrival_live.py runs it on real ptys.
@@ -329,6 +332,141 @@ def test_the_watchdog_fires_what_each_owner_armed_at_its_own_time():
         time.sleep(0.001)
     assert [name for name, _ in fired] == ["early", "late"]
     watchdog.close()
+
+
+# --- the learned reserve and the start rule ---------------------------------------------------------------
+
+
+def wait_for(condition, what: str) -> None:
+    give_up = time.monotonic() + SAFETY_S
+    while not condition():
+        assert time.monotonic() < give_up, what
+        time.sleep(0.0005)
+
+
+def test_the_reserve_is_learned_from_how_late_the_watchdog_wakes_and_how_long_its_fallbacks_take():
+    """A watchdog that runs 3 ms after its timer (the GIL, a CPU) and whose fallbacks spend 2 ms in the sinks
+    fires 5 ms before the deadline, not the configured 1 ms; never below the floor, never above budget / 4."""
+    from edge_infer.deadline.reserve import Reserve
+
+    clock = FakeClock(start_ns=0)
+    reserve = Reserve(1 * MS, cap_ns=50 * MS // 4)
+    decided: list = []
+
+    def slow_sink(pending: Pending, now_ns: int) -> None:
+        clock.advance(2 * MS)  # the fallback spends 2 ms in the sinks
+        decided.append(pending.frame)
+
+    watchdog = Watchdog(clock, reserve=reserve)
+    assert reserve.ns == 1 * MS  # nothing measured yet: the floor
+    for i in range(12):
+        fire_at = clock.now_ns() + 20 * MS  # 20 ms of fake time = 20 ms of real sleep for the watchdog
+        watchdog.arm(Pending(fire_at, fire_at + 1 * MS, i, slow_sink))
+        wait_for(lambda: watchdog._sleeping_until == fire_at, "the watchdog never went to sleep for it")
+        clock.advance(23 * MS)  # its timer fires 20 ms from now, but it only gets to run 3 ms after that
+        wait_for(lambda: len(decided) == i + 1, "the watchdog never fired")
+    watchdog.close()
+    assert reserve.ns == 5 * MS  # p99 wake-up lateness 3 ms + p99 time in the sinks 2 ms
+    quiet = Reserve(1 * MS, cap_ns=50 * MS // 4)
+    for _ in range(20):
+        quiet.woke(100_000)
+    assert quiet.ns == 1 * MS  # a quiet machine keeps the configured floor
+    for _ in range(20):
+        quiet.woke(30 * MS)
+    assert quiet.ns == 50 * MS // 4  # a stalled one never eats more than a quarter of the budget
+
+
+def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a_newer_one_comes_first(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    # 100 Hz, hop 1, budget 50 ms, the model 25 ms (warm-up measures it: p99 25 ms), reserve 1 ms
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)
+    runtime.start()
+    warm = len(engine.inputs)
+
+    def window(seq: int, age_ms: float) -> None:
+        arrived = clock.now_ns() - int(age_ms * MS)
+        for i in range(8):  # a whole window (8 frames), its last frame arrived age_ms ago
+            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
+                                   values=np.full(2, seq, np.float32), label=None, device_seq=None))
+        runtime.window.reset()
+
+    window(1, 30)  # 30 + 25 > 49: the model would end after the watchdog acted, and a newer window comes in 10
+    assert len(engine.inputs) == warm  # never started
+    assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (15, Reason.OVERRUN)
+    window(2, 20)  # 20 + 25 < 49: fits, the model takes it
+    assert len(engine.inputs) == warm + 1 and sink.decisions[-1].source == "model"
+    # a loop that only ever sees old windows (it reads them late) does not stop the model for good: every
+    # tenth window refused since the estimate was refreshed runs anyway, to measure the model again
+    for seq in range(3, 13):
+        window(seq, 30)
+    assert len(engine.inputs) == warm + 2
+    assert [d.reason for d in sink.decisions[-10:]].count(Reason.OVERRUN) == 9
+    runtime.close()
+    # ... but a window is still run when no newer one would come first, or when none could fit
+    clock = FakeClock(start_ns=10**12)
+    # hop 8 at 100 Hz: the next window is 80 ms away, longer than an invoke: running this one costs nobody
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, speed=None, hop=8)
+    runtime.start()
+    warm, now = len(engine.inputs), clock.now_ns()
+    for i in range(8):
+        runtime.on_frame(Frame(seq=i, t=0.0, recv_ns=now - 30 * MS, values=np.zeros(2, np.float32), label=None,
+                               device_seq=None))
+    assert len(engine.inputs) == warm + 1  # run: it may make it, and the watchdog keeps the deadline
+    runtime.close()
+    # a model slower than the budget (55 ms against 50): no window could fit, so refusing would only ever
+    # stop the model; it runs, and the watchdog keeps the deadline
+    clock = FakeClock(start_ns=10**12)
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=55, frames=40, clock=clock, speed=None)
+    runtime.start()
+    warm, now = len(engine.inputs), clock.now_ns()
+    for i in range(8):
+        runtime.on_frame(Frame(seq=i, t=0.0, recv_ns=now, values=np.zeros(2, np.float32), label=None,
+                               device_seq=None))
+    assert len(engine.inputs) == warm + 1
+    runtime.close()
+
+
+def test_the_learned_reserve_moves_the_last_moment_a_window_may_start(tmp_path):
+    clock = FakeClock(start_ns=10**12)
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)
+    runtime.start()
+    reserve = runtime.scheduler.reserve
+    for _ in range(10):
+        reserve.woke(6 * MS)  # this machine's watchdog runs 6 ms late: it fires 6 ms before the deadline
+    assert reserve.ns == 6 * MS
+    warm, now = len(engine.inputs), clock.now_ns()
+    for i in range(8):  # 21 ms old: 21 + 25 fits the configured 1 ms reserve (49), not the learned 6 ms (44)
+        runtime.on_frame(Frame(seq=i, t=0.0, recv_ns=now - 21 * MS, values=np.zeros(2, np.float32), label=None,
+                               device_seq=None))
+    assert len(engine.inputs) == warm
+    assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (7, Reason.OVERRUN)
+    assert runtime.summary()["scheduler"]["reserve_ms"] == 6.0
+    runtime.close()
+
+
+def test_a_realtime_loop_that_goes_from_invoke_to_invoke_leaves_its_cpu_now_and_then():
+    """Under SCHED_FIFO the loop sleeps briefly before an invoke once it has computed 5 ms without a pause, so
+    that the kernel's work on its CPU (the tty layer's) runs; a loop that pauses between invokes never does."""
+    clock = FakeClock(start_ns=10**12)
+    scheduler = InlineScheduler(SlowEngine(clock, 25), clock, reserve_ns=MS)
+    window = np.zeros((8, 2), np.float32)
+    for _ in range(2):
+        scheduler.run(window, clock.now_ns() + 50 * MS)
+    assert scheduler.counters()["breaths"] is None  # not --realtime: the normal scheduler shares the CPU
+    scheduler.on_fifo()
+    for _ in range(3):  # back to back: each invoke starts as the last one ends
+        scheduler.run(window, clock.now_ns() + 50 * MS)
+    assert scheduler.counters()["breaths"] == 2  # not before the first: it followed a pause
+    clock.advance(10 * MS)  # the loop waited for a frame
+    scheduler.run(window, clock.now_ns() + 50 * MS)
+    assert scheduler.counters()["breaths"] == 2
+    scheduler.close()
+    fast = InlineScheduler(SlowEngine(clock, 0.1), clock, reserve_ns=MS)
+    fast.on_fifo()
+    for _ in range(40):  # 4 ms of back-to-back invokes (a burst being caught up): not yet worth a pause
+        fast.run(window, clock.now_ns() + 50 * MS)
+    assert fast.counters()["breaths"] == 0
+    fast.close()
 
 
 # --- the start-up check ---------------------------------------------------------------------------------

@@ -6,8 +6,9 @@
 * :mod:`.options` -- the ``[deadline]`` spec keys and their command-line overrides
 * :mod:`.startup` -- warm-up and the budget check
 * :mod:`.tail_estimate` -- the model's recent p99, for admission control
+* :mod:`.reserve` -- how long before a deadline to act (learned inline), and when a window may still start
 * :mod:`.silence` -- ``no_data`` on schedule
-* :mod:`.hygiene` -- garbage collector pacing, CPU affinity, SCHED_FIFO
+* :mod:`.hygiene` -- garbage collector pacing, CPU affinity, SCHED_FIFO, the realtime loop's breathing
 * :mod:`.clock` -- the monotonic clock, and a fake one for tests
 """
 

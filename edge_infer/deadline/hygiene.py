@@ -20,6 +20,9 @@ rather than assumed to help:
 * :class:`LoopPriority` — opt-in CPU affinity, and SCHED_FIFO for the
   loop thread (and a raised nice priority for the model's worker), so that
   the loop wakes up at its deadline on a loaded machine.
+* :class:`Breather` — a SCHED_FIFO loop that goes from invoke to invoke
+  sleeps for a moment now and then, so that the kernel's own work on its
+  CPU (the tty layer's) is not held up behind the model.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any, List, Optional, Sequence
+
+from .clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,50 @@ class SwitchInterval:
             self._old = None
 
 
+class Breather:
+    """Under ``--realtime``, the loop leaves its CPU for :data:`BREATHE_S` once it has computed for
+    :data:`BUSY_NS` without a pause.
+
+    Why: a SCHED_FIFO thread keeps its CPU until it blocks, and work the kernel queued on that CPU at normal
+    priority waits until then. The tty layer hands every received buffer to a kworker (``flush_to_ldisc``;
+    on a pty, each write in either direction), and the scheduler tends to queue it on the CPU of the thread
+    that woke it — the loop, after writing an ACTION. A model slower than the windows come keeps the loop
+    computing from one invoke to the next, so that kworker waited for the whole next invoke: measured with
+    a pty device and a 27 ms model, ACTIONs the runtime wrote on time reached the device 20–40 ms later (the
+    runtime counted 4 late decisions, the device 35). A sleep of 0.1 ms before each such invoke lets the
+    queued work run: the same delivery p99 went from 6.8 ms to 0.3 ms (docs/performance.md, 5.2c). A loop
+    that waits for frames between invokes (a model faster than the windows) never pays it.
+    """
+
+    __slots__ = ("clock", "last_end_ns", "busy_since_ns", "breaths")
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        #: When the last invoke ended (set by the scheduler).
+        self.last_end_ns = 0
+        self.busy_since_ns = 0
+        self.breaths = 0
+
+    def before_invoke(self, now_ns: int) -> int:
+        """Called before each invoke; returns the time the invoke starts (later, if the loop slept)."""
+        if now_ns - self.last_end_ns > PAUSE_NS:  # the loop paused since the last invoke: the CPU was free
+            self.busy_since_ns = now_ns
+            return now_ns
+        if now_ns - self.busy_since_ns < BUSY_NS:
+            return now_ns
+        self.breaths += 1
+        time.sleep(BREATHE_S)
+        self.busy_since_ns = now = self.clock.now_ns()
+        return now
+
+
+#: A loop that computed this long without a pause sleeps :data:`BREATHE_S` before its next invoke.
+BUSY_NS = 5_000_000
+#: Longer than this between one invoke's end and the next one's start counts as a pause (the loop slept).
+PAUSE_NS = 1_000_000
+BREATHE_S = 0.0001
+
+
 def _thread_ids() -> List[int]:
     try:
         return [int(tid) for tid in os.listdir("/proc/self/task")]
@@ -155,6 +205,7 @@ class LoopPriority:
                     self._make_fifo(tid, fifo_priority + (tid != loop))
                 for scheduler in schedulers:
                     scheduler.set_worker_nice(WORKER_NICE)
+                    scheduler.on_fifo()
             except (OSError, AttributeError) as exc:
                 self._fifo_priority = None
                 log.warning("--realtime: SCHED_FIFO is not permitted here (%s); running with the normal scheduler"

@@ -32,6 +32,8 @@ import numpy as np
 from ..decide.reasons import Reason
 from ..model.engine import Engine
 from .clock import Clock
+from .hygiene import Breather
+from .reserve import Reserve
 from .tail_estimate import TailEstimate
 from .watchdog import Pending, Watchdog
 
@@ -70,6 +72,9 @@ class Scheduler(abc.ABC):
 
     #: The ``--mode`` name, for the summary.
     mode = ""
+    #: How long before a deadline the scheduler stops waiting for the model, and the model's recent p99
+    #: invoke (:mod:`.reserve`); the loop reads both to decide whether a window may still be started.
+    reserve: Reserve
 
     @abc.abstractmethod
     def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
@@ -99,6 +104,9 @@ class Scheduler(abc.ABC):
 
         Raises OSError if not permitted. Inline, the loop thread is the worker: nothing to do.
         """
+
+    def on_fifo(self) -> None:
+        """The threads of :meth:`deadline_threads` now run under SCHED_FIFO (``--realtime``)."""
 
     def counters(self) -> Dict[str, Any]:
         """The scheduler's part of the run summary."""
@@ -130,19 +138,22 @@ class InlineScheduler(Scheduler):
     mode = "inline"
 
     def __init__(self, engine: Engine, clock: Optional[Clock] = None, reserve_ns: int = 0,
-                 hang_limit_ns: int = 10**9, admission: bool = False, **_: Any):
+                 hang_limit_ns: int = 10**9, admission: bool = False, budget_ns: Optional[int] = None, **_: Any):
+        """``reserve_ns`` is the reserve's floor; the watchdog learns the rest (at most ``budget_ns`` / 4)."""
         self.engine = engine
         self.clock = clock or Clock()
-        self.reserve_ns = reserve_ns
+        self.reserve = Reserve(reserve_ns, None if budget_ns is None else budget_ns // 4)
         self.hang_limit_ns = hang_limit_ns
         self.admission = admission
-        self.tail = TailEstimate()
-        self.watchdog = Watchdog(self.clock)
+        self.tail = TailEstimate(on_update=self.reserve.invoked)
+        self.watchdog = Watchdog(self.clock, reserve=self.reserve)
         self.late_results = 0
         self.late_invoke_max_ns = 0
         self.model_errors = 0
         self.admission_rejects = 0
         self._invoke_since = 0  # 0: no invoke running (read by hung() from the service hooks)
+        #: Set under ``--realtime`` (:meth:`on_fifo`): the loop runs the model under SCHED_FIFO.
+        self.breather: Optional[Breather] = None
 
     def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
         clock = self.clock
@@ -150,6 +161,9 @@ class InlineScheduler(Scheduler):
         if self.admission and not self._admit(start, deadline_ns):
             self.admission_rejects += 1
             return ModelAnswer(None, Reason.DEADLINE, None)
+        breather = self.breather
+        if breather is not None:  # --realtime: leave the CPU to the kernel's work now and then
+            start = breather.before_invoke(start)
         if pending is not None:
             self.watchdog.arm(pending)
         self._invoke_since = start
@@ -162,6 +176,8 @@ class InlineScheduler(Scheduler):
             self.model_errors += 1
             output, reason = None, Reason.MODEL_ERROR
         end = clock.now_ns()
+        if breather is not None:
+            breather.last_end_ns = end
         self._invoke_since = 0
         invoke_ns = end - start
         self.tail.record(invoke_ns)
@@ -177,7 +193,11 @@ class InlineScheduler(Scheduler):
 
     def _admit(self, now_ns: int, deadline_ns: int) -> bool:
         estimate = self.tail.value_ns
-        return estimate is None or now_ns + estimate <= deadline_ns - self.reserve_ns
+        return estimate is None or now_ns + estimate <= deadline_ns - self.reserve.ns
+
+    @property
+    def reserve_ns(self) -> int:
+        return self.reserve.ns
 
     def invoke_estimate_ns(self) -> Optional[int]:
         return self.tail.value_ns
@@ -190,6 +210,10 @@ class InlineScheduler(Scheduler):
         to the normal scheduler for each invoke let a loaded machine preempt the loop mid-window, p99
         63 ms against 14 ms; docs/performance.md)."""
 
+    def on_fifo(self) -> None:
+        """The loop runs the model under SCHED_FIFO: it must leave its CPU now and then (:class:`.Breather`)."""
+        self.breather = Breather(self.clock)
+
     def hung(self, now_ns: int) -> bool:
         since = self._invoke_since
         return since != 0 and now_ns - since > self.hang_limit_ns
@@ -199,13 +223,15 @@ class InlineScheduler(Scheduler):
         return {
             "mode": self.mode,
             "admission": self.admission,
-            "reserve_ms": self.reserve_ns / 1e6,
+            "reserve_ms": self.reserve.ns / 1e6,
+            "reserve_learned_ms": round(self.reserve.learned_ns() / 1e6, 3),
             "watchdog_fallbacks": self.watchdog.fired,
             "admission_rejects": self.admission_rejects,
             "late_results": self.late_results,
             "late_invoke_max_us": self.late_invoke_max_ns // 1000,
             "model_errors": self.model_errors,
             "recent_invoke_p99_us": None if estimate is None else estimate // 1000,
+            "breaths": None if self.breather is None else self.breather.breaths,
         }
 
     def close(self) -> None:
@@ -247,15 +273,17 @@ class WorkerScheduler(Scheduler):
     """
 
     def __init__(self, clock: Optional[Clock], output_size: int, overload: str = "busy", admission: bool = False,
-                 reserve_ns: int = 0, hang_limit_ns: int = 10**9):
+                 reserve_ns: int = 0, hang_limit_ns: int = 10**9, budget_ns: Optional[int] = None):
+        """The reserve is fixed at ``reserve_ns`` here: only the inline mode's watchdog learns it (``budget_ns``,
+        its cap, is taken so that every mode is built alike)."""
         if overload not in ("busy", "latest"):
             raise ValueError(f"overload must be 'busy' or 'latest', not {overload!r}")
         self.clock = clock or Clock()
         self.overload = overload
         self.admission = admission
-        self.reserve_ns = reserve_ns
+        self.reserve = Reserve(reserve_ns)
         self.hang_limit_ns = hang_limit_ns
-        self.tail = TailEstimate()
+        self.tail = TailEstimate(on_update=self.reserve.invoked)
         self.busy = 0
         self.skipped = 0
         self.late_results = 0
@@ -337,6 +365,10 @@ class WorkerScheduler(Scheduler):
                 self._hang_seen = self._in_flight
                 self.hangs += 1
                 self._on_hang(now_ns)
+
+    @property
+    def reserve_ns(self) -> int:
+        return self.reserve.ns
 
     def invoke_estimate_ns(self) -> Optional[int]:
         return self.tail.value_ns

@@ -9,7 +9,7 @@ when another process starts hogging the CPU, and recovers when it stops.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 
 class TailEstimate:
@@ -17,10 +17,12 @@ class TailEstimate:
 
     ``value_ns`` is None until ``min_samples`` durations were recorded.
     Recording is a list store; the percentile (a sort of ``size`` numbers)
-    is computed only every ``every`` records.
+    is computed only every ``every`` records; ``on_update`` (if given) hears each new value, so that a
+    reader that needs it on every window can keep a plain attribute instead of asking.
     """
 
-    def __init__(self, size: int = 100, every: int = 10, percentile: float = 99.0, min_samples: int = 10):
+    def __init__(self, size: int = 100, every: int = 10, percentile: float = 99.0, min_samples: int = 10,
+                 on_update: Optional[Callable[[int], None]] = None):
         self._ring = [0] * size  # a list: a store is cheaper than into a numpy array, and sorted() is fast at 100
         self._size = size
         self._count = 0
@@ -28,6 +30,7 @@ class TailEstimate:
         self._min_samples = min_samples
         self._rank = percentile / 100.0
         self.value_ns: Optional[int] = None
+        self._on_update = on_update
 
     def record(self, duration_ns: int) -> None:
         count = self._count
@@ -35,4 +38,6 @@ class TailEstimate:
         self._count = count = count + 1
         if count >= self._min_samples and (count % self._every == 0 or count == self._min_samples):
             samples = sorted(self._ring[:count] if count < self._size else self._ring)
-            self.value_ns = samples[max(0, math.ceil(self._rank * len(samples)) - 1)]
+            self.value_ns = value = samples[max(0, math.ceil(self._rank * len(samples)) - 1)]
+            if self._on_update is not None:
+                self._on_update(value)

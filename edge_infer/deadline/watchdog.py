@@ -20,6 +20,11 @@ Exactly one thread decides each window, without a lock on the hot path:
   lock only when its own claim failed, to wait until the watchdog's
   emission is finished. When the model is on time, nobody takes it.
 
+The reserve. Every time its timer wakes it, the watchdog tells its
+:class:`~.reserve.Reserve` how late it runs against the time it meant to
+(the OS timer, a CPU, the GIL), and after each fallback how long the sinks
+took: the reserve it fires by is learned on this machine (:mod:`.reserve`).
+
 Wake-ups. The watchdog sleeps until the earliest fire time of what is
 armed. A stream's deadlines only grow (arrival + a fixed budget), so a window
 armed while the watchdog sleeps for an earlier one never needs to wake it:
@@ -38,6 +43,7 @@ import threading
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .clock import Clock
+from .reserve import Reserve
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +87,11 @@ class Pending:
 class Watchdog:
     """One thread that decides armed windows the loop has not claimed by their fire time (module docstring)."""
 
-    def __init__(self, clock: Optional[Clock] = None, name: str = "edge-infer-watchdog"):
+    def __init__(self, clock: Optional[Clock] = None, name: str = "edge-infer-watchdog",
+                 reserve: Optional[Reserve] = None):
+        """``reserve``: told how late each wake-up ran and how long each fallback took (None: not measured)."""
         self.clock = clock or Clock()
+        self.reserve = reserve
         #: Held by the watchdog while it claims and emits; the loop takes it only after a failed claim.
         self.emit_lock = threading.Lock()
         #: Windows the watchdog decided (the invoke overran them).
@@ -132,7 +141,7 @@ class Watchdog:
                 pass
 
     def _run(self) -> None:
-        now_ns = self.clock.now_ns
+        now_ns, reserve = self.clock.now_ns, self.reserve
         while not self._closing:
             self._sleeping_until = _NEVER  # publish first, then look: an arm in between kicks us
             armed = self._armed
@@ -145,19 +154,24 @@ class Watchdog:
                 continue
             wait_ns = fire_at - now_ns()
             if wait_ns > 0:
-                self._wake.acquire(True, wait_ns / 1e9)  # kicked, or the fire time came
+                if not self._wake.acquire(True, wait_ns / 1e9) and reserve is not None:  # the fire time came
+                    reserve.woke(now_ns() - fire_at)
                 continue
             self._fire(armed, now_ns())
 
     def _fire(self, armed: Tuple[Pending, ...], now: int) -> None:
+        reserve, clock = self.reserve, self.clock
         with self.emit_lock:
             for pending in armed:
                 if pending.fire_at_ns <= now and pending.claim():
                     self.fired += 1
+                    start = clock.now_ns()
                     try:
                         pending.decide(pending, now)
                     except Exception:  # the watchdog must outlive a broken sink
                         log.exception("error while deciding an overrun window by fallback")
+                    if reserve is not None:
+                        reserve.emitted(clock.now_ns() - start)
 
     @property
     def native_id(self) -> int:
