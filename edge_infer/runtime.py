@@ -80,6 +80,7 @@ class Runtime:
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
+        self._sink_time = self.stats.sink_time
         #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
         self.device_sinks: List[Sink] = []
         self.sinks: List[Sink] = [self.stats, *sinks]
@@ -273,9 +274,11 @@ class Runtime:
             return None
         window = self.window
         deadline = frame.recv_ns + self._budget_ns
-        waiting, until = self.arrivals.backlog(), window.until_due()
-        if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
-            return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
+        waiting = self.arrivals.backlog()
+        if waiting:  # (a window is at least one frame away: without a backlog nothing newer can be waiting)
+            until = window.until_due()
+            if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
+                return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
         view = window.view()
         answer = self.guard.check_window(view)  # a failed input check: no invoke, fall back
         if answer is None:
@@ -357,14 +360,14 @@ class Runtime:
         decision.latency_us = (now_ns() - arrival_ns) / 1000.0
         for sink in self.sinks:
             sink.on_decision(decision)
-        self.stats.sink_time.add(now_ns() - start)
+        self._sink_time.add(now_ns() - start)
 
     def _decide(self, frame: Frame, answer: ModelAnswer) -> Decision:
-        reason = answer.reason
+        reason, values, invoke_ns = answer.reason, answer.output, answer.invoke_ns
         action = None
-        output = None if answer.output is None else answer.output.tolist()
+        output = None if values is None else values.tolist()
         if reason is None:
-            action, reason = self.rule.decide(answer.output)
+            action, reason = self.rule.decide(values)  # type: ignore[arg-type]
         now = self.clock.now_ns()
         if reason is None:
             self.fallback.observe_model_action(action, now)
@@ -372,11 +375,10 @@ class Runtime:
         else:
             action = self.fallback.action(reason, now)
             source = "fallback"
-        return Decision(
-            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason, latency_us=0.0,
-            invoke_us=None if answer.invoke_ns is None else answer.invoke_ns / 1000.0,
-            output=output, label=frame.label,
-        )
+        # positional, in the field order (seq, t, action, source, reason, latency_us, invoke_us, output, label):
+        # keyword arguments cost twice as much, once per window
+        return Decision(frame.seq, frame.t, action, source, reason, 0.0,
+                        None if invoke_ns is None else invoke_ns / 1000.0, output, frame.label)
 
     def close(self) -> None:
         """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""
