@@ -49,6 +49,7 @@ from .sinks.stats import RunStats
 from .sources.arrival import ArrivalReader, Wake
 from .sources.arrivals import Arrivals, StreamEnded
 from .sources.base import EndOfStream, Source
+from .sources.log_replay import LogSource
 from .window import WindowBuffer
 
 if TYPE_CHECKING:  # the service module imports metrics and config; the loop only calls its hooks
@@ -78,6 +79,8 @@ class Runtime:
         self.scheduler = scheduler or self._build_scheduler()  # last: it may start a thread or a process
         self.rule = DecisionRule(spec)
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
+        if isinstance(source, LogSource):  # every frame is there already: checked a block of windows at once
+            self.guard.read_ahead(source.rows)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self._sink_time = self.stats.sink_time
@@ -220,6 +223,7 @@ class Runtime:
             self.arrivals.mark_restart()
         else:
             self.window.reset()
+            self.guard.read_ahead(None)  # the window no longer holds the rows the checks would read ahead
 
     def _tick(self, now_ns: int) -> None:
         """Called after every frame and at least every ``POLL_S`` without one: what must happen on time anyway.

@@ -73,6 +73,11 @@ class LogSource(Source):
         return Frame(i, self._t.item(i), arrived, self._values[i], None if self._labels is None else self._labels[i],
                      None)
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start`` to ``stop - 1`` (fewer at the end of the log) as ``(n, channels)``, by ``seq``:
+        what the input checks read ahead (:meth:`~edge_infer.checks.guard.InputGuard.read_ahead`)."""
+        return self._values[start:stop]
+
     def _wait_due(self, i: int, timeout: Optional[float]) -> Optional[int]:
         """Wait (up to ``timeout``) until frame ``i`` is due; its due time, or None if it is not due yet."""
         now = self._clock.now_ns()
