@@ -142,8 +142,14 @@ class InputGuard:
         newest = self._count - 1
         frames_pass = (newest - self._gap_at > self.window - 2 and newest - self._stuck_at >= self.window
                        and self._repeats <= self._max_repeats)
-        if frames_pass and self._rows is not None and self._cleared_ahead(newest):
-            return None
+        if frames_pass and self._rows is not None:  # a log: its values' verdict may be read ahead
+            i = newest - self._ahead_first
+            if not 0 <= i < len(self._ahead_ok):
+                self._read_block(newest)
+                i = 0
+            if self._ahead_ok[i]:
+                self._take_ahead(i)
+                return None
         if self._window_check(view) and frames_pass:
             return None
         return self._judge(self._failing(view, newest))
@@ -158,28 +164,22 @@ class InputGuard:
             self._block = BlockChecks(self._stats, np.delete(self._matrix, self._ood_rows, axis=0), self._ood_rows,
                                       self._ood_limit2)
 
-    def _cleared_ahead(self, newest: int) -> bool:
-        """Whether the window ending at frame ``newest`` passes the fast path for certain (read ahead); if so its
-        OOD distance is set as :meth:`_all_checks` sets it."""
-        i = newest - self._ahead_first
-        if not 0 <= i < len(self._ahead_ok):
-            self._read_block(newest)
-            i = 0
-        if not self._ahead_ok[i]:
-            return False
-        if self._ahead_distance is not None:
-            distance = self._distance = self._ahead_distance[i]
-            if distance > self._ood_max:
-                self._ood_max = distance
-        else:
+    def _take_ahead(self, i: int) -> None:
+        """Window ``i`` of the block read ahead was cleared: its OOD distance, as :meth:`_all_checks` sets it."""
+        if self._ahead_distance is None:
             self._distance = None
-        return True
+            return
+        distance = self._distance = self._ahead_distance[i]
+        if distance > self._ood_max:
+            self._ood_max = distance
 
     def _read_block(self, newest: int) -> None:
         """The verdicts of the windows ending at frames ``newest`` to ``newest + READ_AHEAD - 1``."""
-        frames = self._rows(newest - self.window + 1, newest + READ_AHEAD)  # type: ignore[misc]
-        ok, distance = self._block.verdicts(frames)  # type: ignore[union-attr]
-        self._ahead_first = newest
+        self._ahead_first, start = newest, newest - self.window + 1
+        if start < 0:  # fewer frames than a window: nothing to read ahead (the per-window path judges it)
+            self._ahead_ok, self._ahead_distance = [False], None
+            return
+        ok, distance = self._block.verdicts(self._rows(start, newest + READ_AHEAD))  # type: ignore[union-attr,misc]
         self._ahead_ok = ok.tolist()
         self._ahead_distance = None if distance is None else distance.tolist()
 

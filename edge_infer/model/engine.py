@@ -185,16 +185,16 @@ class Engine:
 
     def output(self) -> np.ndarray:
         """The dequantized output vector. The array is reused: copy it to keep it."""
-        view = self._output_view()
-        values = self._out.convert(view)
-        del view
-        return values
+        return self._out.convert(self._output_view())  # the tensor's view is dropped on return, before any invoke
 
     def infer(self, window: np.ndarray) -> np.ndarray:
         """set_input, invoke, output: one window in, the real-valued output out (reused buffer)."""
-        self.set_input(window)
-        self.invoke()
-        return self.output()
+        # their bodies rather than three more calls: this runs once per window
+        self._in.convert(window)
+        interpreter = self._interpreter
+        interpreter.set_tensor(self._input_index, self._input_shaped)
+        interpreter.invoke()
+        return self._out.convert(self._output_view())
 
     # --- many windows per invoke (eval: offline only; the real-time loop never resizes) ---------------------
 
