@@ -41,6 +41,7 @@ from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
 from .decide.reasons import Reason
 from .frame import Frame
+from .model.ahead import InputsAhead
 from .model.batch import BatchEngine
 from .model.engine import Engine
 from .model.spec import ModelSpec
@@ -79,8 +80,15 @@ class Runtime:
         self.scheduler = scheduler or self._build_scheduler()  # last: it may start a thread or a process
         self.rule = DecisionRule(spec)
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
-        if isinstance(source, LogSource):  # every frame is there already: checked a block of windows at once
+        #: Read ahead (a log: every frame is there already): its windows checked, and converted for the model
+        #: (inline: the loop's thread owns the engine), a block at once, while the frames are the log's in order.
+        self._log: Optional[LogSource] = None
+        self._inputs_ahead: Optional[InputsAhead] = None
+        if isinstance(source, LogSource):
+            self._log = source
             self.guard.read_ahead(source.rows)
+            if self.scheduler.mode == "inline":
+                self._inputs_ahead = InputsAhead(engine, source.rows)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self._sink_time = self.stats.sink_time
@@ -223,7 +231,7 @@ class Runtime:
             self.arrivals.mark_restart()
         else:
             self.window.reset()
-            self.guard.read_ahead(None)  # the window no longer holds the rows the checks would read ahead
+            self._stop_reading_ahead()  # the window no longer holds the rows read ahead
 
     def _tick(self, now_ns: int) -> None:
         """Called after every frame and at least every ``POLL_S`` without one: what must happen on time anyway.
@@ -289,6 +297,8 @@ class Runtime:
             fire_at = deadline - self._reserve_ns
             if self.clock.now_ns() >= fire_at:  # too late to start the model: never start a lost window
                 return self._overrun(frame)
+            if self._inputs_ahead is not None:
+                self._inputs_ahead.prepare(frame.seq, view)
             answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
@@ -304,7 +314,16 @@ class Runtime:
         for take in self._frame_sinks:
             take(frame)
         self.guard.on_frame(frame)
+        log = self._log
+        if log is not None and (frame.seq != self.window.count or frame.values.base is not log.values):
+            self._stop_reading_ahead()  # a frame not read from the log in its order (on_frame called directly)
         return self.window.push(frame.values)
+
+    def _stop_reading_ahead(self) -> None:
+        """Check and convert window by window from now on: the window may hold other frames than the log's rows."""
+        self._log = None
+        self._inputs_ahead = None
+        self.guard.read_ahead(None)
 
     def finish(self, frame: Frame, answer: ModelAnswer, verdict: Optional[tuple] = None) -> Decision:
         """Decide the window that ended at ``frame`` from ``answer`` and hand the decision to the sinks.

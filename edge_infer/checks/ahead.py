@@ -21,11 +21,12 @@ exact path for every window not cleared here):
   sum of n terms, running sums counted from the block's start, carried
   through the check matrix). A window near a threshold, or a block with a
   huge or non-finite sample (which spoils the running sums), takes the
-  per-window path.
+  per-window path; so does a block whose OOD scores could be further than
+  :data:`SCORE_REACH` from the per-window ones.
 
-The OOD score of a cleared window is this block's (it can differ from the
-per-window product's in its last bits; the recorded score is rounded to
-three decimals).
+The OOD score of a cleared window is this block's: it can differ from the
+per-window product's in its last bits (at most :data:`SCORE_REACH`; the
+recorded score is rounded to three decimals).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from .stats import WindowStats
 _EPS = float(np.finfo(np.float64).eps)
 #: How much larger than the bound on their difference a margin to a threshold must be.
 SAFETY = 4.0
+#: A block whose OOD scores could be further than this from the per-window ones (in the score's units) is
+#: judged window by window: a huge sample in it spoils the running sums (clean blocks: about 1e-8, as bound;
+#: 1e-13 as measured), and a recorded score must not move.
+SCORE_REACH = 1e-6
 
 
 class BlockChecks:
@@ -94,6 +99,8 @@ class BlockChecks:
         d2 = (features * features).sum(axis=0)
         distance = np.sqrt(d2)
         reach = float(np.sqrt(margin @ margin))  # sum(margin * |feature|) <= reach * distance
+        if not reach <= SCORE_REACH:
+            return np.zeros(m, dtype=bool), None
         ok &= d2 + SAFETY * (2.0 * reach * distance + reach * reach + 2.0 * ood * _EPS * d2) <= self.ood_limit2
         return ok, distance
 

@@ -172,6 +172,7 @@ class Engine:
         shape = (self.window, self.channels) if batch == 1 else (batch, self.window, self.channels)
         self._in = InputConverter(self.input_params, shape, offset, scale)
         self._input_shaped = self._in.buffer.reshape(self._input_shape(batch))
+        self._prepared: "Tuple[Optional[np.ndarray], np.ndarray]" = (None, self._input_shaped)
 
     def set_input(self, window: np.ndarray) -> None:
         """Normalise and quantize a (frames, channels) window into the input tensor."""
@@ -187,12 +188,26 @@ class Engine:
         """The dequantized output vector. The array is reused: copy it to keep it."""
         return self._out.convert(self._output_view())  # the tensor's view is dropped on return, before any invoke
 
+    def prepare_input(self, window: np.ndarray, converted: np.ndarray) -> None:
+        """``converted`` is ``window`` already in the input tensor's dtype and shape (cut from
+        :meth:`convert_frames`: :mod:`.ahead`): the next :meth:`infer` of this very array sets it instead of
+        converting. Any other array passed to :meth:`infer` is converted as usual (a worker's copy, the warm-up)."""
+        self._prepared = (window, converted)
+
+    @property
+    def input_shape(self) -> List[int]:
+        """The input tensor's shape (at the current batch)."""
+        return self._input_shape(self.batch)
+
     def infer(self, window: np.ndarray) -> np.ndarray:
         """set_input, invoke, output: one window in, the real-valued output out (reused buffer)."""
         # their bodies rather than three more calls: this runs once per window
-        self._in.convert(window)
+        prepared_for, prepared = self._prepared
+        if window is not prepared_for:
+            self._in.convert(window)
+            prepared = self._input_shaped
         interpreter = self._interpreter
-        interpreter.set_tensor(self._input_index, self._input_shaped)
+        interpreter.set_tensor(self._input_index, prepared)
         interpreter.invoke()
         return self._out.convert(self._output_view())
 

@@ -10,6 +10,7 @@ was allocated up front.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -60,31 +61,30 @@ class InputConverter:
     tensor's quantization ``x / s + zp`` fold into one affine map per channel,
     ``x * gain + bias``, computed once; converting a window is then a
     multiply-add, a round and a clip into pre-allocated buffers. Every operand
-    is stored in the window's full shape: on a window of a few hundred values,
-    numpy's broadcasting of a per-channel row costs more than the arithmetic
-    (docs/performance.md), and the result is the same element by element.
+    is stored in the window's full shape (at the first window of a shape): on
+    a window of a few hundred values, numpy's broadcasting of a per-channel row
+    costs more than the arithmetic (docs/performance.md), and the result is the
+    same element by element.
     """
 
     def __init__(self, params: QuantParams, shape: "tuple[int, ...]", offset: np.ndarray, scale: np.ndarray):
         self.params = params
         inv = 1.0 / (np.asarray(scale, dtype=np.float64) * (params.scale if params.quantized else 1.0))
+        self._gain = inv.astype(np.float32)
         bias = -np.asarray(offset, dtype=np.float64) * inv + (params.zero_point if params.quantized else 0.0)
-        self._gain = np.ascontiguousarray(np.broadcast_to(inv.astype(np.float32), shape))
-        self._bias = np.ascontiguousarray(np.broadcast_to(bias.astype(np.float32), shape))
+        self._bias = bias.astype(np.float32)
         self._work = np.zeros(shape, dtype=np.float32)
         self.buffer = np.zeros(shape, dtype=params.dtype)
         # Read once: np.iinfo and np.clip's Python wrapper cost more than the arithmetic on a small window.
-        self._low = np.full(shape, params.qmin, dtype=np.float32) if params.quantized else None
-        self._high = np.full(shape, params.qmax, dtype=np.float32) if params.quantized else None
+        self._bounds = (np.float32(params.qmin), np.float32(params.qmax)) if params.quantized else None
+        self._operands: "Optional[Tuple[Any, ...]]" = None  # for the shape converted last (_full_shape)
 
     def convert(self, window: np.ndarray) -> np.ndarray:
         """Write the converted window into :attr:`buffer` and return it. ``window`` is (frames, channels)."""
-        work, buffer, gain, bias, low, high = self._work, self.buffer, self._gain, self._bias, self._low, self._high
-        if window.shape != work.shape:
-            shape = window.shape
-            work, buffer, gain, bias = work.reshape(shape), buffer.reshape(shape), gain.reshape(shape), bias.reshape(shape)
-            if low is not None:
-                low, high = low.reshape(shape), high.reshape(shape)  # type: ignore[union-attr]
+        operands = self._operands
+        if operands is None or operands[0] != window.shape:
+            operands = self._operands = self._full_shape(window.shape)
+        _, work, buffer, gain, bias, low, high = operands
         np.multiply(window, gain, out=work)
         if low is None:
             np.add(work, bias, out=buffer)
@@ -95,6 +95,15 @@ class InputConverter:
         np.minimum(work, high, out=work)
         buffer[...] = work  # an assignment casts as copyto(casting="unsafe") does, at half its call cost
         return self.buffer
+
+    def _full_shape(self, shape: "Tuple[int, ...]") -> "Tuple[Any, ...]":
+        """The buffers as ``shape`` and every operand broadcast to it (a ValueError if the window's channels
+        are not the normalisation's, as numpy's broadcasting would raise)."""
+        def full(row: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.broadcast_to(row, shape))
+        bounds = self._bounds
+        return (shape, self._work.reshape(shape), self.buffer.reshape(shape), full(self._gain), full(self._bias),
+                None if bounds is None else full(bounds[0]), None if bounds is None else full(bounds[1]))
 
 
 class OutputConverter:

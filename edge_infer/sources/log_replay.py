@@ -73,6 +73,11 @@ class LogSource(Source):
         return Frame(i, self._t.item(i), arrived, self._values[i], None if self._labels is None else self._labels[i],
                      None)
 
+    @property
+    def values(self) -> np.ndarray:
+        """Every frame's values, ``(frames, channels)``: a frame from :meth:`recv` is a view of row ``seq``."""
+        return self._values
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start`` to ``stop - 1`` (fewer at the end of the log) as ``(n, channels)``, by ``seq``:
         what the input checks read ahead (:meth:`~edge_infer.checks.guard.InputGuard.read_ahead`)."""

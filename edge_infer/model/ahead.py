@@ -1,0 +1,46 @@
+"""The model's input for a log's windows, converted a block of frames at once.
+
+Normalising and quantizing a window is six numpy calls, each costing more in
+overhead than in arithmetic on a few hundred values (docs/performance.md).
+The conversion is element by element (:meth:`~.engine.Engine.convert_frames`),
+so a window cut from frames converted ahead holds exactly what converting the
+window would give: for a recorded log, whose frames are all there, the loop
+converts :data:`READ_AHEAD` frames in one go and hands the engine each window's
+slice (:meth:`~.engine.Engine.prepare_input`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .engine import Engine
+
+#: Frames converted at once (the cost, about 15 microseconds, falls on one window in this many).
+READ_AHEAD = 512
+
+
+class InputsAhead:
+    """Converted frames of a log for the windows the loop decides; ``rows(start, stop)`` reads the log's frames."""
+
+    def __init__(self, engine: Engine, rows: Callable[[int, int], np.ndarray]):
+        self.engine = engine
+        self._rows = rows
+        self._shape = (engine.window, engine.channels)
+        self._tensor_shape = tuple(engine.input_shape)
+        self._first = 0  # log row of the converted block's first frame
+        self._converted: Optional[np.ndarray] = None
+
+    def prepare(self, newest: int, window: np.ndarray) -> None:
+        """``window`` holds the log's frames up to ``newest``: the engine is to take them converted ahead."""
+        w = self._shape[0]
+        start = newest - w + 1
+        converted = self._converted
+        if converted is None or not self._first <= start <= self._first + len(converted) - w:
+            if start < 0:
+                return
+            converted = self._converted = self.engine.convert_frames(self._rows(start, newest + READ_AHEAD))
+            self._first = start
+        offset = start - self._first
+        self.engine.prepare_input(window, converted[offset:offset + w].reshape(self._tensor_shape))
