@@ -17,7 +17,7 @@ import numpy as np
 
 from .engine import Engine
 
-#: Frames converted at once (the cost, about 15 microseconds, falls on one window in this many).
+#: Windows whose frames are converted at once (the cost, tens of microseconds, falls on one window in this many).
 READ_AHEAD = 512
 
 
@@ -31,6 +31,7 @@ class InputsAhead:
         self._tensor_shape = tuple(engine.input_shape)
         self._first = 0  # log row of the converted block's first frame
         self._converted: Optional[np.ndarray] = None
+        self._block = engine.frames_converter(READ_AHEAD + engine.window - 1)  # its buffers serve every full block
 
     def prepare(self, newest: int, window: np.ndarray) -> None:
         """``window`` holds the log's frames up to ``newest``: the engine is to take them converted ahead."""
@@ -40,7 +41,9 @@ class InputsAhead:
         if converted is None or not self._first <= start <= self._first + len(converted) - w:
             if start < 0:
                 return
-            converted = self._converted = self.engine.convert_frames(self._rows(start, newest + READ_AHEAD))
+            frames = self._rows(start, newest + READ_AHEAD)
+            block = self._block if len(frames) == len(self._block.buffer) else self.engine.frames_converter(len(frames))
+            converted = self._converted = block.convert(frames)
             self._first = start
         offset = start - self._first
         self.engine.prepare_input(window, converted[offset:offset + w].reshape(self._tensor_shape))

@@ -253,7 +253,11 @@ class Engine:
         :meth:`set_input` makes of that window; converting each frame once instead of in every window that
         holds it saves ``window / hop`` conversions per frame.
         """
-        return InputConverter(self.input_params, frames.shape, *self.normalization).convert(frames)
+        return self.frames_converter(len(frames)).convert(frames)
+
+    def frames_converter(self, frames: int) -> InputConverter:
+        """A converter for ``(frames, channels)`` that computes each value exactly as :meth:`set_input` does."""
+        return self._in.with_shape((frames, self.channels))
 
     def infer_batch(self, converted: np.ndarray) -> np.ndarray:
         """``(batch, window, channels)`` windows cut from :meth:`convert_frames` (any strides) in, ``(batch,

@@ -69,6 +69,7 @@ class InputConverter:
 
     def __init__(self, params: QuantParams, shape: "tuple[int, ...]", offset: np.ndarray, scale: np.ndarray):
         self.params = params
+        self._normalization = (offset, scale)
         inv = 1.0 / (np.asarray(scale, dtype=np.float64) * (params.scale if params.quantized else 1.0))
         self._gain = inv.astype(np.float32)
         bias = -np.asarray(offset, dtype=np.float64) * inv + (params.zero_point if params.quantized else 0.0)
@@ -78,6 +79,10 @@ class InputConverter:
         # Read once: np.iinfo and np.clip's Python wrapper cost more than the arithmetic on a small window.
         self._bounds = (np.float32(params.qmin), np.float32(params.qmax)) if params.quantized else None
         self._operands: "Optional[Tuple[Any, ...]]" = None  # for the shape converted last (_full_shape)
+
+    def with_shape(self, shape: "Tuple[int, ...]") -> "InputConverter":
+        """A converter for another shape that computes every value exactly as this one (same normalisation)."""
+        return InputConverter(self.params, shape, *self._normalization)
 
     def convert(self, window: np.ndarray) -> np.ndarray:
         """Write the converted window into :attr:`buffer` and return it. ``window`` is (frames, channels)."""
