@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from .checks.guard import build_guard
 from .deadline import build_scheduler
 from .deadline.clock import Clock
@@ -82,10 +84,10 @@ class Runtime:
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
         #: Read ahead (a log: every frame is there already): its windows checked, and converted for the model
         #: (inline: the loop's thread owns the engine), a block at once, while the frames are the log's in order.
-        self._log: Optional[LogSource] = None
+        self._log: Optional[np.ndarray] = None  # the log's frames, (frames, channels)
         self._inputs_ahead: Optional[InputsAhead] = None
         if isinstance(source, LogSource):
-            self._log = source
+            self._log = source.values
             self.guard.read_ahead(source.rows)
             if self.scheduler.mode == "inline":
                 self._inputs_ahead = InputsAhead(engine, source.rows)
@@ -315,7 +317,7 @@ class Runtime:
             take(frame)
         self.guard.on_frame(frame)
         log = self._log
-        if log is not None and (frame.seq != self.window.count or frame.values.base is not log.values):
+        if log is not None and (frame.seq != self.window.count or frame.values.base is not log):
             self._stop_reading_ahead()  # a frame not read from the log in its order (on_frame called directly)
         return self.window.push(frame.values)
 

@@ -148,8 +148,11 @@ class InputGuard:
             if not 0 <= i < len(self._ahead_ok):
                 self._read_block(newest)
                 i = 0
-            if self._ahead_ok[i]:
-                self._take_ahead(i)
+            if self._ahead_ok[i]:  # cleared: its OOD distance, as _all_checks sets it
+                distances = self._ahead_distance
+                distance = self._distance = None if distances is None else distances[i]
+                if distance is not None and distance > self._ood_max:
+                    self._ood_max = distance
                 return None
         if self._window_check(view) and frames_pass:
             return None
@@ -164,15 +167,6 @@ class InputGuard:
         if rows is not None and self._block is None:
             self._block = BlockChecks(self._stats, np.delete(self._matrix, self._ood_rows, axis=0), self._ood_rows,
                                       self._ood_limit2)
-
-    def _take_ahead(self, i: int) -> None:
-        """Window ``i`` of the block read ahead was cleared: its OOD distance, as :meth:`_all_checks` sets it."""
-        if self._ahead_distance is None:
-            self._distance = None
-            return
-        distance = self._distance = self._ahead_distance[i]
-        if distance > self._ood_max:
-            self._ood_max = distance
 
     def _read_block(self, newest: int) -> None:
         """The verdicts of the windows ending at frames ``newest`` to ``newest + READ_AHEAD - 1``."""

@@ -30,20 +30,29 @@ class InputsAhead:
         self._shape = (engine.window, engine.channels)
         self._tensor_shape = tuple(engine.input_shape)
         self._first = 0  # log row of the converted block's first frame
-        self._converted: Optional[np.ndarray] = None
+        self._windows: Optional[np.ndarray] = None  # the block's windows, each in the input tensor's shape
         self._block = engine.frames_converter(READ_AHEAD + engine.window - 1)  # its buffers serve every full block
 
     def prepare(self, newest: int, window: np.ndarray) -> None:
         """``window`` holds the log's frames up to ``newest``: the engine is to take them converted ahead."""
-        w = self._shape[0]
-        start = newest - w + 1
-        converted = self._converted
-        if converted is None or not self._first <= start <= self._first + len(converted) - w:
+        start = newest - self._shape[0] + 1
+        windows = self._windows
+        if windows is None or not 0 <= start - self._first < len(windows):
             if start < 0:
                 return
-            frames = self._rows(start, newest + READ_AHEAD)
-            block = self._block if len(frames) == len(self._block.buffer) else self.engine.frames_converter(len(frames))
-            converted = self._converted = block.convert(frames)
-            self._first = start
-        offset = start - self._first
-        self.engine.prepare_input(window, converted[offset:offset + w].reshape(self._tensor_shape))
+            windows = self._convert(start, newest + READ_AHEAD)
+        self.engine.prepare_input(window, windows[start - self._first])
+
+    def _convert(self, start: int, stop: int) -> np.ndarray:
+        """Convert frames ``start`` to ``stop - 1`` (fewer at the log's end); every window of them, each in the
+        input tensor's shape, as one strided view (a window is then one indexing away)."""
+        frames = self._rows(start, stop)
+        block = self._block if len(frames) == len(self._block.buffer) else self.engine.frames_converter(len(frames))
+        converted = block.convert(frames)
+        count = len(frames) - self._shape[0] + 1
+        row = converted.strides[0]
+        shape = (count, *self._tensor_shape)  # (windows, [1,] window, channels[, 1])
+        strides = (row, *np.empty(self._tensor_shape, dtype=converted.dtype).strides)
+        self._windows = np.lib.stride_tricks.as_strided(converted, shape, strides, writeable=False)
+        self._first = start
+        return self._windows
