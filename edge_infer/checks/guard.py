@@ -10,6 +10,10 @@ Three calls, each one line in ``runtime.py``:
 * :meth:`InputGuard.review` on the decision: puts the OOD score in the record
   and, if only "flag" checks failed, their reason on the model's decision.
 
+For a recorded log, :meth:`InputGuard.read_ahead` (once) lets ``check_window``
+clear windows from verdicts computed for a block of windows at once
+(:mod:`.ahead`); a window not cleared there is judged as below.
+
 Frame-level faults are kept as the index of the last faulty frame, so a
 window knows in O(1) whether it contains one, and a window after the fault
 has left it is judged on its own: recovery needs no reset. The common case,
