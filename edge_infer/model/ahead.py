@@ -22,7 +22,11 @@ READ_AHEAD = 512
 
 
 class InputsAhead:
-    """Converted frames of a log for the windows the loop decides; ``rows(start, stop)`` reads the log's frames."""
+    """Converted frames of a log for the windows the loop decides; ``rows(start, stop)`` reads the log's frames.
+
+    It converts with the engine's normalisation as it was when this was made (the runtime's engine keeps
+    the spec's for the whole run).
+    """
 
     def __init__(self, engine: Engine, rows: Callable[[int, int], np.ndarray]):
         self.engine = engine
