@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from .checks.guard import build_guard
 from .deadline import build_scheduler
 from .deadline.baton import Baton
@@ -43,6 +45,7 @@ from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
 from .decide.reasons import Reason
 from .frame import Frame
+from .model.ahead import InputsAhead
 from .model.batch import BatchEngine
 from .model.engine import Engine
 from .model.spec import ModelSpec
@@ -51,6 +54,7 @@ from .sinks.stats import RunStats
 from .sources.arrival import ArrivalReader, Wake
 from .sources.arrivals import Arrivals, StreamEnded
 from .sources.base import EndOfStream, Source
+from .sources.log_replay import LogSource
 from .window import WindowBuffer
 
 if TYPE_CHECKING:  # the service module imports metrics and config; the loop only calls its hooks
@@ -80,8 +84,18 @@ class Runtime:
         self.scheduler = scheduler or self._build_scheduler()  # last: it may start a thread or a process
         self.rule = DecisionRule(spec)
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
+        #: Read ahead (a log: every frame is there already): its windows checked, and converted for the model
+        #: (inline: the loop's thread owns the engine), a block at once, while the frames are the log's in order.
+        self._log: Optional[np.ndarray] = None  # the log's frames, (frames, channels)
+        self._inputs_ahead: Optional[InputsAhead] = None
+        if isinstance(source, LogSource):
+            self._log = source.values
+            self.guard.read_ahead(source.rows)
+            if self.scheduler.mode == "inline":
+                self._inputs_ahead = InputsAhead(engine, source.rows)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
+        self._sink_time = self.stats.sink_time
         #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
         self.device_sinks: List[Sink] = []
         self.sinks: List[Sink] = [self.stats, *sinks]
@@ -224,6 +238,7 @@ class Runtime:
             self.arrivals.mark_restart()
         else:
             self.window.reset()
+            self._stop_reading_ahead()  # the window no longer holds the rows read ahead
 
     def _tick(self, now_ns: int) -> None:
         """Called after every frame and at least every ``POLL_S`` without one: what must happen on time anyway.
@@ -278,9 +293,11 @@ class Runtime:
             return None
         window = self.window
         deadline = frame.recv_ns + self._budget_ns
-        waiting, until = self.arrivals.backlog(), window.until_due()
-        if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
-            return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
+        waiting = self.arrivals.backlog()
+        if waiting:  # (a window is at least one frame away: without a backlog nothing newer can be waiting)
+            until = window.until_due()
+            if waiting >= until and not self._can_catch_up(1 + (waiting - until) // window.hop):
+                return self._overrun(frame)  # newer windows have arrived and the model cannot decide them all
         view = window.view()
         answer = self.guard.check_window(view)  # a failed input check: no invoke, fall back
         if answer is None:
@@ -290,6 +307,8 @@ class Runtime:
             if now + reserve.invoke_ns >= fire_at and reserve.refuse(now, fire_at, frame.recv_ns, self._period_ns,
                                                                      self._budget_ns):
                 return self._overrun(frame)  # it would not be done in time: never start a lost window
+            if self._inputs_ahead is not None:
+                self._inputs_ahead.prepare(frame.seq, view)
             answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
@@ -305,7 +324,16 @@ class Runtime:
         for take in self._frame_sinks:
             take(frame)
         self.guard.on_frame(frame)
+        log = self._log
+        if log is not None and (frame.seq != self.window.count or frame.values.base is not log):
+            self._stop_reading_ahead()  # a frame not read from the log in its order (on_frame called directly)
         return self.window.push(frame.values)
+
+    def _stop_reading_ahead(self) -> None:
+        """Check and convert window by window from now on: the window may hold other frames than the log's rows."""
+        self._log = None
+        self._inputs_ahead = None
+        self.guard.read_ahead(None)
 
     def finish(self, frame: Frame, answer: ModelAnswer, verdict: Optional[tuple] = None) -> Decision:
         """Decide the window that ended at ``frame`` from ``answer`` and hand the decision to the sinks.
@@ -365,14 +393,14 @@ class Runtime:
         decision.latency_us = (now_ns() - arrival_ns) / 1000.0
         for sink in self.sinks:
             sink.on_decision(decision)
-        self.stats.sink_time.add(now_ns() - start)
+        self._sink_time.add(now_ns() - start)
 
     def _decide(self, frame: Frame, answer: ModelAnswer) -> Decision:
-        reason = answer.reason
+        reason, values, invoke_ns = answer.reason, answer.output, answer.invoke_ns
         action = None
-        output = None if answer.output is None else answer.output.tolist()
+        output = None if values is None else values.tolist()
         if reason is None:
-            action, reason = self.rule.decide(answer.output)
+            action, reason = self.rule.decide(values)  # type: ignore[arg-type]
         now = self.clock.now_ns()
         if reason is None:
             self.fallback.observe_model_action(action, now)
@@ -380,11 +408,10 @@ class Runtime:
         else:
             action = self.fallback.action(reason, now)
             source = "fallback"
-        return Decision(
-            seq=frame.seq, t=frame.t, action=action, source=source, reason=reason, latency_us=0.0,
-            invoke_us=None if answer.invoke_ns is None else answer.invoke_ns / 1000.0,
-            output=output, label=frame.label,
-        )
+        # positional, in the field order (seq, t, action, source, reason, latency_us, invoke_us, output, label):
+        # keyword arguments cost twice as much, once per window
+        return Decision(frame.seq, frame.t, action, source, reason, 0.0,
+                        None if invoke_ns is None else invoke_ns / 1000.0, output, frame.label)
 
     def close(self) -> None:
         """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""

@@ -437,3 +437,92 @@ def test_a_bare_model_checks_non_finite_values_only(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["fallback_reasons"] == {"non_finite": summary["input_checks"]["failed"]["non_finite"]}
     assert "ood" not in summary["input_checks"]
+
+
+# --- read ahead: a log's windows checked a block at once (edge_infer/checks/ahead.py) -----------------------
+
+def faulty_frames(n: int = 1500) -> "tuple[np.ndarray, np.ndarray]":
+    """Clean sines with every fault the checks look for, and some near their thresholds, in the first 700
+    frames (a clean stretch follows); and their times."""
+    values = clean_frames(n, seed=5)
+    values[40, 0] = np.nan
+    values[90, 1] = np.inf
+    values[140, 2] = RANGE * 1.5                       # beyond the range
+    values[180, 1] = values[181, 1] = -RANGE           # saturated
+    values[230:270, 0] = values[230, 0]                # stuck
+    values[300:316, 2] = 1.0 + np.linspace(-0.003, 0.003, 16)  # almost stuck: near the spread threshold
+    values[350:362] = values[349]                      # stale
+    values[420, 0] = 3e38                              # huge but finite: spoils the running sums of its block
+    values[500:530] += 2.5                             # shifted: out of distribution, and near it on the edges
+    times = np.arange(n) / HZ
+    times[600:] += 0.5                                 # a gap
+    return values, times
+
+
+def run_with_reads(guard: InputGuard, values: np.ndarray, times: np.ndarray, ahead: bool):
+    """run(), recording per window end (reason, OOD score) and counting the per-window fast path's calls."""
+    if ahead:
+        guard.read_ahead(lambda start, stop: values[start:stop])
+    calls = []
+    per_window = guard._window_check
+    guard._window_check = lambda view: calls.append(1) or per_window(view)
+    buffer = WindowBuffer(WINDOW, CHANNELS, 1)
+    out = {}
+    for i, (t, row) in enumerate(zip(times, values)):
+        guard.on_frame(Frame(seq=i, t=float(t), recv_ns=0, values=row, label=None, device_seq=None))
+        if buffer.push(row):
+            answer = guard.check_window(buffer.view())
+            decision = guard.review(Decision(seq=i, t=float(t), action="x", source="model", reason=None,
+                                             latency_us=0.0, invoke_us=None, output=[0.9, 0.05, 0.05], label=None))
+            out[i] = (answer.reason if answer is not None else decision.reason, decision.ood_score)
+    return out, len(calls), guard.summary()
+
+
+@pytest.mark.parametrize("tables", [CHECKS + "{ood}", "{ood}", CHECKS, ""])
+def test_reading_ahead_gives_every_window_the_per_window_verdict(tmp_path, tables):
+    """Same reason for every window, same counts, OOD scores equal but for the last bits; the faulty windows
+    and their blocks take the per-window path, clean ones do not."""
+    tables = tables.format(ood=ood_table())
+    values, times = faulty_frames()
+    each, each_calls, each_summary = run_with_reads(make_guard(tmp_path, tables), values, times, ahead=False)
+    ahead, ahead_calls, ahead_summary = run_with_reads(make_guard(tmp_path, tables), values, times, ahead=True)
+    assert [v[0] for v in ahead.values()] == [v[0] for v in each.values()]
+    assert ahead_summary == each_summary
+    for (reason, score), (_, reference) in zip(ahead.values(), each.values()):
+        assert (score is None) == (reference is None)
+        if score is not None:
+            assert score == pytest.approx(reference, rel=1e-12, abs=1e-12)
+    assert set(v[0] for v in each.values()) - {None}  # the faults were found at all
+    assert 0 < ahead_calls < each_calls * 0.7  # the clean blocks after the faults are cleared ahead
+
+
+def test_a_window_at_the_ood_threshold_takes_the_per_window_path(tmp_path):
+    """The margin: with the threshold set to a clean window's own score, that window is not cleared ahead
+    (its block value could land on either side), and it gets the per-window verdict."""
+    values, times = clean_frames(400, seed=9), np.arange(400) / HZ
+    scores, _, _ = run_with_reads(make_guard(tmp_path, CHECKS + ood_table()), values, times, ahead=False)
+    end, (_, score) = max(scores.items(), key=lambda item: item[1][1])
+    for threshold in (score, np.nextafter(score, 0.0)):
+        table = dict(ood_dict(), threshold=float(threshold))
+        each, _, _ = run_with_reads(make_guard(tmp_path, CHECKS + ood_table(table)), values, times, ahead=False)
+        ahead, calls, _ = run_with_reads(make_guard(tmp_path, CHECKS + ood_table(table)), values, times, ahead=True)
+        assert ahead[end][0] == each[end][0]
+        assert [v[0] for v in ahead.values()] == [v[0] for v in each.values()]
+        assert calls >= 1
+
+
+def test_a_threshold_changed_at_run_time_drops_the_verdicts_read_ahead(tmp_path):
+    values, times = clean_frames(400, seed=9), np.arange(400) / HZ
+    guard = make_guard(tmp_path, CHECKS + ood_table())
+    guard.read_ahead(lambda start, stop: values[start:stop])
+    buffer = WindowBuffer(WINDOW, CHANNELS, 1)
+    reasons = []
+    for i, row in enumerate(values):
+        if i == 200:
+            guard.set_thresholds(ood_threshold=1e-3)  # every window is out of distribution from here
+        guard.on_frame(Frame(seq=i, t=float(times[i]), recv_ns=0, values=row, label=None, device_seq=None))
+        if buffer.push(row):
+            answer = guard.check_window(buffer.view())
+            reasons.append((i, None if answer is None else answer.reason))
+    assert all(r is None for i, r in reasons if i < 200)
+    assert all(r is Reason.OUT_OF_DISTRIBUTION for i, r in reasons if i >= 200)

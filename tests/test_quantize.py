@@ -56,3 +56,39 @@ def test_output_converter_dequantizes_into_a_reused_buffer(params):
     values = conv.convert(raw)
     assert values is conv.values
     np.testing.assert_allclose(values, dequantize(raw, params).reshape(-1), rtol=0, atol=1e-6)
+
+
+def _converted_the_plain_way(params, window, offset, scale):
+    """The conversion written out as the loop did it before its operands were stored in full shape."""
+    inv = 1.0 / (np.asarray(scale, dtype=np.float64) * (params.scale if params.quantized else 1.0))
+    bias = -np.asarray(offset, dtype=np.float64) * inv + (params.zero_point if params.quantized else 0.0)
+    work = np.multiply(window, inv.astype(np.float32))
+    np.add(work, bias.astype(np.float32), out=work)
+    if params.quantized:
+        np.rint(work, out=work)
+        work = np.minimum(np.maximum(work, np.float32(params.qmin)), np.float32(params.qmax))
+    out = np.zeros(window.shape, dtype=params.dtype)
+    np.copyto(out, work, casting="unsafe")
+    return out
+
+
+@pytest.mark.parametrize("params", [INT8, UINT8, FLOAT, QuantParams(np.int8, 1.0, 0)])
+def test_input_converter_is_bit_identical_to_the_plain_conversion(params):
+    """Full-shape operands, a rounding in place and a casting assignment change the cost, not one value:
+    ties (x.5), values beyond the dtype's range and infinities included."""
+    rng = np.random.default_rng(7)
+    for trial in range(100):
+        window = (rng.normal(0.0, 10.0, size=(32, 6)) * rng.choice([0.1, 1.0, 100.0])).astype(np.float32)
+        if trial % 2:
+            window = np.round(window * 2.0) / 2.0
+        window[0, 0], window[1, 1] = np.inf, -np.inf
+        offset, scale = rng.normal(size=6), rng.uniform(0.1, 5.0, size=6)
+        got = InputConverter(params, (1, 32, 6), offset, scale).convert(window)
+        assert np.array_equal(got.reshape(32, 6), _converted_the_plain_way(params, window, offset, scale))
+
+
+@pytest.mark.parametrize("params", [INT8, UINT8])
+def test_output_converter_table_is_bit_identical_to_dequantize(params):
+    codes = np.arange(params.qmin, params.qmax + 1).astype(params.dtype).reshape(1, -1)
+    got = OutputConverter(params, codes.size).convert(codes)
+    assert got.tobytes() == dequantize(codes, params).reshape(-1).tobytes()

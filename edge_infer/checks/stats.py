@@ -71,8 +71,7 @@ class WindowStats:
     def update(self, view: np.ndarray) -> None:
         """Compute :attr:`sums` for ``view`` (``(window, channels)``, any float dtype)."""
         centered = self.centered
-        np.copyto(centered, view.T)
-        np.subtract(centered, self._center, out=centered)
+        np.subtract(view.T, self._center, out=centered)  # float32 samples widen exactly, as a copy would
         np.square(centered, out=self._square)
         np.maximum(self._square, self._gate, out=self._capped)
         np.dot(self._rows, self._weights, out=self._products)

@@ -114,7 +114,7 @@ class Breather:
     computing from one invoke to the next, so that kworker waited for the whole next invoke: measured with
     a pty device and a 27 ms model, ACTIONs the runtime wrote on time reached the device 20–40 ms later (the
     runtime counted 4 late decisions, the device 35). A sleep of 0.1 ms before each such invoke lets the
-    queued work run: the same delivery p99 went from 6.8 ms to 0.3 ms (docs/performance.md, 5.2c). A loop
+    queued work run: the same delivery p99 went from 6.8 ms to 0.3 ms (docs/performance.md, 5.2d). A loop
     that waits for frames between invokes (a model faster than the windows) never pays it.
     """
 

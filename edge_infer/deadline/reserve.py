@@ -7,7 +7,7 @@ timer, but with a busy Python thread in the process it must first take the
 GIL back (a switch interval and a hand-off, measured: 0.6 ms p50, 1.1 ms p99)
 and the device write then waits for the GIL again (up to several ms): a
 1 ms reserve then hands decisions to the device after their deadline
-(docs/performance.md, 5.2c).
+(docs/performance.md, 5.2d).
 
 So the reserve is measured where it is spent. The watchdog wakes about once
 per budget whether or not it has anything to decide, and each wake-up says

@@ -11,7 +11,7 @@ from ..model.spec import Action, ModelSpec
 from .reasons import Reason
 
 
-@dataclass
+@dataclass(init=False)
 class Decision:
     """One decision record: what was done for the window that ended at frame ``seq``.
 
@@ -36,7 +36,19 @@ class Decision:
     output: Optional[List[float]]
     label: Optional[str]
 
-    def __post_init__(self) -> None:
+    def __init__(self, seq: int, t: float, action: Action, source: str, reason: Optional[Reason], latency_us: float,
+                 invoke_us: Optional[float], output: Optional[List[float]], label: Optional[str]):
+        # written out rather than generated: the generated one calls __post_init__ for the two fields without an
+        # argument, a second call per decision
+        self.seq = seq
+        self.t = t
+        self.action = action
+        self.source = source
+        self.reason = reason
+        self.latency_us = latency_us
+        self.invoke_us = invoke_us
+        self.output = output
+        self.label = label
         #: the window's out-of-distribution score, set by the input guard (edge_infer/checks) where it scores
         self.ood_score: Optional[float] = None
         #: the stream's name (by default its source), set by the runtime

@@ -172,6 +172,7 @@ class Engine:
         shape = (self.window, self.channels) if batch == 1 else (batch, self.window, self.channels)
         self._in = InputConverter(self.input_params, shape, offset, scale)
         self._input_shaped = self._in.buffer.reshape(self._input_shape(batch))
+        self._prepared: "Tuple[Optional[np.ndarray], np.ndarray]" = (None, self._input_shaped)
 
     def set_input(self, window: np.ndarray) -> None:
         """Normalise and quantize a (frames, channels) window into the input tensor."""
@@ -185,16 +186,30 @@ class Engine:
 
     def output(self) -> np.ndarray:
         """The dequantized output vector. The array is reused: copy it to keep it."""
-        view = self._output_view()
-        values = self._out.convert(view)
-        del view
-        return values
+        return self._out.convert(self._output_view())  # the tensor's view is dropped on return, before any invoke
+
+    def prepare_input(self, window: np.ndarray, converted: np.ndarray) -> None:
+        """``converted`` is ``window`` already in the input tensor's dtype and shape (cut from
+        :meth:`convert_frames`: :mod:`.ahead`): the next :meth:`infer` of this very array sets it instead of
+        converting. Any other array passed to :meth:`infer` is converted as usual (a worker's copy, the warm-up)."""
+        self._prepared = (window, converted)
+
+    @property
+    def input_shape(self) -> List[int]:
+        """The input tensor's shape (at the current batch)."""
+        return self._input_shape(self.batch)
 
     def infer(self, window: np.ndarray) -> np.ndarray:
         """set_input, invoke, output: one window in, the real-valued output out (reused buffer)."""
-        self.set_input(window)
-        self.invoke()
-        return self.output()
+        # their bodies rather than three more calls: this runs once per window
+        prepared_for, prepared = self._prepared
+        if window is not prepared_for:
+            self._in.convert(window)
+            prepared = self._input_shaped
+        interpreter = self._interpreter
+        interpreter.set_tensor(self._input_index, prepared)
+        interpreter.invoke()
+        return self._out.convert(self._output_view())
 
     # --- many windows per invoke (eval: offline only; the real-time loop never resizes) ---------------------
 
@@ -238,7 +253,11 @@ class Engine:
         :meth:`set_input` makes of that window; converting each frame once instead of in every window that
         holds it saves ``window / hop`` conversions per frame.
         """
-        return InputConverter(self.input_params, frames.shape, *self.normalization).convert(frames)
+        return self.frames_converter(len(frames)).convert(frames)
+
+    def frames_converter(self, frames: int) -> InputConverter:
+        """A converter for ``(frames, channels)`` that computes each value exactly as :meth:`set_input` does."""
+        return self._in.with_shape((frames, self.channels))
 
     def infer_batch(self, converted: np.ndarray) -> np.ndarray:
         """``(batch, window, channels)`` windows cut from :meth:`convert_frames` (any strides) in, ``(batch,

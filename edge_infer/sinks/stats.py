@@ -79,23 +79,25 @@ class RunStats(Sink):
 
     def on_decision(self, decision: Decision) -> None:
         self.decisions += 1
-        if decision.is_fallback:
+        reason, latency_us, invoke_us, label = decision.reason, decision.latency_us, decision.invoke_us, decision.label
+        code = None if reason is None else reason.code
+        if decision.source == "fallback":
             self.fallback_decisions += 1
-            self.fallback_reasons[decision.reason.code if decision.reason is not None else "unknown"] += 1
+            self.fallback_reasons[code or "unknown"] += 1
         else:
             self.model_decisions += 1
-            if decision.reason is not None:
-                self.flagged_reasons[decision.reason.code] += 1
-        if decision.latency_us > self.budget_us:
+            if code is not None:
+                self.flagged_reasons[code] += 1
+        if latency_us > self.budget_us:
             self.late_decisions += 1
-        self.latency_us.record(decision.latency_us)
-        self.last_latency_us = decision.latency_us
-        self.last_reason = None if decision.reason is None else decision.reason.code
-        if decision.invoke_us is not None:
-            self.invoke_us.record(decision.invoke_us)
-        if decision.label is not None and _comparable(decision.action, decision.label):
+        self.latency_us.record(latency_us)
+        self.last_latency_us = latency_us
+        self.last_reason = code
+        if invoke_us is not None:
+            self.invoke_us.record(invoke_us)
+        if label is not None and _comparable(decision.action, label):
             self.labelled += 1
-            self.correct += str(decision.action) == decision.label
+            self.correct += str(decision.action) == label
 
     @classmethod
     def total(cls, parts: "Sequence[RunStats]", latencies: bool = True) -> "RunStats":

@@ -69,8 +69,19 @@ class LogSource(Source):
             if arrived is None:
                 return None
         self._index = i + 1
-        return Frame(seq=i, t=float(self._t[i]), recv_ns=arrived, values=self._values[i],
-                     label=None if self._labels is None else self._labels[i], device_seq=None)
+        # positional: keyword arguments cost more than the rest of this method (one frame per sample)
+        return Frame(i, self._t.item(i), arrived, self._values[i], None if self._labels is None else self._labels[i],
+                     None)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every frame's values, ``(frames, channels)``: a frame from :meth:`recv` is a view of row ``seq``."""
+        return self._values
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start`` to ``stop - 1`` (fewer at the end of the log) as ``(n, channels)``, by ``seq``:
+        what the input checks read ahead (:meth:`~edge_infer.checks.guard.InputGuard.read_ahead`)."""
+        return self._values[start:stop]
 
     def _wait_due(self, i: int, timeout: Optional[float]) -> Optional[int]:
         """Wait (up to ``timeout``) until frame ``i`` is due; its due time, or None if it is not due yet."""
