@@ -91,8 +91,8 @@ class Runtime:
         if isinstance(source, LogSource):
             self._log = source.values
             self.guard.read_ahead(source.rows)
-            if self.scheduler.mode == "inline":
-                self._inputs_ahead = InputsAhead(engine, source.rows)
+            if self.scheduler.mode == "inline" and not isinstance(self.scheduler, SharedModel):
+                self._inputs_ahead = InputsAhead(engine, source.rows)  # (a shared model converts its batches)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self._sink_time = self.stats.sink_time
@@ -220,9 +220,9 @@ class Runtime:
             self._silence = SilenceTimer(gap_ns, hop_period_ns or gap_ns, self.clock.now_ns())
 
     def _window_period_ms(self) -> Optional[float]:
-        """How often windows come (hop / sample rate), if the spec knows its sample rate."""
-        rate = self.spec.sample_rate_hz
-        return self.window.hop / rate * 1000.0 if rate else None
+        """How often windows come, in real time (:func:`window_period_ns`)."""
+        period_ns = window_period_ns(self.spec, self.source)
+        return None if period_ns is None else period_ns / 1e6
 
     def add_device_sink(self, sink: Sink) -> None:
         """A sink that talks to a device: it gets every decision before any other sink."""
@@ -560,16 +560,15 @@ class StreamsRuntime:
         self._end_ns = None if duration_s is None else self.clock.now_ns() + int(duration_s * 1e9)
         self._stop, self._hooks = stop, hooks
         arrivals, baton = self.arrivals, self.baton
-        baton.hold()
+        baton.hold()  # kept until close(): nothing decides after the sinks are closed
         try:
             self.start()
             if hooks is not None:
                 hooks.on_ready(self)
             self._start_readers()
-            while not baton.over and self._turn():
-                pass
+            baton.run_turns()
         finally:
-            baton.release()  # over: a deputy that gets the baton from now on hands it straight back
+            baton.finish()  # deputies stop; one back from an invoke from now on decides nothing
             self.elapsed_s = time.monotonic() - started
             if hooks is not None:
                 hooks.on_stop()
@@ -590,9 +589,9 @@ class StreamsRuntime:
         busy = arrivals.take(now, self._take, self._ready)
         for ended in arrivals.take_ends():
             self._ended(ended)
-        now = clock.now_ns()
         for model in models:
-            model.dispatch(now)
+            model.dispatch(clock.now_ns())  # (an invoke of the one before may have taken long)
+        now = clock.now_ns()
         self._tick(now)
         if self._hooks is not None:
             self._hooks.tick(now)
@@ -652,7 +651,7 @@ class StreamsRuntime:
         return not self.streams[i].scheduler.holds(i)  # type: ignore[attr-defined]
 
     def _answered(self, waiting: Waiting, answer: ModelAnswer) -> None:
-        """A shared model's outcome for a window (on the loop's thread, or the watchdog's for an overrun)."""
+        """A shared model's outcome for a window (on whichever thread holds the baton: deadline/baton.py)."""
         self.streams[waiting.stream].finish(waiting.frame, answer, waiting.verdict)
 
     def _reported(self) -> bool:
@@ -686,22 +685,25 @@ class StreamsRuntime:
         return max(0.0, (wake - self.clock.now_ns()) / 1e9)
 
     def close(self) -> None:
-        """Stop the model workers, then close every stream (its sinks and source); shared sinks once."""
+        """Stop the model workers, then close every stream (its sinks and source); shared sinks once; the baton
+        last (a deputy back from a hung invoke after that decides nothing: deadline/baton.py)."""
         self._gc.stop()
         self._priority.restore()
         shared = set(map(id, self.sinks))
         for model in self.models:
             model.close()
         self.watchdog.close()
-        self.baton.close()
-        for stream in self.streams:
-            stream.sinks = [s for s in stream.sinks if id(s) not in shared]
-            stream.close()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception:
-                logging.getLogger(__name__).exception("error while closing %r", sink)
+        try:
+            for stream in self.streams:
+                stream.sinks = [s for s in stream.sinks if id(s) not in shared]
+                stream.close()
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception:
+                    logging.getLogger(__name__).exception("error while closing %r", sink)
+        finally:
+            self.baton.close()
 
     def summary(self) -> Dict[str, Any]:
         """Today's totals over every stream, plus ``streams``: each stream's own summary (README: "JSON summary")."""
@@ -737,7 +739,17 @@ def takeover_after_ns(setups: Sequence[StreamSetup]) -> int:
         options = setup.options or options_for_spec(setup.spec)
         budget_ns = setup.spec.budget_ns
         limits.append((budget_ns - options.reserve_ns(budget_ns)) // 2)
-        rate, speed = setup.spec.sample_rate_hz, setup.source.speed
-        if rate and speed:
-            limits.append(int(setup.spec.hop / (rate * speed) * 1e9) // 2)
+        period_ns = window_period_ns(setup.spec, setup.source)
+        if period_ns is not None:
+            limits.append(period_ns // 2)
     return max(1, min(limits))
+
+
+def window_period_ns(spec: ModelSpec, source: Source) -> Optional[int]:
+    """How often a stream's windows come, in real time: hop / (sample rate x the source's speed); None if the
+    spec has no sample rate. A replay at full speed counts at its recorded rate (its frames come as fast as
+    they are taken)."""
+    rate = spec.sample_rate_hz
+    if not rate:
+        return None
+    return int(spec.hop / (rate * (source.speed or 1.0)) * 1e9)

@@ -49,9 +49,10 @@ _NEVER = -(1 << 62)  # "no faulty frame yet": older than any window
 # NaN and Inf are what the checks look for: numpy's "invalid value" warnings on them are not news. A filter
 # costs nothing per window; np.errstate around each window would cost about as much as a check.
 warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"edge_infer\.checks\.(guard|stats|ahead)$")
-#: Windows of a log whose fast path is computed at once (:meth:`InputGuard.read_ahead`): the block's cost,
-#: about 130 microseconds (0.25 per window; a quarter more at 256, and larger blocks fall out of the CPU's
-#: caches), falls on one window in this many, well below the 99th percentile.
+#: Frames of a log for whose windows the fast path is computed at once (:meth:`InputGuard.read_ahead`): the
+#: block's cost, about 130 microseconds (0.25 per window at hop 1; a quarter more at 256, and larger blocks fall
+#: out of the CPU's caches), falls on one window in this many at hop 1, in ``READ_AHEAD / hop`` at a larger hop
+#: (the block computes a value for every frame position; only every hop-th is a window).
 READ_AHEAD = 512
 #: ``rows(start, stop)``: frames ``start`` to ``stop - 1`` of a log as ``(n, channels)`` (fewer at its end).
 Rows = Callable[[int, int], np.ndarray]

@@ -2,32 +2,34 @@
 
 Inline (the default), a shared model is invoked on the loop's own thread,
 the cheapest way per window (docs/streams.md). While that invoke runs the
-loop thread can decide nothing else; when it overruns, the watchdog decides
-the windows *in* the invoke at their deadlines, but every other stream's
-windows would wait for the invoke to return: a hung model on one stream
-would make every stream late.
+loop thread can decide nothing else: without help, a hung model on one
+stream would make every stream late.
 
 So the right to run the loop is a lock, the baton. The thread that holds it
 runs the loop's turns; it *lends* the baton (releases the lock) for the
 length of each inline invoke and *takes it back* afterwards. On time, nobody
 else wants it: lending costs a lock release and an acquire per invoke, and
-no other thread wakes. When an invoke overruns, the watchdog fires, decides
-the overrun windows (holding the baton: sinks are never called by two
-threads at once) and calls a *deputy*: a spare thread that takes the baton
+no other thread wakes. When an invoke still runs at its model's takeover
+time, the watchdog calls a *deputy*: a spare thread that takes the baton
 and runs the loop's turns, the same code, so every other stream goes on
-deciding on time, and the hung model's own streams fall back at their
-deadlines (its windows wait, then expire: :mod:`.edf`). A deputy can itself
-invoke another model and lend the baton in turn; it gets a deputy of its
-own, so a spare thread is started for each invoke that overruns at once (at
-most one per model), and kept for the next time.
+deciding on time, and the overrunning model's windows fall back at their
+deadlines (:meth:`~.edf.SharedModel.poll`, on the deputy's turn). A deputy
+can itself invoke another model and lend the baton in turn; it gets a
+deputy of its own, so a spare thread is started for each invoke that
+overruns at once (at most one per model), and kept for the next time.
 
-When the invoke returns, its thread asks for the baton back: the deputy
-finishes its turn (a deputy asleep in the loop's wait is woken), hands the
-baton over and goes back to waiting. The late answer is dropped; the thread
-goes on with the turn it was in.
+When the invoke returns, its thread asks for the baton back. Whoever runs
+the loop then (a deputy, or the first thread after a deputy's own invoke)
+ends its turn, hands the baton over and waits to get it back (a deputy:
+goes back to waiting for a call); a thread asleep in the loop's wait is
+woken. The late answer is dropped; the thread goes on with the turn it was
+in. Every thread touches the loop's state only while it holds the baton;
+the invoking thread touches nothing between lending and taking back.
 
-Every thread touches the loop's state only while it holds the baton; the
-invoking thread touches nothing between lending and taking back.
+When the run is over, the first thread keeps the baton until the sinks are
+closed: a thread that comes back from an invoke after that gets
+:class:`RunOver` instead of the baton's state, and decides nothing more. An
+error in a deputy's turn ends the run and is raised on the first thread.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ import threading
 from typing import Callable, List, Optional
 
 log = logging.getLogger(__name__)
+
+
+class RunOver(Exception):
+    """Raised in a thread back from an invoke once the run is over: it must not decide or invoke anything more."""
 
 
 class Baton:
@@ -49,13 +55,14 @@ class Baton:
 
     def __init__(self, turn: Callable[[], bool], wake: Callable[[], None],
                  on_thread: Optional[Callable[[int], None]] = None, name: str = "edge-infer-deputy"):
-        #: Held by whichever thread runs the loop (or by the watchdog while it decides an overrun window).
+        #: Held by whichever thread runs the loop.
         self.lock = threading.Lock()
-        #: The run is over (a turn said so, or the loop ended): a deputy that gets the baton hands it back.
+        #: The run is over (a turn said so, or the first thread left the loop): nobody starts another turn.
         self.over = False
-        #: Turns run by deputies, and how many times a deputy took over (for the summary).
-        self.deputy_turns = 0
+        #: Times a deputy took over the loop (for the summary).
         self.takeovers = 0
+        #: An error raised in a deputy's turn, for the first thread to raise.
+        self.error: Optional[BaseException] = None
         self._turn = turn
         self._wake = wake
         self._on_thread = on_thread
@@ -64,34 +71,54 @@ class Baton:
         self._idle: List[threading.Lock] = []  # the call locks of deputies waiting to be called
         self._threads: List[threading.Thread] = []
         self._closing = False
+        self._held = False  # the first thread took it (hold) and has not handed it back at the end (close)
 
     # --- the loop's side ------------------------------------------------------------------------------------
 
     def hold(self) -> None:
-        """The loop's first thread takes the baton before its first turn."""
+        """The loop's first thread takes the baton before its first turn (and keeps it until :meth:`close`)."""
         self.lock.acquire()
+        self._held = True
+
+    def run_turns(self) -> None:
+        """The first thread's loop: turns until the run is over, handing the baton to a thread back from an
+        invoke (a deputy's) between turns. Raises a deputy's error; returns holding the baton."""
+        while not self.over:
+            if not self._turn():
+                self.over = True
+            elif self._wanted:
+                self.lock.release()
+                self.take_back()
+        if self.error is not None:
+            raise self.error
 
     def lend(self) -> None:
         """Before an inline invoke: the loop may go on in a deputy while this thread computes."""
         self.lock.release()
 
     def take_back(self) -> None:
-        """After the invoke: wait for the baton (a deputy finishes its turn first)."""
+        """After the invoke: wait for the baton (whoever runs the loop finishes its turn first). Raises
+        :class:`RunOver` (without the baton) if the run ended meanwhile."""
         wanted = self._wanted
         wanted.append(1)  # list.append/pop: atomic, so two threads back from two invokes count right
-        self._wake()
-        self.lock.acquire()
-        wanted.pop()
+        try:
+            self._wake()
+            self.lock.acquire()
+        finally:
+            wanted.pop()
+        if self.over and threading.current_thread() in self._threads:
+            self.lock.release()  # a deputy back after the end: the first thread finishes the run, not it
+            raise RunOver()
 
     @property
     def wanted(self) -> bool:
-        """A thread back from an invoke waits for the baton: a deputy's turn must end (the loop's wait too)."""
+        """A thread back from an invoke waits for the baton: the turn must end (the loop's wait too)."""
         return bool(self._wanted)
 
-    def release(self) -> None:
-        """The loop is over: every deputy that gets the baton from now on hands it straight back."""
+    def finish(self) -> None:
+        """The loop is over (the first thread, holding the baton): deputies stop; a thread back from an invoke
+        gets :class:`RunOver`. The first thread keeps the baton until :meth:`close`."""
         self.over = True
-        self.lock.release()
 
     # --- the watchdog's side --------------------------------------------------------------------------------
 
@@ -123,24 +150,40 @@ class Baton:
             call.acquire()
             if self._closing:
                 return
-            with self.lock:
-                if not self.over and not self._wanted:
-                    self.takeovers += 1
-                    self._run_turns()
+            self.lock.acquire()
+            if self.over or self._wanted:  # called late: the invoke is back already (or the run is over)
+                self.lock.release()
+            else:
+                self.takeovers += 1
+                try:
+                    self._stint()
+                except RunOver:  # its own invoke came back after the end: it holds nothing, and is done
+                    return
+                self.lock.release()
+            if self._closing:
+                return
             self._idle.append(call)
 
-    def _run_turns(self) -> None:
+    def _stint(self) -> None:
+        """Run turns until a thread back from an invoke wants the baton, or the run is over."""
         while not self._wanted and not self.over:
-            self.deputy_turns += 1
             try:
                 if not self._turn():
                     self.over = True
-            except Exception:  # the first thread reports the run's errors; a deputy must not die holding the baton
+            except RunOver:
+                raise
+            except BaseException as exc:  # the first thread raises it: the run must not end as if it had finished
                 log.exception("error in the decision loop, run by a deputy while the model overran")
+                self.error = exc
                 self.over = True
 
     def close(self) -> None:
-        """Stop idle deputies (one inside an invoke ends when it returns: they are daemon threads)."""
+        """After the run (the first thread, holding the baton): stop idle deputies, hand the baton back.
+        A deputy still inside a hung invoke gets :class:`RunOver` when it returns (a daemon thread)."""
         self._closing = True
+        self.over = True
         while self._idle:
             self._idle.pop().release()
+        if self._held:
+            self._held = False
+            self.lock.release()

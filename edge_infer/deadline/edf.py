@@ -141,8 +141,8 @@ class SharedModel(Scheduler):
                  wake: Optional[Callable[[], None]] = None, costs: Optional[Dict[int, int]] = None,
                  watchdog: Optional[Watchdog] = None, users: Optional[int] = None, baton: Optional[Baton] = None,
                  takeover_ns: int = 10**9):
-        """``answer`` hears every window's outcome: on the loop thread, or (inline) on the ``watchdog``'s when
-        an invoke overran the window's deadline. ``wake`` is called when the worker finished a batch (the
+        """``answer`` hears every window's outcome, on whichever thread runs the loop (inline, a deputy's while
+        an invoke overran: :mod:`.baton`). ``wake`` is called when the worker finished a batch (the
         loop's ``Wake.notify``). ``costs`` skips the start-up measurement (tests). Streams are numbered
         ``0..streams-1`` across the runtime; ``users`` of them use this model (default: all). Inline, the
         ``watchdog`` and ``baton`` are the runtime's: the baton is lent for each invoke, and a deputy runs the loop
@@ -312,10 +312,11 @@ class SharedModel(Scheduler):
         self.watchdog.arm_many((takeover,), self)  # type: ignore[union-attr]
         self.baton.lend()  # type: ignore[union-attr]
         try:
-            self._report = self._invoke(self._size)
+            report = self._invoke(self._size)
         finally:
-            self.baton.take_back()  # type: ignore[union-attr]
-        takeover.claim()
+            takeover.claim()  # before the baton: back in time, no deputy is called any more
+            self.baton.take_back()  # type: ignore[union-attr]  (RunOver if the run ended meanwhile)
+        self._report = report
 
     def _take_over(self, pending: Pending, now_ns: int) -> None:
         """The watchdog's call, on its thread: the invoke is still running at its takeover time."""

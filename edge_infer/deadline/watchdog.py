@@ -33,6 +33,12 @@ windows keep coming. Only arming something that fires *before* what the
 watchdog sleeps for (it is idle, or several streams with different budgets
 share it) releases its wake lock. Several owners (shared models) can have
 something armed at once: the watchdog fires each at its own time.
+
+Shared models (several streams, :mod:`.edf`) arm one :class:`Pending` per
+invoke, at the model's takeover time, whose "decision" is to call a deputy
+that runs the loop meanwhile (:mod:`.baton`): the deputy, not the watchdog,
+then decides the windows of the overrunning invoke, so the claim-and-emit
+protocol above is the single-stream loop's.
 """
 
 from __future__ import annotations

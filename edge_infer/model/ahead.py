@@ -17,7 +17,8 @@ import numpy as np
 
 from .engine import Engine
 
-#: Windows whose frames are converted at once (the cost, tens of microseconds, falls on one window in this many).
+#: Frames whose conversions are made at once: this many windows at hop 1, ``READ_AHEAD / hop`` at a larger hop
+#: (the cost, tens of microseconds, falls on one window in that many).
 READ_AHEAD = 512
 
 
