@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from edge_infer.deadline.clock import FakeClock
-from edge_infer.deadline.scheduler import ADMISSION_PROBE_EVERY, InlineScheduler, ThreadedScheduler
+from edge_infer.deadline.scheduler import InlineScheduler, ThreadedScheduler
+from edge_infer.deadline.tail_estimate import PROBE_EVERY
 from edge_infer.decide.reasons import Reason
 
 MS = 1_000_000
@@ -189,9 +190,9 @@ def test_admission_control_refuses_an_invoke_that_cannot_fit_and_probes_now_and_
     engine = FakeEngine(clock, [4])
     scheduler = make(clock, engine, admission=True)
     estimate_at_4ms(clock, scheduler)
-    for _ in range(ADMISSION_PROBE_EVERY - 1):
+    for _ in range(PROBE_EVERY - 1):
         assert scheduler.run(window(99), clock.now_ns() + 3 * MS).reason is Reason.DEADLINE
-    assert len(engine.inputs) == 10 and scheduler.admission_rejects == ADMISSION_PROBE_EVERY - 1
+    assert len(engine.inputs) == 10 and scheduler.admission_rejects == PROBE_EVERY - 1
     scheduler.run(window(99), clock.now_ns() + 3 * MS)  # the probe runs, to re-measure the model
     assert len(engine.inputs) == 11
     assert scheduler.run(window(5), clock.now_ns() + BUDGET).reason is None  # enough time: admitted

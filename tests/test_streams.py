@@ -173,7 +173,7 @@ def test_a_window_that_cannot_make_its_deadline_is_never_started():
 def test_a_model_the_estimate_says_is_too_slow_is_still_tried_every_tenth_window():
     """The cost estimate is refreshed only by real invokes: a model once measured slower than the budget (a stall)
     must not be kept from every window for good. Every 10th window kept from the free model by the estimate alone
-    is tried anyway (the single-stream admission rule, ADMISSION_PROBE_EVERY)."""
+    is tried anyway (the single-stream admission rule, PROBE_EVERY)."""
     clock = FakeClock(start_ns=0)
     model, batch, answers = shared(clock, {1: 50 * MS}, reserve_ns=MS)  # every invoke takes 50 ms, budget 20 ms
     for i in range(12):

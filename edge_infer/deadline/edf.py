@@ -49,8 +49,8 @@ from ..histogram import Histogram
 from ..model.batch import BatchEngine
 from .baton import Baton
 from .clock import Clock
-from .scheduler import ADMISSION_PROBE_EVERY, ModelAnswer, Scheduler
-from .tail_estimate import TailEstimate
+from .scheduler import ModelAnswer, Scheduler
+from .tail_estimate import PROBE_EVERY, TailEstimate
 from .watchdog import Pending, Watchdog
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,11 @@ class SharedModel(Scheduler):
 
         "Could not finish" is judged by the cost estimate, which only real invokes refresh: should a stall make
         it exceed the budget, a free model would never be tried again. So after
-        :data:`~.scheduler.ADMISSION_PROBE_EVERY` windows in a row kept from a free model by the estimate alone,
+        :data:`~.tail_estimate.PROBE_EVERY` windows in a row kept from a free model by the estimate alone,
         the next one is tried anyway (at worst it falls back ``deadline`` on time, like any overrun)."""
         ordered = sorted(self._pending.values(), key=_by_deadline)
         cost = self.costs.cost_ns(1)
-        if not self._in_flight and self._estimate_skips >= ADMISSION_PROBE_EVERY:
+        if not self._in_flight and self._estimate_skips >= PROBE_EVERY:
             cost = 0  # probe: only a deadline already (nearly) passed keeps this window from the model
         latest_start = now_ns + cost + self.reserve_ns
         fresh = [p for p in ordered if p.deadline_ns > latest_start]  # at its last chance a busy model cannot take it

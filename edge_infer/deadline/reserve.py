@@ -26,16 +26,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .tail_estimate import TailEstimate
+from .tail_estimate import PROBE_EVERY, TailEstimate
 
 #: Wake-ups and emissions remembered for the p99 (about 5 s of wake-ups at a 50 ms budget).
 WAKE_SAMPLES = 100
 #: Fallbacks the watchdog handed out, remembered for the p99 of the sinks' time (rare: only overruns).
 EMIT_SAMPLES = 20
-#: After this many windows refused on the p99 without the estimate being refreshed, one runs anyway: a loop
-#: that never sees a window fresh enough (it reads them late) must not stop the model for good, and the
-#: estimate must be able to follow a model that got faster again.
-PROBE_EVERY = 10
 
 
 class Reserve:
@@ -102,7 +98,7 @@ class Reserve:
           behind it do not wait for an invoke that was going to be wasted.
         * Otherwise (no newer window comes in time, the period is unknown, or the model cannot fit even a
           fresh window) the model runs it: it may still make it, and the watchdog keeps the deadline.
-        * Every :data:`PROBE_EVERY`-th window refused since the estimate was last refreshed runs anyway.
+        * Every :data:`~.tail_estimate.PROBE_EVERY`-th window refused since the estimate was last refreshed runs anyway.
         """
         if now_ns >= fire_at_ns:
             return True

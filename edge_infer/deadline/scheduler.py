@@ -34,14 +34,11 @@ from ..model.engine import Engine
 from .clock import Clock
 from .hygiene import Breather
 from .reserve import Reserve
-from .tail_estimate import TailEstimate
+from .tail_estimate import PROBE_EVERY, TailEstimate
 from .watchdog import Pending, Watchdog
 
 log = logging.getLogger(__name__)
 
-#: After this many windows in a row refused by admission control, one is admitted anyway, so the
-#: latency estimate can follow a model that got faster again (e.g. when a CPU hog stopped).
-ADMISSION_PROBE_EVERY = 10
 
 
 @dataclass
@@ -265,7 +262,7 @@ class WorkerScheduler(Scheduler):
     With ``admission`` on, a window the free worker would start although the
     recent p99 does not fit in the time left falls back at once with
     ``deadline`` (counted in ``admission_rejects``); every
-    :data:`ADMISSION_PROBE_EVERY`-th such window runs anyway, to re-measure.
+    :data:`~.tail_estimate.PROBE_EVERY`-th such window runs anyway, to re-measure.
 
     Subclasses are transports: :meth:`_send` hands a window to the worker,
     :meth:`_receive` waits for its next report and passes it to
@@ -423,7 +420,7 @@ class WorkerScheduler(Scheduler):
             self._refused_in_row = 0
             return True
         self._refused_in_row += 1
-        if self._refused_in_row >= ADMISSION_PROBE_EVERY:
+        if self._refused_in_row >= PROBE_EVERY:
             self._refused_in_row = 0
             return True
         return False

@@ -12,6 +12,12 @@ import math
 from typing import Callable, Optional
 
 
+#: Only invokes refresh the estimate: whatever refuses windows on it (admission, the start rule, a shared model's
+#: expiry) lets every this-many-th refused window run anyway, so an estimate a stall once inflated cannot keep
+#: the model from every later window.
+PROBE_EVERY = 10
+
+
 class TailEstimate:
     """The ``percentile`` of the last ``size`` durations, refreshed every ``every`` records.
 
