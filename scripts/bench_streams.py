@@ -182,7 +182,8 @@ def run_config(kind: str, n: int, speed: float, duration: Optional[float], realt
                 own_min_us.append(record["latency_us"]["p50"])
                 continue
             if record.get("stream") == "slow":  # the slow neighbour: counted, not judged
-                neighbour_sources[record["reason"] or "model"] = neighbour_sources.get(record["reason"] or "model", 0) + 1
+                outcome = record["reason"] or "model"
+                neighbour_sources[outcome] = neighbour_sources.get(outcome, 0) + 1
                 continue
             name = f"{c}:{record['stream']}"
             decisions.setdefault(name, []).append((stamp, record["seq"], record["t"], record["action"],

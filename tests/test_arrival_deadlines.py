@@ -318,8 +318,8 @@ def test_the_watchdog_fires_what_each_owner_armed_at_its_own_time():
     fired: list = []
     pendings = [Pending(fire, fire, name, lambda p, now: fired.append((p.frame, now)))
                 for name, fire in (("late", 20 * MS), ("early", 5 * MS))]
-    watchdog.arm_many(pendings[:1], "model A")
-    watchdog.arm_many(pendings[1:], "model B")
+    watchdog.arm_for("model A", pendings[0])
+    watchdog.arm_for("model B", pendings[1])
     clock.advance(6 * MS)
     give_up = time.monotonic() + SAFETY_S
     while not fired:

@@ -309,7 +309,7 @@ class SharedModel(Scheduler):
         (:meth:`poll`, on the deputy's turn). On time, nothing wakes: the watchdog sleeps past it."""
         fire_at = min(self._started_ns + self.takeover_ns, min(w.deadline_ns for w in chosen) - self.reserve_ns)
         takeover = Pending(fire_at, fire_at, None, self._take_over)
-        self.watchdog.arm_many((takeover,), self)  # type: ignore[union-attr]
+        self.watchdog.arm_for(self, takeover)  # type: ignore[union-attr]
         self.baton.lend()  # type: ignore[union-attr]
         try:
             report = self._invoke(self._size)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .clock import Clock
 from .reserve import Reserve
@@ -103,7 +103,7 @@ class Watchdog:
         #: Windows the watchdog decided (the invoke overran them).
         self.fired = 0
         self._armed: Tuple[Pending, ...] = ()
-        self._by_owner: Dict[Any, Tuple[Pending, ...]] = {}
+        self._by_owner: Dict[Any, Pending] = {}
         self._sleeping_until: float = _NEVER
         self._closing = False
         self._wake = threading.Lock()
@@ -119,15 +119,15 @@ class Watchdog:
         if pending.fire_at_ns < self._sleeping_until:
             self._kick()
 
-    def arm_many(self, pendings: Sequence[Pending], owner: Any) -> None:
-        """Watch ``pendings`` for ``owner`` (a shared model), in place of what that owner armed before.
+    def arm_for(self, owner: Any, pending: Pending) -> None:
+        """Watch ``pending`` for ``owner`` (a shared model's invoke), in place of what that owner armed before.
 
         Each owner keeps its own: while one model's invoke overruns, a deputy invoking another model
         (:mod:`.baton`) must not unwatch the first one's.
         """
-        self._by_owner[owner] = tuple(pendings)
-        self._armed = tuple(p for group in self._by_owner.values() for p in group if p.open)
-        if pendings and min(p.fire_at_ns for p in pendings) < self._sleeping_until:
+        self._by_owner[owner] = pending
+        self._armed = tuple(p for p in self._by_owner.values() if p.open)
+        if pending.fire_at_ns < self._sleeping_until:
             self._kick()
 
     def settle(self, pending: Pending) -> bool:
