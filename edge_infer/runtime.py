@@ -101,8 +101,11 @@ class Runtime:
         self.device_sinks: List[Sink] = []
         #: The device sink whose native backstop sends the deadline fallback without the GIL (or None).
         self.backstop: Optional[Any] = None
-        self._backstop_action: Any = None  # the fallback action the backstop holds for the window being invoked
+        #: The fallback action each window waiting for its decision has with the backstop (reader thread writes).
+        self._backstop_actions: Dict[int, Any] = {}
         self._backstop_lead_floor_ns = self.options.reserve_ns(spec.budget_ns)
+        self._backstop_fire_last = 0
+        self._arrived_in_window = 0  # frames since the last restart, counted on the reader's thread
         #: Decisions the backstop made (its fallback went out before the loop or the watchdog could send theirs).
         self.backstop_decisions = 0
         self.sinks: List[Sink] = [self.stats, *sinks]
@@ -240,8 +243,11 @@ class Runtime:
         """
         self.device_sinks.append(sink)
         enable = getattr(sink, "enable_backstop", None)
-        if self.backstop is None and enable is not None and not isinstance(self.scheduler, SharedModel) and enable():
+        reader = self.arrivals
+        if (self.backstop is None and enable is not None and isinstance(reader, ArrivalReader)
+                and not isinstance(self.scheduler, SharedModel) and enable()):
             self.backstop = sink
+            reader.on_arrival = self._arm_backstop
 
     def source_restarted(self) -> None:
         """The source's stream restarted (reconnect, reboot): the next window needs a whole window of new frames.
@@ -250,6 +256,7 @@ class Runtime:
         the loop's thread.
         """
         if isinstance(self.arrivals, ArrivalReader):
+            self._arrived_in_window = 0  # (this is the reader's thread)
             self.arrivals.mark_restart()
         else:
             self.window.reset()
@@ -324,8 +331,6 @@ class Runtime:
                 return self._overrun(frame)  # it would not be done in time: never start a lost window
             if self._inputs_ahead is not None:
                 self._inputs_ahead.prepare(frame.seq, view)
-            if self.backstop is not None:
-                self._arm_backstop(frame, deadline)
             answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
@@ -382,13 +387,23 @@ class Runtime:
         estimate = self.scheduler.invoke_estimate_ns()
         return estimate is None or (newer + 1) * estimate <= self._catch_up_ns
 
-    def _arm_backstop(self, frame: Frame, deadline_ns: int) -> None:
-        """The device's fallback for this window, with the native backstop, just before the deadline.
+    def _arm_backstop(self, frame: Frame) -> None:
+        """On the reader's thread, as ``frame`` arrives: if it ends a window, the device's fallback for that window
+        goes to the native backstop, to be sent just before its deadline unless the window is decided first.
 
-        The fallback is the one due at that time (a held model action may have expired by then).
+        The reader counts windows as the loop's window buffer will (restarts included: both are told on this
+        thread, in order with the frames). The fallback is the one due at that time (a held action may have
+        expired by then); fire times never go back, so the backstop writes in arrival order.
         """
-        fire_at = backstop_fire_at(deadline_ns, self._backstop_lead_floor_ns)
-        self._backstop_action = action = self.fallback.action(Reason.DEADLINE, fire_at)
+        self._arrived_in_window += 1
+        count, window = self._arrived_in_window, self.window
+        if count < window.window or (count - window.window) % window.hop:
+            return
+        fire_at = max(backstop_fire_at(frame.recv_ns + self._budget_ns, self._backstop_lead_floor_ns),
+                      self._backstop_fire_last)
+        self._backstop_fire_last = fire_at
+        action = self.fallback.action(Reason.DEADLINE, fire_at)
+        self._backstop_actions[frame.seq] = action
         self.backstop.arm_backstop(frame, fire_at, action)
 
     def _overrun(self, frame: Frame) -> Decision:
@@ -414,21 +429,25 @@ class Runtime:
         decision.stream = self.name
         now_ns = self.clock.now_ns
         start = now_ns()
-        sent_ns = None if self.backstop is None else self.backstop.settle_backstop(decision.seq)
+        sent_ns = backstop_action = None
+        if self.backstop is not None:
+            sent_ns = self.backstop.settle_backstop(decision.seq)
+            backstop_action = self._backstop_actions.pop(decision.seq, None)
         if sent_ns is None:
             for sink in self.device_sinks:
                 sink.on_decision(decision)
             decision.latency_us = (now_ns() - arrival_ns) / 1000.0
         else:  # the backstop sent the fallback at the deadline: that is what the device acts on, so it is the decision
-            self._as_sent_by_backstop(decision, (sent_ns - arrival_ns) / 1000.0)
+            self._as_sent_by_backstop(decision, backstop_action, (sent_ns - arrival_ns) / 1000.0)
         for sink in self.sinks:
             sink.on_decision(decision)
         self._sink_time.add(now_ns() - start)
 
-    def _as_sent_by_backstop(self, decision: Decision, latency_us: float) -> None:
-        """Make ``decision`` the deadline fallback the backstop sent ``latency_us`` after the window arrived."""
+    def _as_sent_by_backstop(self, decision: Decision, action: Any, latency_us: float) -> None:
+        """Make ``decision`` the deadline fallback (``action``) the backstop sent ``latency_us`` after the window
+        arrived."""
         self.backstop_decisions += 1
-        decision.action, decision.source, decision.reason = self._backstop_action, "fallback", Reason.DEADLINE
+        decision.action, decision.source, decision.reason = action, "fallback", Reason.DEADLINE
         decision.output = None
         decision.latency_us = latency_us
 

@@ -173,12 +173,32 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
     }
 
 
-def launcher(trace_path: Optional[str], busy: bool) -> str:
-    """The Python source the benchmark runs the CLI with: optionally a busy thread, optionally tracing."""
+#: The GIL hog's status object is serialised in this long (one C call that keeps the GIL), every GIL_HOG_EVERY_S.
+GIL_HOG_MS = 25.0
+GIL_HOG_EVERY_S = 0.1
+
+
+def launcher(trace_path: Optional[str], busy: bool, gil_hog: bool = False) -> str:
+    """The Python source the benchmark runs the CLI with: optionally a busy thread or a GIL hog, optionally tracing.
+
+    The busy thread spins in Python (it hands the GIL over at every switch interval, unless the kernel preempts
+    it while it holds it). The GIL hog is a telemetry thread that serialises a large status object with
+    ``json.dumps`` every ``GIL_HOG_EVERY_S``: one C call that keeps the GIL for about ``GIL_HOG_MS``.
+    """
     lines = ["import sys, threading", f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})"]
     if busy:
         lines += ["def spin():", "    n = 0", "    while True:", "        n += 1",
                   "threading.Thread(target=spin, daemon=True, name='busy').start()"]
+    if gil_hog:
+        lines += ["import json, time",
+                  "def status(n): return [{'k': i, 'v': [i] * 10} for i in range(n)]",
+                  "t = time.perf_counter(); json.dumps(status(5000)); per_item = (time.perf_counter() - t) / 5000",
+                  f"big = status(max(1, int({GIL_HOG_MS} / 1000 / per_item)))",
+                  "def hog():",
+                  "    while True:",
+                  "        json.dumps(big)",
+                  f"        time.sleep({GIL_HOG_EVERY_S})",
+                  "threading.Thread(target=hog, daemon=True, name='gil-hog').start()"]
     if trace_path:
         lines += ["import arrival_trace", f"arrival_trace.install({trace_path!r})"]
     lines += ["from edge_infer.cli import main", "sys.exit(main(sys.argv[1:]))"]

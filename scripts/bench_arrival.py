@@ -13,6 +13,8 @@ Scenarios (each ``--seconds`` long; hop 1, budget 50 ms by default):
 * ``fast``: a model of a few microseconds;
 * ``slow``: a model slower than the window period (built to about 2 periods);
 * ``slow + busy thread``: the slow model, with a Python thread spinning in the runtime's process;
+* ``slow + GIL hog``: the slow model, with a Python thread in the runtime's process that keeps the GIL for
+  about 25 ms in one C call every 100 ms (``json.dumps`` of a large status object, as a telemetry thread might);
 * ``slow + metrics scraped``: the slow model, with ``--metrics-http`` scraped as fast as it answers;
 * ``slow + CPU hog``: the slow model while ``stress-ng --cpu N`` (one per CPU) runs;
 
@@ -66,7 +68,7 @@ from firmware_bridge.stream import FrameDecoder  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CHANNELS = [f"c{i}" for i in range(6)]
 WINDOW = 32
-SCENARIOS = ("fast", "slow", "slow+busy-thread", "slow+metrics-scraped", "slow+cpu-hog")
+SCENARIOS = ("fast", "slow", "slow+busy-thread", "slow+gil-hog", "slow+metrics-scraped", "slow+cpu-hog")
 
 def write_spec(directory: Path, name: str, model: Path, rate: float, budget_ms: float) -> Path:
     spec = directory / f"{name}.toml"
@@ -243,7 +245,7 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
     args = ["run", "--source", f"serial:{link}", "--model", str(spec), "--mode", mode, "--json", "--show", "none",
             "--no-data-ms", "0", "--warmup", "20"] + (["--realtime"] if realtime else [])
     trace_path = str(Path(trace) / f"trace-{name}-{mode}{'-rt' if realtime else ''}.json") if trace else None
-    command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name)]
+    command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name, gil_hog="gil-hog" in name)]
     helpers: List[subprocess.Popen] = []
     port = None
     if "metrics" in name:

@@ -47,31 +47,46 @@ def test_the_backstop_is_built_where_a_compiler_is():
         assert Native is not None, "setup.py should have built edge_infer/deadline/_backstop.c (pip install -e .)"
 
 
-@needs_native
-def test_the_native_thread_writes_its_frame_at_the_fire_time_unless_disarmed_first():
+def raw_pty():
     master, slave = os.openpty()
     tty.setraw(master)
     tty.setraw(slave)
     os.set_blocking(slave, False)
+    return master, slave
+
+
+@needs_native
+def test_the_native_thread_writes_its_frames_in_order_at_their_fire_times_unless_answered_first():
+    master, slave = raw_pty()
     guard = Native(slave)
     try:
         assert guard.native_id > 0
-        guard.arm(1, time.perf_counter_ns() + 10**10, b"never\x00")
-        assert guard.disarm() is None  # disarmed in time: nothing written
-        guard.arm(2, time.perf_counter_ns(), b"fallback\x00")
-        wait_for(lambda: guard.fired == 1, "the backstop's write")
-        with pytest.raises(RuntimeError):  # what it wrote must be collected before anything else is armed
-            guard.arm(3, time.perf_counter_ns(), b"x")
-        tag, sent_ns, written, errno = guard.disarm()
-        assert (tag, written, errno) == (2, len(b"fallback\x00"), 0) and sent_ns > 0
-        assert os.read(master, 100) == b"fallback\x00"
-        assert guard.disarm() is None  # collected once
+        now = time.perf_counter_ns()
+        assert guard.arm(1, now, b"one\x00") and guard.arm(2, now + 10**10, b"two\x00")
+        assert guard.arm(3, now, b"three\x00")  # due, but behind 2: never before it
+        wait_for(lambda: guard.fired == 1, "the first write")
+        assert [(tag, written, err) for tag, _, written, err in guard.collect()] == [(1, 4, 0)]
+        assert guard.collect() == ()  # collected once
+        assert not guard.take_head(3)  # not next
+        assert guard.take_head(2)
+        assert guard.answer(b"answer\x00") == (7, 0)  # written in 2's place; 3 goes out right after
+        wait_for(lambda: guard.fired == 2, "the third write")
+        assert [tag for tag, *_ in guard.collect()] == [3]
+        assert os.read(master, 100) == b"one\x00answer\x00three\x00"
+        with pytest.raises(RuntimeError):
+            guard.answer(b"nothing held")
+        assert guard.arm(4, now + 10**10, b"four") and guard.take_head(4)
+        guard.clear()  # drops 4, and lets go of what was held
+        assert guard.arm(5, now, b"five\x00")
+        wait_for(lambda: guard.fired == 3, "the write after a clear")
+        assert [tag for tag, *_ in guard.collect()] == [5]
         with pytest.raises(ValueError):
-            guard.arm(4, 0, bytes(513))
-        guard.set_fd(-1)  # a lost port: the frame goes nowhere, and says so
-        guard.arm(5, 0, b"lost")
-        wait_for(lambda: guard.fired == 2, "the second write")
-        assert guard.disarm()[2:] == (0, 9)  # written 0, EBADF
+            guard.arm(6, 0, bytes(513))
+        assert all(guard.arm(7 + i, now + 10**10, b"x") for i in range(16)) and not guard.arm(99, now, b"full")
+        guard.set_fd(-1)  # a lost port: frames go nowhere, and say so (and it cleared the queue)
+        guard.arm(30, 0, b"lost")
+        wait_for(lambda: guard.fired == 4, "the write to no port")
+        assert [(tag, written, err) for tag, _, written, err in guard.collect()] == [(30, 0, 9)]  # EBADF
     finally:
         guard.close()
         os.close(master)
@@ -89,44 +104,47 @@ class Host:
         self.dec = FrameDecoder(auth=self.auth)
 
 
+def fallback(tag: int, fire_at_ns: int) -> ArmedAction:
+    return ArmedAction(tag, fire_at_ns, action=0, reason=int(Reason.DEADLINE), answers=100 + tag, name="idle")
+
+
 @needs_native
-def test_a_signed_links_numbering_stays_whole_whether_the_backstop_writes_or_not():
+def test_a_signed_links_numbering_stays_whole_whichever_of_the_backstop_and_the_link_writes():
     host, device = Host(Side.HOST), Host(Side.DEVICE)
     device.dec.feed(host.enc.encode(Session(host_nonce=host.auth.offer())))
     host.dec.feed(device.enc.encode(Session(host_nonce=device.auth.session[:8], device_nonce=device.auth.session[8:])))
     assert host.auth.established
     read_end, write_end = os.pipe()
     link = LinkBackstop(Native(write_end), host.enc, host.auth)
-    wire = []  # what went out, in order
-
-    def other_frame() -> None:  # what the link does around the armed fallback (SerialSource._send)
-        link.off()
-        os.write(write_end, host.enc.heartbeat())
-        link.rearm(delimiter=False)
-
+    model = lambda tag: host.enc.action(3, source=ActionSource.MODEL, answers_seq=100 + tag)  # noqa: E731
     try:
-        far = time.perf_counter_ns() + 10**10
-        link.arm(ArmedAction(tag=1, fire_at_ns=far, action=0, reason=int(Reason.DEADLINE), answers=10, name="idle"),
-                 delimiter=False)
-        other_frame()  # a heartbeat while armed: the fallback is encoded again after it
-        assert link.off() is None  # answered on time: the fallback never went out and took no numbers
-        link.arm(ArmedAction(2, time.perf_counter_ns(), 0, int(Reason.DEADLINE), 11, "idle"), delimiter=False)
-        wait_for(lambda: link.native.fired == 1, "the backstop's write")
-        other_frame()  # after the backstop wrote: the heartbeat takes the numbers after the fallback's
-        fired = link.off()
-        assert fired is None or fired.tag == 2
-        os.write(write_end, host.enc.action(3, source=ActionSource.MODEL, answers_seq=12))
+        now, far = time.perf_counter_ns(), time.perf_counter_ns() + 10**10
+        assert link.arm(fallback(1, now)) and link.arm(fallback(2, far)) and link.arm(fallback(3, far))
+        wait_for(lambda: link.native.fired == 1, "window 1's fallback")
+        assert [f.tag for f in link.collect()] == [1]  # the encoder moves past its numbers
+        assert link.take(2) and link.taken(2)
+        link.answer(model(2))  # the model's answer for 2 takes the numbers 2's fallback held
+        link.off()  # a heartbeat while 3 waits: it goes first, 3's fallback is encoded again after it
+        os.write(write_end, host.enc.heartbeat())
+        link.rearm()
+        assert link.take(3)
+        link.answer(model(3))
+        assert link.arm(fallback(4, time.perf_counter_ns()))
+        wait_for(lambda: link.native.fired == 2, "window 4's fallback")
+        assert [f.tag for f in link.collect()] == [4]
+        os.write(write_end, host.enc.heartbeat())  # the link's next frame: numbers after 4's
         link.native.close()
         os.close(write_end)
         data = b""
         while chunk := os.read(read_end, 4096):
             data += chunk
-        wire = device.dec.feed(data)
     finally:
         os.close(read_end)
-    assert [type(f).__name__ for f in wire] == ["Heartbeat", "Action", "Heartbeat", "Action"]
-    fallback = wire[1]
-    assert (fallback.source, fallback.reason, fallback.answers_seq) == (ActionSource.FALLBACK, Reason.DEADLINE, 11)
+    wire = device.dec.feed(data)
+    described = [(type(f).__name__, getattr(f, "answers_seq", None), getattr(f, "source", None)) for f in wire]
+    assert described == [("Action", 101, ActionSource.FALLBACK), ("Action", 102, ActionSource.MODEL),
+                         ("Heartbeat", None, None), ("Action", 103, ActionSource.MODEL),
+                         ("Action", 104, ActionSource.FALLBACK), ("Heartbeat", None, None)]
     counters = device.dec.counters
     assert (counters.seq_gaps, counters.replayed, counters.bad_signature) == (0, 0, 0)  # every frame accepted
 
@@ -141,7 +159,7 @@ def hold_the_gil(seconds: float) -> None:
 def test_a_model_holding_the_gil_past_the_deadline_still_gets_the_device_its_fallback_before_the_gil_is_free(
         tmp_path, mode):
     hold_s, budget_ms = 1.0, 100
-    spec_path = write_spec(tmp_path, dense_model(8, len(CHANNELS), 3, seed=5), rate=10.0, window=8, hop=4,
+    spec_path = write_spec(tmp_path, dense_model(8, len(CHANNELS), 3, seed=5), rate=100.0, window=8, hop=4,
                            budget_ms=budget_ms)
     spec, engine = open_model(str(spec_path))
     real_infer = engine.infer
@@ -169,7 +187,7 @@ def test_a_model_holding_the_gil_past_the_deadline_still_gets_the_device_its_fal
         device.send(hello_for(CHANNELS))
         frame_of = {}  # the device's seq -> the runtime's frame seq
         for i in range(24):  # windows end at frames 7, 11, 15, 19, 23; the one ending at 15 holds the GIL
-            frame_of[device.sensor([42.0 if i == 15 else float(i % 5), 1.0, -1.0], 100_000 * i)] = i
+            frame_of[device.sensor([42.0 if i == 15 else float(i % 5), 1.0, -1.0], 10_000 * i)] = i
             time.sleep(0.01)
         wait_for(lambda: device.read(0.02) is not None and len(device.of_type(Action)) >= 5, "5 ACTIONs", SAFETY_S)
     finally:
@@ -185,9 +203,31 @@ def test_a_model_holding_the_gil_past_the_deadline_still_gets_the_device_its_fal
                  if reason != "shutdown"}
     assert decisions[15][0] == "deadline"  # the log says what the device got
     assert actions[15].source == ActionSource.FALLBACK and actions[15].reason == int(Reason.DEADLINE)
-    assert summary["backstop_decisions"] == 1 and summary["source"]["backstop_actions"] == 1
     # it went out while the GIL was still held (latency from the frame's arrival, which came before the invoke)
     assert decisions[15][1] < hold_s * 1e6
+    # windows that came during the hold were armed when the reader could read them again: their fallbacks went
+    # out then if their deadlines had passed; either way the log says what the device got, window by window
+    assert summary["backstop_decisions"] == summary["source"]["backstop_actions"] >= 1
+    assert {seq: decisions[seq][0] for seq in actions} == {
+        seq: None if a.reason == int(Reason.NONE) else Reason(a.reason).code for seq, a in actions.items()}
     assert [decisions[s][0] for s in (7, 11)] == [None, None]  # before: the model's (after: frames that came
     # during the hold are too old for the model by the time the loop runs again)
     assert device.dec.counters.seq_gaps == 0
+
+
+@needs_native
+def test_a_port_lost_and_found_again_opens_although_the_backstop_held_a_copy_of_it(tmp_path):
+    # pyserial locks the port (flock, exclusive); the backstop's dup of the descriptor shares that lock, so it
+    # must let go when the port is lost, or the same device can never be opened again (seen: a spurious loss
+    # right after a replug, then "Could not exclusively lock port" for good)
+    device = ScriptedDevice(tmp_path / "dev")
+    source = SerialSource(str(device.link), channels=CHANNELS)
+    try:
+        source.recv(0.05)  # opens the port
+        assert source.port.connected and source.enable_backstop()
+        source.port.lost(OSError("a spurious loss"))
+        wait_for(lambda: source.recv(0.02) is None and source.port.reconnects == 1, "the port opened again")
+        assert source.port.connected
+    finally:
+        source.close()
+        device.close()

@@ -4,18 +4,22 @@
  * thread of normal priority that the kernel preempts while it holds the GIL keeps every other Python thread
  * waiting, the SCHED_FIFO loop and watchdog included: 3-34 ms measured with a busy Python thread in the
  * process. No Python-level watchdog can keep a deadline through that. This thread never touches Python:
- * it sleeps on a condition variable (CLOCK_MONOTONIC, the clock of time.perf_counter_ns) until the armed
- * frame's fire time and, unless the frame was disarmed first, write()s its bytes to the device's file
+ * it sleeps on a condition variable (CLOCK_MONOTONIC, the clock of time.perf_counter_ns) until the next
+ * queued frame's fire time and, unless that frame was taken back first, write()s it to the device's file
  * descriptor (its own dup, so that a port closed under it never makes it write to a reused descriptor).
  *
- * The protocol with the Python side (edge_infer/sources/link_backstop.py), one slot:
- *   arm(tag, fire_at_ns, wire)  the slot holds ``wire`` for frame ``tag`` (the slot must not hold a frame
- *                               that fired and was not collected: the caller disarms first);
- *   disarm()                    empties the slot; returns None if nothing fired since the last call, else
- *                               (tag, fired_ns, written, errno) of the frame this thread wrote;
- *   set_fd(fd)                  writes go to a dup of ``fd`` from now on (-1: nowhere); empties the slot.
- * Every call takes the mutex; the thread holds it while it writes (a non-blocking descriptor: microseconds),
- * never while it waits for anything else, so a caller holding the GIL cannot deadlock with it.
+ * The protocol with the Python side (edge_infer/sources/link_backstop.py), a queue of frames in fire order:
+ *   arm(tag, fire_at_ns, wire)  queue ``wire``, the fallback for window ``tag``, to be written at
+ *                               ``fire_at_ns`` and never before the frames queued ahead of it;
+ *   collect()                   what was written since the last call: (tag, sent_ns, written, errno)...;
+ *   take_head(tag), answer(w)   the caller answers window ``tag`` itself: if its frame is next, it is held
+ *                               (and everything behind it), then ``w`` is written in its place, in order;
+ *   clear()                     drop everything queued (the caller sends another frame, then arms again);
+ *   set_fd(fd)                  write to a dup of ``fd`` from now on (-1: nowhere); clears.
+ * Frames go out in the order they were queued, because each carries the link's next sequence number and
+ * signing counter, which the device only accepts growing. Every call takes the mutex; the thread holds it
+ * while it writes (a non-blocking descriptor: microseconds), never while it waits for anything else, so a
+ * caller holding the GIL cannot deadlock with it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,23 +33,38 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_WIRE 512 /* an ACTION frame is about 40 bytes signed; the slot refuses anything longer */
+#define MAX_WIRE 512 /* an ACTION frame is about 40 bytes signed; a slot refuses anything longer */
+#define SLOTS 16      /* windows armed at once (written or not, until collected) */
 #define NEVER INT64_MAX
 
-enum { EMPTY, ARMED, FIRED };
+typedef struct {
+    long long tag;
+    int64_t fire_at_ns;
+    Py_ssize_t len;
+    unsigned char wire[MAX_WIRE];
+} Slot;
+
+typedef struct {
+    long long tag;
+    int64_t sent_ns;
+    Py_ssize_t written;
+    int err;
+} Sent;
 
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t thread;
-    int started, closing, fd, state, write_errno;
+    int started, closing, fd;
+    int answering;    /* the caller is answering the head itself: nothing is written until it has */
+    int head, queued; /* armed slots, in fire order, from ``head`` */
+    int nsent;        /* written, not yet collected */
     long tid;
-    long long tag;
-    int64_t fire_at_ns, sleeping_until, fired_ns, late_max_ns;
-    Py_ssize_t len, written;
+    int64_t sleeping_until, late_max_ns;
     unsigned long long fired;
-    unsigned char wire[MAX_WIRE];
+    Slot slots[SLOTS];
+    Sent sent[SLOTS];
 } Backstop;
 
 static int64_t now_ns(void) {
@@ -54,16 +73,24 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Write the armed frame (mutex held). */
+static Py_ssize_t write_out(Backstop *b, const unsigned char *wire, Py_ssize_t len, int *err) {
+    ssize_t n = b->fd >= 0 ? write(b->fd, wire, (size_t)len) : -1;
+    *err = n < 0 ? (b->fd >= 0 ? errno : EBADF) : 0;
+    return n < 0 ? 0 : n;
+}
+
+/* Write the head slot (mutex held) and keep what happened for collect(). */
 static void fire(Backstop *b, int64_t now) {
-    ssize_t n = b->fd >= 0 ? write(b->fd, b->wire, (size_t)b->len) : -1;
-    b->write_errno = n < 0 ? (b->fd >= 0 ? errno : EBADF) : 0;
-    b->written = n < 0 ? 0 : n;
-    b->fired_ns = now_ns();
-    b->state = FIRED;
+    Slot *slot = &b->slots[b->head];
+    Sent *sent = &b->sent[b->nsent++];
+    sent->tag = slot->tag;
+    sent->written = write_out(b, slot->wire, slot->len, &sent->err);
+    sent->sent_ns = now_ns();
+    b->head = (b->head + 1) % SLOTS;
+    b->queued--;
     b->fired++;
-    if (now - b->fire_at_ns > b->late_max_ns)
-        b->late_max_ns = now - b->fire_at_ns;
+    if (now - slot->fire_at_ns > b->late_max_ns)
+        b->late_max_ns = now - slot->fire_at_ns;
 }
 
 static void *run(void *arg) {
@@ -75,18 +102,18 @@ static void *run(void *arg) {
     b->tid = (long)syscall(SYS_gettid);
     pthread_cond_broadcast(&b->cv); /* the constructor waits for the id */
     while (!b->closing) {
-        if (b->state != ARMED) {
+        if (b->queued == 0 || b->answering) {
             b->sleeping_until = NEVER;
             pthread_cond_wait(&b->cv, &b->mu);
             continue;
         }
-        int64_t now = now_ns();
-        if (now >= b->fire_at_ns) {
+        int64_t fire_at = b->slots[b->head].fire_at_ns, now = now_ns();
+        if (now >= fire_at) {
             fire(b, now);
             continue;
         }
-        struct timespec until = {(time_t)(b->fire_at_ns / 1000000000), (long)(b->fire_at_ns % 1000000000)};
-        b->sleeping_until = b->fire_at_ns;
+        struct timespec until = {(time_t)(fire_at / 1000000000), (long)(fire_at % 1000000000)};
+        b->sleeping_until = fire_at;
         pthread_cond_timedwait(&b->cv, &b->mu, &until);
     }
     pthread_mutex_unlock(&b->mu);
@@ -176,37 +203,82 @@ static PyObject *Backstop_arm(Backstop *b, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     pthread_mutex_lock(&b->mu);
-    int fired = b->state == FIRED;
-    if (!fired) {
-        memcpy(b->wire, wire.buf, (size_t)wire.len);
-        b->len = wire.len;
-        b->tag = tag;
-        b->fire_at_ns = fire_at;
-        b->state = ARMED;
-        if (fire_at < b->sleeping_until)
+    int room = b->queued + b->nsent < SLOTS;
+    if (room) {
+        Slot *slot = &b->slots[(b->head + b->queued) % SLOTS];
+        memcpy(slot->wire, wire.buf, (size_t)wire.len);
+        slot->len = wire.len;
+        slot->tag = tag;
+        slot->fire_at_ns = fire_at;
+        if (b->queued++ == 0 && fire_at < b->sleeping_until)
             pthread_cond_signal(&b->cv);
     }
     pthread_mutex_unlock(&b->mu);
     PyBuffer_Release(&wire);
-    if (fired) {
-        PyErr_SetString(PyExc_RuntimeError, "the backstop fired and was not disarmed (collected) before arming");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(room);
 }
 
-static PyObject *Backstop_disarm(Backstop *b, PyObject *unused) {
+static PyObject *Backstop_collect(Backstop *b, PyObject *unused) {
+    Sent sent[SLOTS];
     pthread_mutex_lock(&b->mu);
-    int fired = b->state == FIRED;
-    long long tag = b->tag;
-    int64_t fired_ns = b->fired_ns;
-    Py_ssize_t written = b->written;
-    int write_errno = b->write_errno;
-    b->state = EMPTY;
+    int n = b->nsent;
+    memcpy(sent, b->sent, sizeof(Sent) * (size_t)n);
+    b->nsent = 0;
     pthread_mutex_unlock(&b->mu);
-    if (!fired)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(LLni)", tag, (long long)fired_ns, written, write_errno);
+    PyObject *out = PyTuple_New(n);
+    for (int i = 0; out != NULL && i < n; i++) {
+        PyObject *item = Py_BuildValue("(LLni)", sent[i].tag, (long long)sent[i].sent_ns, sent[i].written, sent[i].err);
+        if (item == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+static PyObject *Backstop_take_head(Backstop *b, PyObject *arg) {
+    long long tag = PyLong_AsLongLong(arg);
+    if (tag == -1 && PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&b->mu);
+    int taken = b->queued > 0 && !b->answering && b->slots[b->head].tag == tag;
+    if (taken)
+        b->answering = 1;
+    pthread_mutex_unlock(&b->mu);
+    return PyBool_FromLong(taken);
+}
+
+static PyObject *Backstop_answer(Backstop *b, PyObject *arg) {
+    Py_buffer wire;
+    if (PyObject_GetBuffer(arg, &wire, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int err = 0, answering;
+    Py_ssize_t written = 0;
+    pthread_mutex_lock(&b->mu);
+    answering = b->answering;
+    if (answering) {
+        written = write_out(b, wire.buf, wire.len, &err);
+        b->head = (b->head + 1) % SLOTS;
+        b->queued--;
+        b->answering = 0;
+        pthread_cond_signal(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    PyBuffer_Release(&wire);
+    if (!answering) {
+        PyErr_SetString(PyExc_RuntimeError, "answer() without take_head()");
+        return NULL;
+    }
+    return Py_BuildValue("(ni)", written, err);
+}
+
+static PyObject *Backstop_clear(Backstop *b, PyObject *unused) {
+    pthread_mutex_lock(&b->mu);
+    b->queued = 0;
+    b->answering = 0;
+    pthread_mutex_unlock(&b->mu);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Backstop_set_fd(Backstop *b, PyObject *arg) {
@@ -225,7 +297,8 @@ static PyObject *Backstop_set_fd(Backstop *b, PyObject *arg) {
     pthread_mutex_lock(&b->mu);
     int old = b->fd;
     b->fd = copy;
-    b->state = EMPTY;
+    b->queued = 0;
+    b->answering = 0;
     pthread_mutex_unlock(&b->mu);
     if (old >= 0)
         close(old);
@@ -255,10 +328,16 @@ static PyObject *get_native_id(Backstop *b, void *c) { return PyLong_FromLong(b-
 
 static PyMethodDef methods[] = {
     {"arm", (PyCFunction)(void (*)(void))Backstop_arm, METH_FASTCALL,
-     "arm(tag, fire_at_ns, wire): write ``wire`` at ``fire_at_ns`` (perf_counter_ns) unless disarmed first."},
-    {"disarm", (PyCFunction)Backstop_disarm, METH_NOARGS,
-     "Empty the slot; None, or (tag, fired_ns, written, errno) of the frame written since the last call."},
-    {"set_fd", (PyCFunction)Backstop_set_fd, METH_O, "set_fd(fd): write to a dup of ``fd`` (-1: nowhere); empties the slot."},
+     "arm(tag, fire_at_ns, wire) -> bool: queue ``wire`` to be written at ``fire_at_ns`` (perf_counter_ns), after "
+     "every frame queued before it; False if the queue is full."},
+    {"collect", (PyCFunction)Backstop_collect, METH_NOARGS,
+     "The frames written since the last call, in order: a tuple of (tag, sent_ns, written, errno)."},
+    {"take_head", (PyCFunction)Backstop_take_head, METH_O,
+     "take_head(tag) -> bool: if the next frame is ``tag``'s, hold it (and every later one) for answer()."},
+    {"answer", (PyCFunction)Backstop_answer, METH_O,
+     "answer(wire) -> (written, errno): write ``wire`` in place of the held head frame, then go on."},
+    {"clear", (PyCFunction)Backstop_clear, METH_NOARGS, "Drop every queued frame (and a held head)."},
+    {"set_fd", (PyCFunction)Backstop_set_fd, METH_O, "set_fd(fd): write to a dup of ``fd`` (-1: nowhere); clears."},
     {"close", (PyCFunction)Backstop_close, METH_NOARGS, "Stop the thread and close the descriptor's dup."},
     {NULL}};
 

@@ -85,6 +85,8 @@ class ArrivalReader(Source):
         self._closing = False
         self._error: Optional[BaseException] = None
         self.queued_max = 0
+        #: Called on the reader thread with each frame before the loop can take it (the backstop arms there).
+        self.on_arrival: Optional[Callable[[Frame], None]] = None
         self._thread = threading.Thread(target=self._read, name=name, daemon=True)
 
     def start(self) -> None:
@@ -105,6 +107,8 @@ class ArrivalReader(Source):
             while not self._closing:
                 frame = recv(READ_SLICE_S)
                 if frame is not None:
+                    if self.on_arrival is not None:
+                        self.on_arrival(frame)
                     queue.append(frame)
                     self.wake.notify()
         except EndOfStream:

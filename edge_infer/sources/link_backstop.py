@@ -1,33 +1,42 @@
-"""The serial link's side of the backstop (:mod:`edge_infer.deadline.backstop`): the next ACTION, ready to go.
+"""The serial link's side of the backstop (:mod:`edge_infer.deadline.backstop`): fallback ACTIONs, ready to go.
 
-The backstop writes a frame the link encoded in advance, so that frame must
-carry the link's *next* numbers: the ``seq`` the device counts gaps in and,
-on a signed link, the signing counter the device's replay floor only lets
-grow (PROTOCOL.md sections 6 and 13). So:
+The backstop writes frames the link encoded in advance, one per window
+waiting for its decision, in order. Each must carry the numbers it will
+have on the wire: the ``seq`` the device counts gaps in and, on a signed
+link, the signing counter the device's replay floor only lets grow
+(PROTOCOL.md sections 6 and 13). So, with ``k`` frames queued:
 
-* the fallback is encoded with the encoder's next numbers, which are then
-  put back: on time, the model's ACTION takes them, and the device sees no
-  gap;
-* before the link encodes any other frame, it takes the fallback off the
-  backstop (:meth:`LinkBackstop.off`). If the backstop wrote it meanwhile,
-  the encoder moves past its numbers; if not, the other frame goes out and
-  the fallback is encoded again with the numbers after it
-  (:meth:`LinkBackstop.rearm`).
+* a new window's fallback is encoded with the encoder's next numbers plus
+  ``k``; the encoder itself does not move (:meth:`LinkBackstop.arm`);
+* the decision of the oldest window takes the encoder's next numbers, the
+  ones its queued fallback holds: the link holds that frame
+  (:meth:`LinkBackstop.take`), encodes the decision and has the backstop
+  write it in the fallback's place (:meth:`LinkBackstop.answer`); the
+  frames behind it keep their numbers;
+* a frame the backstop wrote moves the encoder past its numbers
+  (:meth:`LinkBackstop.collect`);
+* any other frame (a heartbeat, a session offer, a decision of a window
+  with nothing queued) clears the queue (:meth:`LinkBackstop.off`), goes out
+  with the encoder's next numbers, and the windows still waiting are encoded
+  again after it (:meth:`LinkBackstop.rearm`).
 
-All of it runs under the link's transmit lock; the backstop's own thread
-only ever writes the bytes it holds.
+Every backstop frame starts with a 0x00 delimiter (an empty chunk, which
+every receiver skips), so it never depends on how the frame before it ended.
+All of this runs under the link's transmit lock; the backstop's own thread
+only writes the bytes it holds.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, List, NamedTuple, Optional, Tuple
 
 from firmware_bridge.auth import LinkAuth
 from firmware_bridge.protocol import ActionSource, FrameEncoder
 
 
 class ArmedAction(NamedTuple):
-    """The fallback ACTION the backstop holds: for frame ``tag`` (the runtime's seq), at ``fire_at_ns``."""
+    """A fallback ACTION the backstop holds: for frame ``tag`` (the runtime's seq), at ``fire_at_ns``."""
 
     tag: int
     fire_at_ns: int
@@ -46,67 +55,90 @@ class Fired(NamedTuple):
 
 
 class LinkBackstop:
-    """One native backstop for one link: arms its next ACTION, and keeps the link's numbering whole."""
+    """One native backstop for one link: its queue of fallback ACTIONs, and the link's numbering kept whole."""
 
     def __init__(self, native: Any, encoder: FrameEncoder, auth: Optional[LinkAuth]):
         self.native = native
         self._encoder = encoder
         self._auth = auth
-        self._armed: Optional[ArmedAction] = None
-        self._numbers_after: Tuple[int, int] = (0, 0)  # the encoder's numbers once the armed frame is out
-        self._wire_len = 0
+        #: What the native queue holds, in order, with each frame's length (written frames until collected).
+        self._queued: Deque[Tuple[ArmedAction, int]] = deque()
+        self._taken: Optional[int] = None  # the tag whose fallback is held for the caller's answer
 
-    @property
-    def armed(self) -> Optional[ArmedAction]:
-        return self._armed
+    def arm(self, armed: ArmedAction) -> bool:
+        """Queue ``armed`` behind the others; False if the queue is full (that window has no backstop)."""
+        encoder, auth, ahead = self._encoder, self._auth, len(self._queued)
+        seq, tx_ts = encoder.next_seq, auth.tx_ts if auth is not None else 0
+        encoder.next_seq = (seq + ahead) & 0xFFFF
+        if auth is not None:
+            auth.tx_ts = tx_ts + ahead
+        try:
+            wire = b"\x00" + encoder.action(armed.action, source=ActionSource.FALLBACK, reason=armed.reason,
+                                            answers_seq=armed.answers, name=armed.name)
+        finally:
+            encoder.next_seq = seq
+            if auth is not None:
+                auth.tx_ts = tx_ts
+        if not self.native.arm(armed.tag, armed.fire_at_ns, wire):
+            return False
+        self._queued.append((armed, len(wire)))
+        return True
 
-    def arm(self, armed: ArmedAction, delimiter: bool) -> None:
-        """Hold ``armed`` (the slot must be off); ``delimiter``: the link owes the device a 0x00 first."""
-        self._armed = armed
-        self._load(delimiter)
+    def collect(self) -> List[Fired]:
+        """The fallbacks written since the last call; the encoder moves past their numbers."""
+        out = []
+        for tag, sent_ns, written, _errno in self.native.collect():
+            length = self._queued.popleft()[1] if self._queued else -1  # written in queue order
+            self._encoder.next_seq = (self._encoder.next_seq + 1) & 0xFFFF
+            if self._auth is not None:
+                self._auth.tx_ts += 1
+            out.append(Fired(tag, sent_ns, written == length))
+        return out
 
-    def off(self) -> Optional[Fired]:
-        """Take the armed fallback off the backstop before another frame is encoded; what it wrote, if it did."""
-        fired = self.native.disarm()
-        if fired is None:
-            return None
-        tag, sent_ns, written, _errno = fired
-        self._encoder.next_seq, tx_ts = self._numbers_after  # the device has seen the fallback's numbers
-        if self._auth is not None:
-            self._auth.tx_ts = tx_ts
-        self._armed = None
-        return Fired(tag, sent_ns, written > 0 and written == self._wire_len)
+    def take(self, tag: int) -> bool:
+        """Hold ``tag``'s fallback for the caller's own ACTION (call :meth:`collect` first); False if it is not next."""
+        if self._queued and self._queued[0][0].tag == tag and self.native.take_head(tag):
+            self._taken = tag
+            return True
+        return False
 
-    def rearm(self, delimiter: bool) -> None:
-        """After another frame went out: the armed fallback again, with the numbers after that frame."""
-        if self._armed is not None:
-            self._load(delimiter)
+    def taken(self, tag: int) -> bool:
+        """Is ``tag``'s fallback held for the caller's answer?"""
+        return self._taken == tag
 
-    def forget(self, tag: int) -> None:
-        """Frame ``tag`` is answered now by the caller: the backstop holds nothing for it any more."""
-        if self._armed is not None and self._armed.tag == tag:
-            self._armed = None
+    def answer(self, wire: bytes) -> Tuple[int, int]:
+        """Write ``wire`` (encoded with the encoder's next numbers) in place of the held fallback: (written, errno)."""
+        self._taken = None
+        self._queued.popleft()
+        return self.native.answer(wire)
+
+    def off(self) -> List[Fired]:
+        """Before another frame is encoded: nothing stays queued; returns what was written meanwhile."""
+        self.native.clear()
+        fired = self.collect()
+        if self._taken is not None:  # the held fallback's window is answered by the caller, after this frame
+            self._queued.popleft()
+            self._taken = None
+        return fired
+
+    def rearm(self) -> None:
+        """After another frame went out: every window still waiting, queued again with the numbers after it."""
+        waiting = [armed for armed, _length in self._queued]
+        self._queued.clear()
+        for armed in waiting:
+            if not self.arm(armed):
+                break
+
+    def drop(self) -> None:
+        """Nothing more is to go out for the windows queued (the link is down, or shut down)."""
+        self._queued.clear()
 
     def set_fd(self, fd: int) -> None:
-        """A new connection: write there (-1: nowhere); whatever was armed for the old one is dropped."""
-        self._armed = None
+        """A new connection: write there (-1: nowhere); nothing queued for the old one goes out."""
         self.native.set_fd(fd)
+        self._queued.clear()
+        self._taken = None
 
     def close(self) -> None:
-        self._armed = None
+        self._queued.clear()
         self.native.close()
-
-    def _load(self, delimiter: bool) -> None:
-        armed, encoder, auth = self._armed, self._encoder, self._auth
-        assert armed is not None
-        numbers = (encoder.next_seq, auth.tx_ts if auth is not None else 0)
-        wire = encoder.action(armed.action, source=ActionSource.FALLBACK, reason=armed.reason,
-                              answers_seq=armed.answers, name=armed.name)
-        self._numbers_after = (encoder.next_seq, auth.tx_ts if auth is not None else 0)
-        encoder.next_seq = numbers[0]
-        if auth is not None:
-            auth.tx_ts = numbers[1]
-        if delimiter:
-            wire = b"\x00" + wire
-        self._wire_len = len(wire)
-        self.native.arm(armed.tag, armed.fire_at_ns, wire)

@@ -60,8 +60,10 @@ out in the other.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
+import os
 import threading
 import time
 from array import array
@@ -87,6 +89,7 @@ from firmware_bridge.protocol import (
 from firmware_bridge.stream import FrameDecoder
 
 from ..deadline.backstop import native_type as backstop_native
+from ..decide.reasons import Reason
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
@@ -141,7 +144,10 @@ class SerialSource(Source):
         self._pending: Deque[Frame] = collections.deque()
         self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
         self._backstop: Optional[LinkBackstop] = None  # enable_backstop()
-        self._backstop_fired: Optional[Fired] = None  # what it sent last, for that frame's decision to learn
+        #: Frames whose fallback the backstop sent, and when, until their decision asks (settle_backstop).
+        self._backstop_sent: Dict[int, int] = {}
+        self._shut_down = False  # the shutdown ACTION went out
+        self._backstop_fd = False  # the backstop holds a copy of the open port's descriptor
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -215,7 +221,7 @@ class SerialSource(Source):
         self._ready = False
         if self._backstop is not None:
             with self._tx_lock:
-                self._backstop_off()
+                self._account(self._backstop.off())
                 self._backstop.close()
         self.port.close()
 
@@ -227,15 +233,24 @@ class SerialSource(Source):
         It cannot when the device is not there or not greeted, or when the
         frame came from an earlier epoch (the device rebooted since, so its
         sequence number means nothing now): counted in ``actions_unsent``.
+        With a backstop, a window whose fallback it holds is answered in that
+        fallback's place (:meth:`settle_backstop` held it), in order with the
+        fallbacks queued behind it; after the shutdown ACTION nothing queued
+        goes out.
         """
         answers = self.device_seq_of(frame_seq)
-        encoder = self._encoder
+        encoder, backstop = self._encoder, self._backstop
         with self._tx_lock:
-            if self._backstop is not None:
-                self._backstop.forget(frame_seq)  # answered now: not to be armed again after this frame
-            sent = (answers is not None and self._ready
-                    and self._send(lambda: encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                          name=name)))
+            ready = answers is not None and self._ready
+            if backstop is not None and ready and backstop.taken(frame_seq):
+                sent = self._answer(encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                   name=name))
+            else:
+                if reason == int(Reason.SHUTDOWN):
+                    self._shut_down = True  # nothing is armed any more: no fallback goes out after this ACTION
+                sent = ready and self._send(lambda: encoder.action(action, source=source, reason=reason,
+                                                                   answers_seq=answers, name=name),
+                                            keep_backstop=not self._shut_down)
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -248,7 +263,9 @@ class SerialSource(Source):
             return False
         if self._backstop is None:
             with self._tx_lock:
-                self._backstop = LinkBackstop(native(self.port.fileno()), self._encoder, self.auth)
+                fd = self.port.fileno()
+                self._backstop = LinkBackstop(native(fd), self._encoder, self.auth)
+                self._backstop_fd = fd >= 0
         return True
 
     @property
@@ -257,43 +274,58 @@ class SerialSource(Source):
         return None if self._backstop is None else self._backstop.native.native_id
 
     def arm_backstop(self, frame_seq: int, fire_at_ns: int, action: int, reason: int, name: str) -> None:
-        """Have the backstop send this fallback ACTION for frame ``frame_seq`` at ``fire_at_ns`` unless settled first.
+        """Have the backstop send this fallback ACTION for frame ``frame_seq`` at ``fire_at_ns``, unless settled first.
 
+        Called as the frame arrives (the reader's thread); windows are armed in the order they arrive.
         Nothing is armed when no ACTION could answer that frame now (no device, not greeted, an old epoch).
         """
         answers = self.device_seq_of(frame_seq)
         with self._tx_lock:
-            self._backstop_off()
-            if answers is not None and self._ready:
-                self._backstop.arm(ArmedAction(frame_seq, fire_at_ns, action, reason, answers, name),
-                                   self._need_delimiter)
+            if answers is not None and self._ready and not self._shut_down:
+                self._backstop.arm(ArmedAction(frame_seq, fire_at_ns, action, reason, answers, name))  # type: ignore
 
     def settle_backstop(self, frame_seq: int) -> Optional[int]:
-        """Take frame ``frame_seq``'s fallback back from the backstop; the time it went out if the backstop sent it.
+        """Before frame ``frame_seq``'s decision goes out: when the backstop sent its fallback, else None.
 
-        None: the caller's decision is the one to send (nothing went out for that frame).
+        None: the caller's decision is the one to send, and the backstop holds the window's fallback (if it has
+        it next) until :meth:`send_action` writes the decision in its place.
         """
         with self._tx_lock:
-            self._backstop_off()
-            fired = self._backstop_fired
-            if fired is not None and fired.tag == frame_seq:
-                self._backstop_fired = None
-                return fired.sent_ns
-            self._backstop.forget(frame_seq)  # type: ignore[union-attr]
-            if self._ready:
-                self._backstop.rearm(self._need_delimiter)  # type: ignore[union-attr]  # (armed for another frame)
-            return None
+            self._account(self._backstop.collect())  # type: ignore[union-attr]
+            sent_ns = self._backstop_sent.pop(frame_seq, None)
+            if sent_ns is None:
+                self._backstop.take(frame_seq)  # type: ignore[union-attr]
+            return sent_ns
 
-    def _backstop_off(self) -> Optional[Fired]:
-        """Empty the backstop's slot (transmit lock held); account for the ACTION it sent, if it did."""
-        fired = self._backstop.off()  # type: ignore[union-attr]
-        if fired is not None:
-            self._backstop_fired = fired  # until the decision of that frame asks (settle_backstop)
+    def _answer(self, wire: bytes) -> bool:
+        """Write a held window's decision through the backstop, in its fallback's place (transmit lock held)."""
+        if self._need_delimiter:
+            wire = b"\x00" + wire
+        written, err = self._backstop.answer(wire)  # type: ignore[union-attr]
+        self._last_tx = time.monotonic()
+        self._need_delimiter = written != len(wire)
+        if err and err != errno.EAGAIN:
+            self.port.write_failed(OSError(err, os.strerror(err)))  # the reader closes and reopens the port
+        return not self._need_delimiter
+
+    def _backstop_let_go(self) -> None:
+        """The port is lost: nothing queued goes out, and the backstop's copy of the descriptor is closed (it
+        holds the port's exclusive lock, which would keep the port from being opened again)."""
+        with self._tx_lock:
+            self._account(self._backstop.off())  # type: ignore[union-attr]
+            self._backstop.set_fd(-1)  # type: ignore[union-attr]
+            self._backstop_fd = False
+
+    def _account(self, fired: List[Fired]) -> None:
+        """The fallbacks the backstop wrote (transmit lock held): counted, and kept for their decisions."""
+        for one in fired:
+            if len(self._backstop_sent) >= SEQ_RING:  # decisions that never asked (the run stopped first)
+                self._backstop_sent.clear()
+            self._backstop_sent[one.tag] = one.sent_ns
             self._n["backstop_actions"] += 1
-            self._n["actions_sent" if fired.complete else "actions_unsent"] += 1
-            self._need_delimiter = not fired.complete
+            self._n["actions_sent" if one.complete else "actions_unsent"] += 1
+            self._need_delimiter = not one.complete
             self._last_tx = time.monotonic()
-        return fired
 
     def device_seq_of(self, frame_seq: int) -> Optional[int]:
         """The device's sequence number of a recent frame of the current epoch, else None."""
@@ -310,6 +342,8 @@ class SerialSource(Source):
         """
         now = time.monotonic()
         if not self.port.connected:  # never opened, or lost (in a read or a write)
+            if self._backstop_fd:
+                self._backstop_let_go()
             self._ready = False
             if not self.port.open_if_due():
                 wake = min(end, self.port.retry_at)
@@ -327,8 +361,9 @@ class SerialSource(Source):
         self._ready = self._greeted = False
         if self._backstop is not None:
             with self._tx_lock:
-                self._backstop_off()
+                self._account(self._backstop.off())
                 self._backstop.set_fd(self.port.fileno())
+                self._backstop_fd = True
         self._decoder.reset()
         self._need_delimiter = True
         self._quiet_until = None
@@ -391,19 +426,25 @@ class SerialSource(Source):
             if self._send(self._encoder.heartbeat):
                 self._n["heartbeats_sent"] += 1
 
-    def _send(self, encode: Callable[[], bytes]) -> bool:
-        """Encode and write one frame (transmit lock held), around the backstop's armed ACTION if there is one."""
+    def _send(self, encode: Callable[[], bytes], keep_backstop: bool = True) -> bool:
+        """Encode and write one frame (transmit lock held) before the backstop's queue, which is armed again after.
+
+        ``keep_backstop`` False: the windows queued get nothing more from the backstop (the shutdown ACTION).
+        """
         backstop = self._backstop
         if backstop is not None:
-            self._backstop_off()  # its frame must not take our numbers, nor go out in the middle of ours
+            self._account(backstop.off())  # its frames must not take our numbers, nor go out in the middle of ours
         wire = encode()
         if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
             wire = b"\x00" + wire
         sent = self.port.write(wire)
         self._need_delimiter = not sent
         self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
-        if backstop is not None and self._ready:
-            backstop.rearm(self._need_delimiter)
+        if backstop is not None:
+            if self._ready and keep_backstop:
+                backstop.rearm()
+            else:
+                backstop.drop()
         return sent
 
     # --- receiving ---------------------------------------------------------------------------

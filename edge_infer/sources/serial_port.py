@@ -211,10 +211,16 @@ class SerialPort:
                 rest = rest[ser.write(rest):]
             return True
         except PORT_ERRORS as exc:
-            # The reader owns the port: it closes it at its next read (the runtime writes from another thread,
-            # and closing the port under a reader blocked on it would count one unplug twice).
-            self._write_failed = exc
+            self.write_failed(exc)
             return False
+
+    def write_failed(self, exc: BaseException) -> None:
+        """A write (here, or the backstop's) found the port gone.
+
+        The reader owns the port: it closes it at its next read (the runtime writes from another thread, and
+        closing the port under a reader blocked on it would count one unplug twice).
+        """
+        self._write_failed = exc
 
     def lost(self, exc: BaseException) -> None:
         """The port failed: close it, warn, and schedule the first reopen attempt."""
