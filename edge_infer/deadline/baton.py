@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class Baton:
         self._name = name
         self._wanted: List[int] = []  # one entry per thread back from an invoke, waiting for the baton
         self._idle: List[threading.Lock] = []  # the call locks of deputies waiting to be called
+        self._lends = 0  # how many times the baton was lent: a deputy called for one lending serves no later one
+        self._called_at: Dict[threading.Lock, int] = {}  # per deputy (its call lock): the lending it was called for
         self._threads: List[threading.Thread] = []
         self._closing = False
         self._held = False  # the first thread took it (hold) and has not handed it back at the end (close)
@@ -94,6 +96,7 @@ class Baton:
 
     def lend(self) -> None:
         """Before an inline invoke: the loop may go on in a deputy while this thread computes."""
+        self._lends += 1
         self.lock.release()
 
     def take_back(self) -> None:
@@ -130,6 +133,7 @@ class Baton:
             call = self._idle.pop()
         except IndexError:
             call = self._start_deputy()
+        self._called_at[call] = self._lends
         call.release()
 
     # --- the deputies ---------------------------------------------------------------------------------------
@@ -151,7 +155,9 @@ class Baton:
             if self._closing:
                 return
             self.lock.acquire()
-            if self.over or self._wanted:  # called late: the invoke is back already (or the run is over)
+            if self.over or self._wanted or self._lends != self._called_at[call]:
+                # called late: the invoke is back already (its thread may even have lent the baton again, for an
+                # invoke nobody asked a deputy for), or the run is over
                 self.lock.release()
             else:
                 self.takeovers += 1

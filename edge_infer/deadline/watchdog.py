@@ -34,11 +34,16 @@ watchdog sleeps for (it is idle, or several streams with different budgets
 share it) releases its wake lock. Several owners (shared models) can have
 something armed at once: the watchdog fires each at its own time.
 
-Shared models (several streams, :mod:`.edf`) arm one :class:`Pending` per
-invoke, at the model's takeover time, whose "decision" is to call a deputy
-that runs the loop meanwhile (:mod:`.baton`): the deputy, not the watchdog,
-then decides the windows of the overrunning invoke, so the claim-and-emit
-protocol above is the single-stream loop's.
+Takeovers. A loop that lends its baton around the invoke (:mod:`.baton`)
+also arms a :class:`Pending` at its takeover time, whose "decision" is to
+call a deputy that runs the loop meanwhile. A single-stream loop arms it
+after its window's, at the same fire time (:meth:`Watchdog.arm`): the
+watchdog decides the window, then calls the deputy, which decides the
+windows that arrived meanwhile and those that come until the invoke returns
+(in order, after that window; the watchdog has nothing more to emit then).
+Shared models (several streams, :mod:`.edf`) arm only the takeover, one per
+model, at half a window period (:meth:`Watchdog.arm_for`): a deputy decides
+their windows too.
 """
 
 from __future__ import annotations
@@ -113,10 +118,12 @@ class Watchdog:
 
     # --- the loop's side (hot path: stores and one comparison) -------------------------------------------
 
-    def arm(self, pending: Pending) -> None:
-        """Watch ``pending`` (and stop watching whatever was armed before: the loop has claimed it)."""
-        self._armed = (pending,)
-        if pending.fire_at_ns < self._sleeping_until:
+    def arm(self, *pendings: Pending) -> None:
+        """Watch ``pendings`` (and stop watching whatever was armed before: the loop has claimed it): one window,
+        or a window and then its takeover, which fires at the same time (:mod:`.baton`). The first fires first;
+        what is due together is decided in this order."""
+        self._armed = pendings
+        if pendings[0].fire_at_ns < self._sleeping_until:
             self._kick()
 
     def arm_for(self, owner: Any, pending: Pending) -> None:
