@@ -95,8 +95,10 @@ class Runtime:
         if isinstance(source, LogSource):
             self._log = source.values
             self.guard.read_ahead(source.rows)
-            if self.scheduler.mode == "inline" and not isinstance(self.scheduler, SharedModel):
-                self._inputs_ahead = InputsAhead(engine, source.rows)  # (a shared model converts its batches)
+            if self.scheduler.mode == "inline" and not isinstance(self.scheduler, SharedModel) and not source.paced:
+                # (a shared model converts its batches; a paced replay lends the baton, and a lent invoke converts
+                # its own copy of the window: InlineScheduler.use_baton)
+                self._inputs_ahead = InputsAhead(engine, source.rows)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self._sink_time = self.stats.sink_time
@@ -133,8 +135,8 @@ class Runtime:
         self._deputy_wait_s = POLL_S if isinstance(self.arrivals, ArrivalReader) else DEPUTY_WAIT_S
         #: The scheduler that lends the baton (from :meth:`run` on: a frame given to :meth:`on_frame` directly
         #: is decided as without one), if it does.
-        self._lends: Optional[InlineScheduler] = (self.scheduler if type(self.scheduler) is InlineScheduler
-                                                  and source.paced else None)
+        self._lender: Optional[InlineScheduler] = (self.scheduler if type(self.scheduler) is InlineScheduler
+                                                   and source.paced else None)
         self._stop: Optional[threading.Event] = None
         self._hooks: Optional["ServiceHooks"] = None
         self._end_at: Optional[float] = None
@@ -164,8 +166,8 @@ class Runtime:
         self._stop, self._hooks = stop, hooks
         baton = self.baton
         baton.hold()  # kept until close(): nothing decides after the sinks are closed
-        if self._lends is not None:
-            self._lends.use_baton(baton, (self.spec.window, len(self.spec.channels)))
+        if self._lender is not None:
+            self._lender.use_baton(baton, (self.spec.window, len(self.spec.channels)))
         try:
             self.start()
             self._now = self.clock.now_ns()
@@ -202,7 +204,7 @@ class Runtime:
             wait = (self._silence.next_due_ns - self._now) / 1e9
             if wait < timeout:
                 timeout = wait if wait > 0.0 else 0.0
-        inline = self._lends
+        inline = self._lender
         if inline is not None and inline.busy and timeout > self._deputy_wait_s:  # a deputy's turn
             timeout = self._deputy_wait_s
         try:

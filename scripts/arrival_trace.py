@@ -173,12 +173,20 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
     }
 
 
-def launcher(trace_path: Optional[str], busy: bool) -> str:
-    """The Python source the benchmark runs the CLI with: optionally a busy thread, optionally tracing."""
+def launcher(trace_path: Optional[str], busy: bool, hiccup: Optional["tuple[float, int, int]"] = None) -> str:
+    """The Python source the benchmark runs the CLI with: optionally a busy thread, optionally tracing, optionally
+    a model that hangs: ``hiccup`` = (ms, every, after): every ``every``-th invoke after the first ``after`` (the
+    warm-up) sleeps ``ms`` first (a sleep releases the GIL, as a hung native invoke does)."""
     lines = ["import sys, threading", f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})"]
     if busy:
         lines += ["def spin():", "    n = 0", "    while True:", "        n += 1",
                   "threading.Thread(target=spin, daemon=True, name='busy').start()"]
+    if hiccup:
+        ms, every, after = hiccup
+        lines += ["import time", "from edge_infer.model.engine import Engine", "_infer, _calls = Engine.infer, [0]",
+                  "def infer(self, window):", "    _calls[0] += 1",
+                  f"    if _calls[0] > {after} and _calls[0] % {every} == 0:", f"        time.sleep({ms / 1000.0})",
+                  "    return _infer(self, window)", "Engine.infer = infer"]
     if trace_path:
         lines += ["import arrival_trace", f"arrival_trace.install({trace_path!r})"]
     lines += ["from edge_infer.cli import main", "sys.exit(main(sys.argv[1:]))"]

@@ -178,3 +178,37 @@ def test_on_time_no_deputy_is_started_and_a_full_speed_replay_lends_nothing(tmp_
     assert summary["deputy_takeovers"] == 0 and runtime.baton._threads == []
     assert (runtime.baton._lends > 0) == (speed is not None)
     assert not runtime.baton.lock.locked()
+
+
+def test_a_stop_during_a_hung_invoke_ends_the_loop_and_the_run_closes_once_the_invoke_returns(tmp_path):
+    """The deputy sees the stop and ends the loop; the first thread, still inside the invoke, finishes the run
+    (the shutdown decision, the sinks closed) only when it returns, as in the many-stream loop."""
+    sink = OneAtATime()
+    runtime, release, calls = hanging_runtime(tmp_path, sink)
+    stop = threading.Event()
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("summary", runtime.run(stop=stop)), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: runtime.baton.takeovers >= 1, "a deputy to take over", timeout=30)
+        stop.set()
+        wait_for(lambda: runtime.baton.over, "the deputy to end the loop", timeout=30)
+        assert thread.is_alive() and "summary" not in out  # the first thread is still in the invoke
+    finally:
+        release.set()
+    thread.join(60)
+    assert out["summary"]["deputy_takeovers"] == 1
+    assert sink.decisions[-1][0].reason.name == "SHUTDOWN" and sink.decisions[-1][1] == thread.name
+
+
+def test_a_takeover_is_not_counted_as_a_window_the_watchdog_decided(tmp_path):
+    sink = OneAtATime()
+    runtime, release, calls = hanging_runtime(tmp_path, sink)
+    thread, out = run_in_thread(runtime)
+    try:
+        wait_for(lambda: runtime.baton.takeovers >= 1, "a deputy to take over", timeout=30)
+    finally:
+        release.set()
+    thread.join(60)
+    scheduler = out["summary"]["scheduler"]
+    assert scheduler["watchdog_fallbacks"] == 1 and out["summary"]["deputy_takeovers"] == 1

@@ -1,4 +1,4 @@
-"""The baton: which thread runs a many-stream loop, handed on while the model it invoked overruns.
+"""The baton: which thread runs a decision loop, handed on while the model it invoked overruns.
 
 Inline (the default), a shared model is invoked on the loop's own thread,
 the cheapest way per window (docs/streams.md). While that invoke runs the
@@ -25,6 +25,17 @@ goes back to waiting for a call); a thread asleep in the loop's wait is
 woken. The late answer is dropped; the thread goes on with the turn it was
 in. Every thread touches the loop's state only while it holds the baton;
 the invoking thread touches nothing between lending and taking back.
+
+A deputy serves only the lending it was called for: one that gets the lock
+after the invoke's thread took the baton back and lent it again (for an
+invoke that did not overrun) hands it straight back.
+
+One stream (:class:`~edge_infer.runtime.Runtime`, inline, frames in real
+time) uses the same baton: its watchdog calls the deputy right after it
+decided the window of an invoke that still runs, so the deputy's decisions
+(every window it completes falls back ``overrun``: the model is busy) come
+after that one, in order (docs/deadlines.md). Its deputy never invokes, so
+there is at most one.
 
 When the run is over, the first thread keeps the baton until the sinks are
 closed: a thread that comes back from an invoke after that gets

@@ -67,7 +67,9 @@ class Pending:
     ``decide(pending, now_ns)`` is the owner's fallback emission; the watchdog
     calls it (holding ``emit_lock``) only if it won the claim. ``frame`` and
     ``deadline_ns`` are for the owner to build that decision; ``stream`` lets
-    one watchdog serve several streams.
+    one watchdog serve several streams. A takeover (:mod:`.baton`) has no
+    ``frame``: it decides no window, so it is neither counted in
+    :attr:`Watchdog.fired` nor timed for the reserve.
     """
 
     __slots__ = ("fire_at_ns", "deadline_ns", "frame", "decide", "stream", "_token")
@@ -177,12 +179,14 @@ class Watchdog:
         with self.emit_lock:
             for pending in armed:
                 if pending.fire_at_ns <= now and pending.claim():
-                    self.fired += 1
                     start = clock.now_ns()
                     try:
                         pending.decide(pending, now)
                     except Exception:  # the watchdog must outlive a broken sink
                         log.exception("error while deciding an overrun window by fallback")
+                    if pending.frame is None:  # a takeover: no window decided, nothing handed to the sinks
+                        continue
+                    self.fired += 1
                     if reserve is not None:
                         reserve.emitted(clock.now_ns() - start)
 
