@@ -64,9 +64,9 @@ if TYPE_CHECKING:  # the service module imports metrics and config; the loop onl
 POLL_S = 0.1
 #: Frames that have already arrived are taken this many at a time between two ticks.
 DRAIN = 32
-#: A deputy (a thread that runs the loop while an inline invoke overruns) waits for a paced log's next frame at most
-#: this long per turn: the thread back from the invoke gets the baton within that (that wait cannot be woken; a
-#: live source's can: the baton wakes it).
+#: A deputy (a thread that runs the loop while an inline invoke overruns) waits for a frame at most this long per
+#: turn: the thread back from the invoke gets the baton within that. (The baton wakes a live source's wait, but
+#: only one already begun; a paced log's wait cannot be woken.)
 DEPUTY_WAIT_S = 0.001
 
 
@@ -132,7 +132,6 @@ class Runtime:
         #: meanwhile (frames come in real time: a live source, a paced replay), taken over while one overruns.
         wake = self.arrivals.wake.notify if isinstance(self.arrivals, ArrivalReader) else _nothing
         self.baton = Baton(self._turn, wake, self._priority.add_loop_thread)
-        self._deputy_wait_s = POLL_S if isinstance(self.arrivals, ArrivalReader) else DEPUTY_WAIT_S
         #: The scheduler that lends the baton (from :meth:`run` on: a frame given to :meth:`on_frame` directly
         #: is decided as without one), if it does.
         self._lender: Optional[InlineScheduler] = (self.scheduler if type(self.scheduler) is InlineScheduler
@@ -205,8 +204,8 @@ class Runtime:
             if wait < timeout:
                 timeout = wait if wait > 0.0 else 0.0
         inline = self._lender
-        if inline is not None and inline.busy and timeout > self._deputy_wait_s:  # a deputy's turn
-            timeout = self._deputy_wait_s
+        if inline is not None and inline.busy and timeout > DEPUTY_WAIT_S:  # a deputy's turn
+            timeout = DEPUTY_WAIT_S
         try:
             frame = self.arrivals.recv(timeout)
             if frame is not None:

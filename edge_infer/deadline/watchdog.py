@@ -1,8 +1,8 @@
 """The watchdog: a decision at the deadline when an inline invoke overruns, at no cost when it does not.
 
 The inline mode invokes the model on the loop's own thread (no hand-off to a
-worker, the cheapest per window), so the loop cannot decide anything while
-an invoke runs. The watchdog is the one other thread that can: before each
+worker, the cheapest per window), so the loop's thread cannot decide anything
+while an invoke runs. The watchdog is the other thread that can: before each
 invoke the loop *arms* a :class:`Pending` (one attribute store, no lock, no
 event), and after the invoke it *claims* it. If the invoke is still running
 when the pending window's fire time (deadline − reserve) comes, the watchdog
