@@ -212,3 +212,23 @@ def test_a_takeover_is_not_counted_as_a_window_the_watchdog_decided(tmp_path):
     thread.join(60)
     scheduler = out["summary"]["scheduler"]
     assert scheduler["watchdog_fallbacks"] == 1 and out["summary"]["deputy_takeovers"] == 1
+
+
+def test_a_deputy_serves_only_the_lending_it_was_called_for():
+    """A deputy called while an invoke overran, but slow to start: by the time it gets the lock, the invoke's
+    thread took the baton back and lent it again for the next invoke, which nobody asked a deputy for. It hands
+    the baton straight back (running a turn then would decide windows before the watchdog decided that
+    invoke's window: out of order, and beside the watchdog in the sinks)."""
+    from edge_infer.deadline.baton import Baton
+
+    turns: List[int] = []
+    baton = Baton(lambda: turns.append(1) or True, lambda: None)
+    baton.hold()
+    baton.lend()  # invoke 1 overruns...
+    baton.take_back()  # ...and returns before the deputy the watchdog calls now gets the lock
+    baton.call_deputy()
+    baton.lend()  # invoke 2
+    wait_for(lambda: len(baton._idle) == 1, "the deputy to hand the baton back", timeout=30)
+    baton.take_back()
+    assert turns == [] and baton.takeovers == 0
+    baton.close()
