@@ -8,6 +8,7 @@ while the invoke was still hung, by which thread, and in which order.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -232,3 +233,23 @@ def test_a_deputy_serves_only_the_lending_it_was_called_for():
     baton.take_back()
     assert turns == [] and baton.takeovers == 0
     baton.close()
+
+
+def test_under_realtime_the_deputy_runs_under_sched_fifo_at_the_loops_priority(tmp_path):
+    from test_deadline_runtime import fifo_permitted
+
+    if not fifo_permitted():
+        pytest.skip("SCHED_FIFO is not permitted here")
+    sink = OneAtATime()
+    runtime, release, calls = hanging_runtime(tmp_path, sink)
+    runtime.options = DeadlineOptions(warmup=0, gc_control=False, no_data_ms=0, realtime=True)
+    thread, out = run_in_thread(runtime)
+    try:
+        wait_for(lambda: runtime.baton.takeovers >= 1, "a deputy to take over", timeout=30)
+        deputy = runtime.baton._threads[0].native_id
+        policy, priority = os.sched_getscheduler(deputy), os.sched_getparam(deputy).sched_priority
+        loop_priority = os.sched_getparam(thread.native_id).sched_priority
+    finally:
+        release.set()
+    thread.join(60)
+    assert policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO and priority == loop_priority > 0
