@@ -40,6 +40,7 @@ from .deadline.reserve import Reserve
 from .deadline.scheduler import ALREADY_DECIDED, InlineScheduler, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
+from .deadline.backstop import fire_at_ns as backstop_fire_at
 from .deadline.watchdog import Pending, Watchdog
 from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
@@ -104,6 +105,12 @@ class Runtime:
         self._sink_time = self.stats.sink_time
         #: Sinks that talk to a device: served first, and ``latency_us`` runs until they are done.
         self.device_sinks: List[Sink] = []
+        #: The device sink whose native backstop sends the deadline fallback without the GIL (or None).
+        self.backstop: Optional[Any] = None
+        self._backstop_action: Any = None  # the fallback action the backstop holds for the window being invoked
+        self._backstop_lead_floor_ns = self.options.reserve_ns(spec.budget_ns)
+        #: Decisions the backstop made (its fallback went out before the loop or the watchdog could send theirs).
+        self.backstop_decisions = 0
         self.sinks: List[Sink] = [self.stats, *sinks]
         self._frame_sinks: List[Any] = []  # see _sinks_that_take_frames
         self._sinks_seen = -1
@@ -253,6 +260,8 @@ class Runtime:
         if options.gc_control:
             self._gc.start()
         self.arm_silence()
+        if self.backstop is not None:
+            self._priority.add_waiter(self.backstop.backstop_thread_id)
         if isinstance(self.arrivals, ArrivalReader):
             self.arrivals.start()  # last: frames are stamped from now on
             self._priority.add_waiter(self.arrivals.native_id)
@@ -271,8 +280,14 @@ class Runtime:
         return None if period_ns is None else period_ns / 1e6
 
     def add_device_sink(self, sink: Sink) -> None:
-        """A sink that talks to a device: it gets every decision before any other sink."""
+        """A sink that talks to a device: it gets every decision before any other sink.
+
+        The first device sink that can have a native backstop gets one (:mod:`.deadline.backstop`).
+        """
         self.device_sinks.append(sink)
+        enable = getattr(sink, "enable_backstop", None)
+        if self.backstop is None and enable is not None and not isinstance(self.scheduler, SharedModel) and enable():
+            self.backstop = sink
 
     def source_restarted(self) -> None:
         """The source's stream restarted (reconnect, reboot): the next window needs a whole window of new frames.
@@ -355,6 +370,8 @@ class Runtime:
                 return self._overrun(frame)  # it would not be done in time: never start a lost window
             if self._inputs_ahead is not None:
                 self._inputs_ahead.prepare(frame.seq, view)
+            if self.backstop is not None:
+                self._arm_backstop(frame, deadline)
             answer = self.scheduler.run(view, deadline, Pending(fire_at, deadline, frame, self._late))
             if answer is ALREADY_DECIDED:  # the watchdog decided it at its deadline; the answer was dropped
                 return None
@@ -411,6 +428,15 @@ class Runtime:
         estimate = self.scheduler.invoke_estimate_ns()
         return estimate is None or (newer + 1) * estimate <= self._catch_up_ns
 
+    def _arm_backstop(self, frame: Frame, deadline_ns: int) -> None:
+        """The device's fallback for this window, with the native backstop, just before the deadline.
+
+        The fallback is the one due at that time (a held model action may have expired by then).
+        """
+        fire_at = backstop_fire_at(deadline_ns, self._backstop_lead_floor_ns)
+        self._backstop_action = action = self.fallback.action(Reason.DEADLINE, fire_at)
+        self.backstop.arm_backstop(frame, fire_at, action)
+
     def _overrun(self, frame: Frame) -> Decision:
         """The window the model cannot take: a newer one is waiting, or its deadline has (nearly) passed."""
         return self._fall_back(frame, Reason.OVERRUN, self.clock.now_ns())
@@ -434,12 +460,23 @@ class Runtime:
         decision.stream = self.name
         now_ns = self.clock.now_ns
         start = now_ns()
-        for sink in self.device_sinks:
-            sink.on_decision(decision)
-        decision.latency_us = (now_ns() - arrival_ns) / 1000.0
+        sent_ns = None if self.backstop is None else self.backstop.settle_backstop(decision.seq)
+        if sent_ns is None:
+            for sink in self.device_sinks:
+                sink.on_decision(decision)
+            decision.latency_us = (now_ns() - arrival_ns) / 1000.0
+        else:  # the backstop sent the fallback at the deadline: that is what the device acts on, so it is the decision
+            self._as_sent_by_backstop(decision, (sent_ns - arrival_ns) / 1000.0)
         for sink in self.sinks:
             sink.on_decision(decision)
         self._sink_time.add(now_ns() - start)
+
+    def _as_sent_by_backstop(self, decision: Decision, latency_us: float) -> None:
+        """Make ``decision`` the deadline fallback the backstop sent ``latency_us`` after the window arrived."""
+        self.backstop_decisions += 1
+        decision.action, decision.source, decision.reason = self._backstop_action, "fallback", Reason.DEADLINE
+        decision.output = None
+        decision.latency_us = latency_us
 
     def _decide(self, frame: Frame, answer: ModelAnswer) -> Decision:
         reason, values, invoke_ns = answer.reason, answer.output, answer.invoke_ns
@@ -488,6 +525,8 @@ class Runtime:
             "fallback": self.fallback.describe(),
             "deputy_takeovers": self.baton.takeovers,
             "startup": None if self.startup is None else self.startup.to_dict(),
+            # windows whose deadline fallback the native backstop sent (None: no backstop, see deadline/backstop.py)
+            "backstop_decisions": None if self.backstop is None else self.backstop_decisions,
         })
         return out
 

@@ -31,8 +31,7 @@ the device): scripts/arrival_trace.py.
 
 usage: python scripts/bench_arrival.py [--seconds S] [--rate HZ] [--budget-ms MS] [--modes inline,thread]
                                        [--scenarios fast,slow,...] [--slow-ms MS] [--realtime] [--trace DIR]
-                                       [--hiccup-ms MS] [--hiccup-every N]
-                                       [--json FILE]
+                                       [--hiccup-ms MS] [--hiccup-every N] [--backstop on,off] [--json FILE]
 """
 
 from __future__ import annotations
@@ -241,9 +240,9 @@ def percentiles(values_us: np.ndarray) -> Dict[str, float]:
 
 
 def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, budget_ms: float,
-                 work: Path, realtime: bool = False, trace: Optional[str] = None,
+                 work: Path, realtime: bool = False, trace: Optional[str] = None, backstop: bool = True,
                  hiccup: "tuple[float, int]" = (100.0, 50)) -> Dict[str, Any]:
-    link = work / f"dev-{name}-{mode}"
+    link = work / f"dev-{name}-{mode}-{'b' if backstop else 'nob'}"
     device = VirtualDevice(link, rate)
     args = ["run", "--source", f"serial:{link}", "--model", str(spec), "--mode", mode, "--json", "--show", "none",
             "--no-data-ms", "0", "--warmup", str(WARMUP)] + (["--realtime"] if realtime else [])
@@ -255,7 +254,7 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
     if "metrics" in name:
         port = free_port()
         args += ["--metrics-http", str(port)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EDGE_INFER_BACKSTOP="on" if backstop else "off")
     runtime = subprocess.Popen(command + args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -299,7 +298,7 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
     late_device = int((latencies > budget_ms * 1000).sum())
     reasons: Dict[str, int] = summary["fallback_reasons"]
     row = {
-        "scenario": name, "mode": mode + (" --realtime" if realtime else ""), "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
+        "scenario": name, "mode": mode + (" --realtime" if realtime else "") + ("" if backstop else ", no backstop"), "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
         "actions": len(actions), "windows_without_action": len(missing),
         "device_latency_us": percentiles(latencies),
         "device_late": late_device, "runtime_late_decisions": summary["late_decisions"],
@@ -309,6 +308,7 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
         "sleep_jitter_us": percentiles(np.array(device.lateness_ns) / 1000),
         "streamed_s": round(streamed_s, 2), "scrapes": scrapes,
         "scheduler": summary["scheduler"], "startup": summary.get("startup"),
+        "backstop_decisions": summary.get("backstop_decisions"),
     }
     if trace_path:
         Path(trace_path.replace(".json", "-device.json")).write_text(json.dumps(
@@ -348,8 +348,14 @@ def main() -> int:
     parser.add_argument("--trace", metavar="DIR",
                         help="stamp, inside the runtime, where each late window's time went (scripts/arrival_trace.py); "
                              "the raw records are kept in DIR")
+    parser.add_argument("--backstop", default="on",
+                        help="on, off, or on,off: run each scenario with and without the native backstop, side by side "
+                             "(EDGE_INFER_BACKSTOP for the runtime, edge_infer/deadline/backstop.py)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    backstops = args.backstop.split(",")
+    if set(backstops) - {"on", "off"}:
+        parser.error("--backstop takes on, off or on,off")
     scenarios = args.scenarios.split(",")
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -364,15 +370,17 @@ def main() -> int:
         report["slow_invoke_ms"] = specs.pop("slow_invoke_ms")
         for mode in args.modes.split(","):
             for name in scenarios:
-                row = run_scenario(name, specs["fast" if name in ("fast", "hiccup") else "slow"], mode, args.seconds,
-                                   args.rate, args.budget_ms, work, args.realtime, args.trace,
-                                   (args.hiccup_ms, args.hiccup_every))
-                rows.append(row)
-                print(f"{name}/{mode}: {row['actions']}/{row['windows']} ACTIONs, device p99 "
-                      f"{row['device_latency_us']['p99'] / 1000:.2f} ms, late {row['device_late']} (runtime "
-                      f"{row['runtime_late_decisions']}), model {row['model_decisions']}", flush=True)
-                if args.trace:
-                    print(json.dumps(row["trace"], indent=None)[:6000], flush=True)
+                for backstop in backstops:
+                    row = run_scenario(name, specs["fast" if name in ("fast", "hiccup") else "slow"], mode,
+                                       args.seconds, args.rate, args.budget_ms, work, args.realtime, args.trace,
+                                       backstop == "on", (args.hiccup_ms, args.hiccup_every))
+                    rows.append(row)
+                    print(f"{name}/{row['mode']}: {row['actions']}/{row['windows']} ACTIONs, device p99 "
+                          f"{row['device_latency_us']['p99'] / 1000:.2f} ms, late {row['device_late']} (runtime "
+                          f"{row['runtime_late_decisions']}), model {row['model_decisions']}, backstop decisions "
+                          f"{row['backstop_decisions']}", flush=True)
+                    if args.trace:
+                        print(json.dumps(row["trace"], indent=None)[:6000], flush=True)
     print_table(rows, args.budget_ms)
     report["rows"] = rows
     finish_report(report, args.json)

@@ -178,7 +178,7 @@ for i in json.load(open(sys.argv[1]))["install"]:
 }
 step "resolving pip install . under emulation (aarch64 3.11, armv7l 3.11, armv7l 3.13)"
 rm -rf "$WORK/dist"
-"$PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$ROOT" >"$WORK/wheel.log" 2>&1 \
+EDGE_INFER_PURE=1 "$PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$ROOT" >"$WORK/wheel.log" 2>&1 \
   || die "building the project's wheel failed, see $WORK/wheel.log"
 WHEEL=$(ls "$WORK"/dist/edge_infer-*.whl)
 resolve aarch64 cortex-a72 --ignore-installed

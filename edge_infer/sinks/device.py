@@ -63,6 +63,25 @@ class DeviceSink(Sink):
                                int(reason) if reason is not None else int(Reason.NONE), decision.seq,
                                str(decision.action))
 
+    # --- the backstop (edge_infer/deadline/backstop.py): the runtime's calls, inline -------------------
+
+    def enable_backstop(self) -> bool:
+        """True if the link has a native backstop now (built at install: setup.py)."""
+        return self._link.enable_backstop()
+
+    @property
+    def backstop_thread_id(self) -> Optional[int]:
+        return self._link.backstop_thread_id
+
+    def arm_backstop(self, frame: Frame, fire_at_ns: int, action: Action) -> None:
+        """Unless settled first, the backstop sends ``action`` (the deadline fallback) for ``frame`` at ``fire_at_ns``."""
+        self._link.arm_backstop(frame.seq, fire_at_ns, self.action_code(action, Reason.DEADLINE),
+                                int(Reason.DEADLINE), str(action))
+
+    def settle_backstop(self, seq: int) -> Optional[int]:
+        """Before deciding frame ``seq``: when the backstop already sent its fallback, else None (send ours)."""
+        return self._link.settle_backstop(seq)
+
     def close(self) -> None:
         """Leave the device safe: the shutdown ACTION, unless the loop's shutdown decision already went out."""
         frame = self._last_frame

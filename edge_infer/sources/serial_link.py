@@ -86,11 +86,13 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.stream import FrameDecoder
 
+from ..deadline.backstop import native_type as backstop_native
 from ..deadline.clock import Clock
 from ..errors import SourceError
 from ..frame import Frame
 from .arrival import DeviceClock
 from .base import Source
+from .link_backstop import ArmedAction, Fired, LinkBackstop
 from .serial_port import SerialPort
 from .uri import DEFAULT_BAUD
 
@@ -138,6 +140,8 @@ class SerialSource(Source):
         self._encoder = FrameEncoder(auth=self.auth)
         self._pending: Deque[Frame] = collections.deque()
         self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
+        self._backstop: Optional[LinkBackstop] = None  # enable_backstop()
+        self._backstop_fired: Optional[Fired] = None  # what it sent last, for that frame's decision to learn
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -166,7 +170,7 @@ class SerialSource(Source):
         self._n: Dict[str, int] = dict.fromkeys(
             ("sensor_frames", "ignored_before_hello", "sensor_mismatch", "hellos", "hello_requests",
              "device_restarts", "device_errors", "heartbeats_received", "heartbeats_sent", "actions_sent",
-             "actions_unsent", "rate_mismatch", "session_offers", "sessions_lost"), 0)
+             "actions_unsent", "backstop_actions", "rate_mismatch", "session_offers", "sessions_lost"), 0)
 
     # --- Source -----------------------------------------------------------------------------
 
@@ -209,6 +213,10 @@ class SerialSource(Source):
 
     def close(self) -> None:
         self._ready = False
+        if self._backstop is not None:
+            with self._tx_lock:
+                self._backstop_off()
+                self._backstop.close()
         self.port.close()
 
     # --- the sink's side ----------------------------------------------------------------------
@@ -221,12 +229,71 @@ class SerialSource(Source):
         sequence number means nothing now): counted in ``actions_unsent``.
         """
         answers = self.device_seq_of(frame_seq)
+        encoder = self._encoder
         with self._tx_lock:
+            if self._backstop is not None:
+                self._backstop.forget(frame_seq)  # answered now: not to be armed again after this frame
             sent = (answers is not None and self._ready
-                    and self._send(self._encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                        name=name)))
+                    and self._send(lambda: encoder.action(action, source=source, reason=reason, answers_seq=answers,
+                                                          name=name)))
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
+
+    # --- the backstop (edge_infer/deadline/backstop.py) -------------------------------------------
+
+    def enable_backstop(self) -> bool:
+        """Give this link a native backstop, if one was built; False if not (the watchdog alone keeps time)."""
+        native = backstop_native()
+        if native is None:
+            return False
+        if self._backstop is None:
+            with self._tx_lock:
+                self._backstop = LinkBackstop(native(self.port.fileno()), self._encoder, self.auth)
+        return True
+
+    @property
+    def backstop_thread_id(self) -> Optional[int]:
+        """The backstop thread's id for the OS (None without one): SCHED_FIFO with the loop under --realtime."""
+        return None if self._backstop is None else self._backstop.native.native_id
+
+    def arm_backstop(self, frame_seq: int, fire_at_ns: int, action: int, reason: int, name: str) -> None:
+        """Have the backstop send this fallback ACTION for frame ``frame_seq`` at ``fire_at_ns`` unless settled first.
+
+        Nothing is armed when no ACTION could answer that frame now (no device, not greeted, an old epoch).
+        """
+        answers = self.device_seq_of(frame_seq)
+        with self._tx_lock:
+            self._backstop_off()
+            if answers is not None and self._ready:
+                self._backstop.arm(ArmedAction(frame_seq, fire_at_ns, action, reason, answers, name),
+                                   self._need_delimiter)
+
+    def settle_backstop(self, frame_seq: int) -> Optional[int]:
+        """Take frame ``frame_seq``'s fallback back from the backstop; the time it went out if the backstop sent it.
+
+        None: the caller's decision is the one to send (nothing went out for that frame).
+        """
+        with self._tx_lock:
+            self._backstop_off()
+            fired = self._backstop_fired
+            if fired is not None and fired.tag == frame_seq:
+                self._backstop_fired = None
+                return fired.sent_ns
+            self._backstop.forget(frame_seq)  # type: ignore[union-attr]
+            if self._ready:
+                self._backstop.rearm(self._need_delimiter)  # type: ignore[union-attr]  # (armed for another frame)
+            return None
+
+    def _backstop_off(self) -> Optional[Fired]:
+        """Empty the backstop's slot (transmit lock held); account for the ACTION it sent, if it did."""
+        fired = self._backstop.off()  # type: ignore[union-attr]
+        if fired is not None:
+            self._backstop_fired = fired  # until the decision of that frame asks (settle_backstop)
+            self._n["backstop_actions"] += 1
+            self._n["actions_sent" if fired.complete else "actions_unsent"] += 1
+            self._need_delimiter = not fired.complete
+            self._last_tx = time.monotonic()
+        return fired
 
     def device_seq_of(self, frame_seq: int) -> Optional[int]:
         """The device's sequence number of a recent frame of the current epoch, else None."""
@@ -258,6 +325,10 @@ class SerialSource(Source):
 
     def _on_connect(self, now: float) -> None:
         self._ready = self._greeted = False
+        if self._backstop is not None:
+            with self._tx_lock:
+                self._backstop_off()
+                self._backstop.set_fd(self.port.fileno())
         self._decoder.reset()
         self._need_delimiter = True
         self._quiet_until = None
@@ -278,7 +349,7 @@ class SerialSource(Source):
         self._ready = False
         with self._tx_lock:  # the reader thread offers; the loop's thread may be writing an ACTION
             offer = Session(host_nonce=self.auth.offer())
-            if self._send(self._encoder.encode(offer)):
+            if self._send(lambda: self._encoder.encode(offer)):
                 self._n["session_offers"] += 1
 
     def _keep_alive(self, now: float) -> None:
@@ -317,15 +388,22 @@ class SerialSource(Source):
 
     def _send_heartbeat(self) -> None:
         with self._tx_lock:
-            if self._send(self._encoder.heartbeat()):
+            if self._send(self._encoder.heartbeat):
                 self._n["heartbeats_sent"] += 1
 
-    def _send(self, wire: bytes) -> bool:
+    def _send(self, encode: Callable[[], bytes]) -> bool:
+        """Encode and write one frame (transmit lock held), around the backstop's armed ACTION if there is one."""
+        backstop = self._backstop
+        if backstop is not None:
+            self._backstop_off()  # its frame must not take our numbers, nor go out in the middle of ours
+        wire = encode()
         if self._need_delimiter:  # after a (re)open or a cut-off write: end whatever the device half-read
             wire = b"\x00" + wire
         sent = self.port.write(wire)
         self._need_delimiter = not sent
         self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
+        if backstop is not None and self._ready:
+            backstop.rearm(self._need_delimiter)
         return sent
 
     # --- receiving ---------------------------------------------------------------------------

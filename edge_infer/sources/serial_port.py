@@ -170,6 +170,10 @@ class SerialPort:
             log.info("serial port %s: low-latency mode not supported by its driver (%s); a USB adapter may "
                      "hold bytes up to its latency timer, see docs/serial.md", self.path, why)
 
+    def fileno(self) -> int:
+        """The open port's file descriptor, -1 if it is not open."""
+        return -1 if self._ser is None else self._ser.fileno()
+
     def read(self, wait_s: float) -> Optional[bytes]:
         """Whatever arrives within ``wait_s`` seconds (b"" if nothing); None if the port is (now) lost."""
         ser = self._ser

@@ -1,0 +1,299 @@
+/* The native backstop: a thread that writes a pre-encoded fallback frame at its fire time without the GIL.
+ *
+ * Why it exists (docs/deadlines.md, "The backstop"): CPython's GIL has no priority inheritance. A Python
+ * thread of normal priority that the kernel preempts while it holds the GIL keeps every other Python thread
+ * waiting, the SCHED_FIFO loop and watchdog included: 3-34 ms measured with a busy Python thread in the
+ * process. No Python-level watchdog can keep a deadline through that. This thread never touches Python:
+ * it sleeps on a condition variable (CLOCK_MONOTONIC, the clock of time.perf_counter_ns) until the armed
+ * frame's fire time and, unless the frame was disarmed first, write()s its bytes to the device's file
+ * descriptor (its own dup, so that a port closed under it never makes it write to a reused descriptor).
+ *
+ * The protocol with the Python side (edge_infer/sources/link_backstop.py), one slot:
+ *   arm(tag, fire_at_ns, wire)  the slot holds ``wire`` for frame ``tag`` (the slot must not hold a frame
+ *                               that fired and was not collected: the caller disarms first);
+ *   disarm()                    empties the slot; returns None if nothing fired since the last call, else
+ *                               (tag, fired_ns, written, errno) of the frame this thread wrote;
+ *   set_fd(fd)                  writes go to a dup of ``fd`` from now on (-1: nowhere); empties the slot.
+ * Every call takes the mutex; the thread holds it while it writes (a non-blocking descriptor: microseconds),
+ * never while it waits for anything else, so a caller holding the GIL cannot deadlock with it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_WIRE 512 /* an ACTION frame is about 40 bytes signed; the slot refuses anything longer */
+#define NEVER INT64_MAX
+
+enum { EMPTY, ARMED, FIRED };
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int started, closing, fd, state, write_errno;
+    long tid;
+    long long tag;
+    int64_t fire_at_ns, sleeping_until, fired_ns, late_max_ns;
+    Py_ssize_t len, written;
+    unsigned long long fired;
+    unsigned char wire[MAX_WIRE];
+} Backstop;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Write the armed frame (mutex held). */
+static void fire(Backstop *b, int64_t now) {
+    ssize_t n = b->fd >= 0 ? write(b->fd, b->wire, (size_t)b->len) : -1;
+    b->write_errno = n < 0 ? (b->fd >= 0 ? errno : EBADF) : 0;
+    b->written = n < 0 ? 0 : n;
+    b->fired_ns = now_ns();
+    b->state = FIRED;
+    b->fired++;
+    if (now - b->fire_at_ns > b->late_max_ns)
+        b->late_max_ns = now - b->fire_at_ns;
+}
+
+static void *run(void *arg) {
+    Backstop *b = (Backstop *)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are Python's main thread's business */
+    pthread_mutex_lock(&b->mu);
+    b->tid = (long)syscall(SYS_gettid);
+    pthread_cond_broadcast(&b->cv); /* the constructor waits for the id */
+    while (!b->closing) {
+        if (b->state != ARMED) {
+            b->sleeping_until = NEVER;
+            pthread_cond_wait(&b->cv, &b->mu);
+            continue;
+        }
+        int64_t now = now_ns();
+        if (now >= b->fire_at_ns) {
+            fire(b, now);
+            continue;
+        }
+        struct timespec until = {(time_t)(b->fire_at_ns / 1000000000), (long)(b->fire_at_ns % 1000000000)};
+        b->sleeping_until = b->fire_at_ns;
+        pthread_cond_timedwait(&b->cv, &b->mu, &until);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+static int dup_fd(int fd) { return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
+static int Backstop_init(Backstop *b, PyObject *args, PyObject *kw) {
+    static char *names[] = {"fd", NULL};
+    int fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", names, &fd))
+        return -1;
+    if (b->started) {
+        PyErr_SetString(PyExc_RuntimeError, "Backstop is already initialised");
+        return -1;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&b->mu, NULL);
+    b->fd = dup_fd(fd);
+    if (fd >= 0 && b->fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError), -1;
+    b->sleeping_until = NEVER;
+    int err = pthread_create(&b->thread, NULL, run, b);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError), -1;
+    }
+    b->started = 1;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&b->mu);
+    while (b->tid == 0)
+        pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    Py_END_ALLOW_THREADS
+    return 0;
+}
+
+static void stop(Backstop *b) {
+    if (!b->started)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->closing = 1;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+    b->started = 0;
+    if (b->fd >= 0)
+        close(b->fd);
+    b->fd = -1;
+}
+
+static void Backstop_dealloc(Backstop *b) {
+    Py_BEGIN_ALLOW_THREADS
+    stop(b);
+    Py_END_ALLOW_THREADS
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *closed_error(void) {
+    PyErr_SetString(PyExc_ValueError, "the backstop is closed");
+    return NULL;
+}
+
+static PyObject *Backstop_arm(Backstop *b, PyObject *const *args, Py_ssize_t nargs) {
+    long long tag, fire_at;
+    Py_buffer wire;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "arm(tag, fire_at_ns, wire)");
+        return NULL;
+    }
+    tag = PyLong_AsLongLong(args[0]);
+    fire_at = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!b->started)
+        return closed_error();
+    if (PyObject_GetBuffer(args[2], &wire, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (wire.len > MAX_WIRE) {
+        PyBuffer_Release(&wire);
+        PyErr_Format(PyExc_ValueError, "a backstop frame is at most %d bytes, not %zd", MAX_WIRE, wire.len);
+        return NULL;
+    }
+    pthread_mutex_lock(&b->mu);
+    int fired = b->state == FIRED;
+    if (!fired) {
+        memcpy(b->wire, wire.buf, (size_t)wire.len);
+        b->len = wire.len;
+        b->tag = tag;
+        b->fire_at_ns = fire_at;
+        b->state = ARMED;
+        if (fire_at < b->sleeping_until)
+            pthread_cond_signal(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    PyBuffer_Release(&wire);
+    if (fired) {
+        PyErr_SetString(PyExc_RuntimeError, "the backstop fired and was not disarmed (collected) before arming");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Backstop_disarm(Backstop *b, PyObject *unused) {
+    pthread_mutex_lock(&b->mu);
+    int fired = b->state == FIRED;
+    long long tag = b->tag;
+    int64_t fired_ns = b->fired_ns;
+    Py_ssize_t written = b->written;
+    int write_errno = b->write_errno;
+    b->state = EMPTY;
+    pthread_mutex_unlock(&b->mu);
+    if (!fired)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LLni)", tag, (long long)fired_ns, written, write_errno);
+}
+
+static PyObject *Backstop_set_fd(Backstop *b, PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < -1 || fd > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "not a file descriptor: %ld", fd);
+        return NULL;
+    }
+    if (!b->started)
+        return closed_error();
+    int copy = dup_fd((int)fd);
+    if (fd >= 0 && copy < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    pthread_mutex_lock(&b->mu);
+    int old = b->fd;
+    b->fd = copy;
+    b->state = EMPTY;
+    pthread_mutex_unlock(&b->mu);
+    if (old >= 0)
+        close(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Backstop_close(Backstop *b, PyObject *unused) {
+    Py_BEGIN_ALLOW_THREADS
+    stop(b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_fired(Backstop *b, void *c) {
+    pthread_mutex_lock(&b->mu);
+    unsigned long long fired = b->fired;
+    pthread_mutex_unlock(&b->mu);
+    return PyLong_FromUnsignedLongLong(fired);
+}
+static PyObject *get_late_max_ns(Backstop *b, void *c) {
+    pthread_mutex_lock(&b->mu);
+    long long late = b->late_max_ns;
+    pthread_mutex_unlock(&b->mu);
+    return PyLong_FromLongLong(late);
+}
+static PyObject *get_native_id(Backstop *b, void *c) { return PyLong_FromLong(b->tid); }
+
+static PyMethodDef methods[] = {
+    {"arm", (PyCFunction)(void (*)(void))Backstop_arm, METH_FASTCALL,
+     "arm(tag, fire_at_ns, wire): write ``wire`` at ``fire_at_ns`` (perf_counter_ns) unless disarmed first."},
+    {"disarm", (PyCFunction)Backstop_disarm, METH_NOARGS,
+     "Empty the slot; None, or (tag, fired_ns, written, errno) of the frame written since the last call."},
+    {"set_fd", (PyCFunction)Backstop_set_fd, METH_O, "set_fd(fd): write to a dup of ``fd`` (-1: nowhere); empties the slot."},
+    {"close", (PyCFunction)Backstop_close, METH_NOARGS, "Stop the thread and close the descriptor's dup."},
+    {NULL}};
+
+static PyGetSetDef getset[] = {
+    {"fired", (getter)get_fired, NULL, "frames written so far", NULL},
+    {"late_max_ns", (getter)get_late_max_ns, NULL, "the latest a write started after its fire time", NULL},
+    {"native_id", (getter)get_native_id, NULL, "the thread's id for the OS (SCHED_FIFO under --realtime)", NULL},
+    {NULL}};
+
+static PyTypeObject BackstopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edge_infer.deadline._backstop.Backstop",
+    .tp_basicsize = sizeof(Backstop),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A thread that writes one pre-encoded frame at its fire time, without the GIL (module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Backstop_init,
+    .tp_dealloc = (destructor)Backstop_dealloc,
+    .tp_methods = methods,
+    .tp_getset = getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_backstop",
+                                    "The native backstop (see the C source's header).", -1, NULL};
+
+PyMODINIT_FUNC PyInit__backstop(void) {
+    if (PyType_Ready(&BackstopType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&BackstopType);
+    if (PyModule_AddObject(m, "Backstop", (PyObject *)&BackstopType) < 0) {
+        Py_DECREF(&BackstopType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

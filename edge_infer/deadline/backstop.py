@@ -1,0 +1,54 @@
+"""The backstop: the fallback for the device at the deadline, written by a native thread that needs no GIL.
+
+The watchdog (:mod:`.watchdog`) is a Python thread: to decide a window it
+must take the GIL, and CPython's GIL has no priority inheritance. A Python
+thread of normal priority that the kernel preempts while holding it (the
+metrics server under a hard scrape, an MQTT worker, any library's thread)
+keeps the SCHED_FIFO loop and watchdog waiting for milliseconds: measured
+3-34 ms with a busy Python thread in the process (docs/performance.md).
+
+So for the one sink that has a deadline, the device, the fallback ACTION of
+the window being invoked is encoded *before* the invoke and handed to a
+native thread (``_backstop.c``) with a fire time just before the deadline,
+after the watchdog's own (:func:`fire_at_ns`). Whoever decides the window
+first (the loop with the model's answer, or the watchdog with the fallback)
+takes it back from the backstop on the way to the sinks
+(:meth:`~edge_infer.sources.serial_link.SerialSource.settle_backstop`); if
+the backstop wrote it meanwhile, that fallback *is* the window's decision:
+the device has it, and every other sink is told so, with the time it went
+out (``latency_us``) — the decision log agrees with the device.
+
+The native part is built at install time when a C compiler is there
+(setup.py); without it, or with ``EDGE_INFER_BACKSTOP=off`` in the
+environment (to measure what it is worth: ``scripts/bench_arrival.py
+--backstop on,off``), :func:`native_type` is None and the watchdog alone
+keeps the deadlines, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+try:
+    from ._backstop import Backstop as _Native
+except ImportError:  # not built (no compiler at install, or a checkout built for another machine)
+    _Native = None
+
+#: The backstop fires this long before the deadline, at least (the watchdog fires a whole reserve before).
+MIN_LEAD_NS = 100_000
+
+
+def native_type() -> Optional[Any]:
+    """The native backstop's class, or None where it was not built or ``EDGE_INFER_BACKSTOP=off`` says not to."""
+    return None if os.environ.get("EDGE_INFER_BACKSTOP", "on") == "off" else _Native
+
+
+def fire_at_ns(deadline_ns: int, reserve_floor_ns: int) -> int:
+    """When the backstop writes a window's fallback: half the reserve's floor before the deadline.
+
+    After the watchdog (a whole reserve before), so that on a machine where Python threads run on time the
+    watchdog decides and the backstop never writes; before the deadline by more than a native thread's
+    wake-up and one ``write`` take.
+    """
+    return deadline_ns - max(reserve_floor_ns // 2, MIN_LEAD_NS)
