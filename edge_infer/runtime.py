@@ -37,7 +37,7 @@ from .deadline.edf import SharedModel, Waiting
 from .deadline.hygiene import GcPacer, LoopPriority, SwitchInterval
 from .deadline.options import REALTIME_PRIORITY, DeadlineOptions, options_for_spec
 from .deadline.reserve import Reserve
-from .deadline.scheduler import ALREADY_DECIDED, ModelAnswer, Scheduler
+from .deadline.scheduler import ALREADY_DECIDED, InlineScheduler, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
 from .deadline.backstop import fire_at_ns as backstop_fire_at
@@ -65,6 +65,10 @@ if TYPE_CHECKING:  # the service module imports metrics and config; the loop onl
 POLL_S = 0.1
 #: Frames that have already arrived are taken this many at a time between two ticks.
 DRAIN = 32
+#: A deputy (a thread that runs the loop while an inline invoke overruns) waits for a frame at most this long per
+#: turn: the thread back from the invoke gets the baton within that. (The baton wakes a live source's wait, but
+#: only one already begun; a paced log's wait cannot be woken.)
+DEPUTY_WAIT_S = 0.001
 
 
 class Runtime:
@@ -92,8 +96,10 @@ class Runtime:
         if isinstance(source, LogSource):
             self._log = source.values
             self.guard.read_ahead(source.rows)
-            if self.scheduler.mode == "inline" and not isinstance(self.scheduler, SharedModel):
-                self._inputs_ahead = InputsAhead(engine, source.rows)  # (a shared model converts its batches)
+            if self.scheduler.mode == "inline" and not isinstance(self.scheduler, SharedModel) and not source.paced:
+                # (a shared model converts its batches; a paced replay lends the baton, and a lent invoke converts
+                # its own copy of the window: InlineScheduler.use_baton)
+                self._inputs_ahead = InputsAhead(engine, source.rows)
         self.window = WindowBuffer(spec.window, len(spec.channels), spec.hop)
         self.stats = RunStats(spec.budget_ms)
         self._sink_time = self.stats.sink_time
@@ -132,6 +138,19 @@ class Runtime:
         self._priority = LoopPriority()
         self._switch = SwitchInterval()
         self._silence: Optional[SilenceTimer] = None  # armed by start() if no_data is on
+        #: Which thread runs the loop (:meth:`run`): lent around inline invokes when a deputy could decide windows
+        #: meanwhile (frames come in real time: a live source, a paced replay), taken over while one overruns.
+        wake = self.arrivals.wake.notify if isinstance(self.arrivals, ArrivalReader) else _nothing
+        self.baton = Baton(self._turn, wake, self._priority.add_loop_thread)
+        #: The scheduler that lends the baton (from :meth:`run` on: a frame given to :meth:`on_frame` directly
+        #: is decided as without one), if it does.
+        self._lender: Optional[InlineScheduler] = (self.scheduler if type(self.scheduler) is InlineScheduler
+                                                   and source.paced else None)
+        self._stop: Optional[threading.Event] = None
+        self._hooks: Optional["ServiceHooks"] = None
+        self._end_at: Optional[float] = None
+        self._now = 0
+        self._source_ended = False
 
     def _build_scheduler(self) -> Scheduler:
         budget_ns, options = self.spec.budget_ns, self.options
@@ -146,42 +165,69 @@ class Runtime:
         ``hooks`` (:mod:`edge_infer.service.hooks`: systemd notify, metrics) hear when the loop is ready, a tick
         at least every ``POLL_S`` whether frames come or not, and when it stops. Unless the source ended,
         the sinks get a last safe decision (:meth:`shutdown`) before they are flushed.
+
+        This thread runs the loop's turns holding the :class:`~.deadline.baton.Baton`; while an inline invoke
+        overruns, a deputy thread runs them (:meth:`_turn`). The summary and the closing are this thread's, once
+        it is back (after a hung invoke returned, if one was hung when the run ended).
         """
         started = time.monotonic()
-        end_at = None if duration_s is None else started + duration_s
-        source_ended = False
+        self._end_at = None if duration_s is None else started + duration_s
+        self._stop, self._hooks = stop, hooks
+        baton = self.baton
+        baton.hold()  # kept until close(): nothing decides after the sinks are closed
+        if self._lender is not None:
+            self._lender.use_baton(baton, (self.spec.window, len(self.spec.channels)))
         try:
             self.start()
-            now = self.clock.now_ns()
+            self._now = self.clock.now_ns()
             if hooks is not None:
                 hooks.on_ready(self)
-            while not (stop is not None and stop.is_set()):
-                timeout = POLL_S if end_at is None else max(0.0, min(POLL_S, end_at - time.monotonic()))
-                if self._silence is not None:  # wake up in time for the next no_data decision
-                    wait = (self._silence.next_due_ns - now) / 1e9
-                    if wait < timeout:
-                        timeout = wait if wait > 0.0 else 0.0
-                try:
-                    frame = self.arrivals.recv(timeout)
-                    if frame is not None:
-                        self._drain(frame)
-                except EndOfStream:
-                    source_ended = True
-                    break
-                now = self.clock.now_ns()
-                self._tick(now)
-                if hooks is not None:
-                    hooks.tick(now)
-                if end_at is not None and time.monotonic() >= end_at:
-                    break
+            baton.run_turns()
         finally:
+            baton.finish()  # a deputy stops
             self.elapsed_s = time.monotonic() - started
             if hooks is not None:
                 hooks.on_stop()
-            if not source_ended:
+            if not self._source_ended:
                 self.shutdown()
             self.close()
         return self.summary()
+
+    def _turn(self) -> bool:
+        """One turn of the loop (whichever thread holds the baton): wait for a frame (at most ``POLL_S``, until
+        the next ``no_data`` or the end), take it and those already arrived, then what must happen on time
+        anyway (:meth:`_tick`). False when the run is over.
+
+        A deputy runs these turns while the first thread is inside an invoke whose window the watchdog has
+        already decided (the scheduler's ``busy``: every window it completes falls back ``overrun`` at once).
+        The sinks are never called by two threads at once: the first thread and a deputy exclude each other (the
+        baton); the watchdog emits only the armed window, whose fallback has left the sinks before it calls the
+        deputy (deadline/scheduler.py, ``InlineScheduler._lend``), and nothing else is armed until the first
+        thread, back with the baton, invokes again.
+        """
+        stop, end_at = self._stop, self._end_at
+        if stop is not None and stop.is_set():
+            return False
+        timeout = POLL_S if end_at is None else max(0.0, min(POLL_S, end_at - time.monotonic()))
+        if self._silence is not None:  # wake up in time for the next no_data decision
+            wait = (self._silence.next_due_ns - self._now) / 1e9
+            if wait < timeout:
+                timeout = wait if wait > 0.0 else 0.0
+        inline = self._lender
+        if inline is not None and inline.busy and timeout > DEPUTY_WAIT_S:  # a deputy's turn
+            timeout = DEPUTY_WAIT_S
+        try:
+            frame = self.arrivals.recv(timeout)
+            if frame is not None:
+                self._drain(frame)
+        except EndOfStream:
+            self._source_ended = True
+            return False
+        self._now = now = self.clock.now_ns()
+        self._tick(now)
+        if self._hooks is not None:
+            self._hooks.tick(now)
+        return end_at is None or time.monotonic() < end_at
 
     def _drain(self, frame: Frame) -> None:
         """Take ``frame`` and up to ``DRAIN`` more that have already arrived, without the loop's timeout
@@ -470,12 +516,13 @@ class Runtime:
                         None if invoke_ns is None else invoke_ns / 1000.0, output, frame.label)
 
     def close(self) -> None:
-        """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest."""
+        """Stop the scheduler, close every sink (flushing it) and the source. Errors in one do not skip the rest.
+        The baton last (a deputy that would run the loop after that decides nothing: deadline/baton.py)."""
         self._gc.stop()
         self._priority.restore()
         self._switch.restore()
         closers = [self.arrivals.close, self.scheduler.close, *(s.close for s in self.device_sinks),
-                   *(s.close for s in self.sinks), self.source.close]
+                   *(s.close for s in self.sinks), self.source.close, self.baton.close]
         for closer in closers:
             try:
                 closer()
@@ -495,6 +542,7 @@ class Runtime:
             "source": self.arrivals.counters(),
             "scheduler": self.scheduler.counters(),
             "fallback": self.fallback.describe(),
+            "deputy_takeovers": self.baton.takeovers,
             "startup": None if self.startup is None else self.startup.to_dict(),
             # windows whose deadline fallback the native backstop sent (None: no backstop, see deadline/backstop.py)
             "backstop_decisions": None if self.backstop is None else self.backstop_decisions,
@@ -771,6 +819,7 @@ class StreamsRuntime:
             part["state"] = state
             part["elapsed_s"] = round(self.elapsed_s, 3)
             part["startup"] = None
+            part["deputy_takeovers"] = None  # the runtime's baton's, in the total: a stream has none of its own
             per_stream.append(part)
         out = self.stats.to_dict()
         first = self.streams[0]
@@ -811,3 +860,7 @@ def window_period_ns(spec: ModelSpec, source: Source) -> Optional[int]:
     if not rate:
         return None
     return int(spec.hop / (rate * (source.speed or 1.0)) * 1e9)
+
+
+def _nothing() -> None:
+    """The baton's wake-up for a loop whose wait nobody can wake (a log's: a deputy waits briefly instead)."""

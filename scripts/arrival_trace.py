@@ -178,12 +178,16 @@ GIL_HOG_MS = 25.0
 GIL_HOG_EVERY_S = 0.1
 
 
-def launcher(trace_path: Optional[str], busy: bool, gil_hog: bool = False) -> str:
-    """The Python source the benchmark runs the CLI with: optionally a busy thread or a GIL hog, optionally tracing.
+def launcher(trace_path: Optional[str], busy: bool, gil_hog: bool = False,
+             hiccup: Optional["tuple[float, int, int]"] = None) -> str:
+    """The Python source the benchmark runs the CLI with: optionally a busy thread or a GIL hog, optionally
+    tracing, optionally a model that hangs.
 
     The busy thread spins in Python (it hands the GIL over at every switch interval, unless the kernel preempts
     it while it holds it). The GIL hog is a telemetry thread that serialises a large status object with
     ``json.dumps`` every ``GIL_HOG_EVERY_S``: one C call that keeps the GIL for about ``GIL_HOG_MS``.
+    ``hiccup`` = (ms, every, after): every ``every``-th invoke after the first ``after`` (the warm-up) sleeps
+    ``ms`` first (a sleep releases the GIL, as a hung native invoke does).
     """
     lines = ["import sys, threading", f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})"]
     if busy:
@@ -199,6 +203,12 @@ def launcher(trace_path: Optional[str], busy: bool, gil_hog: bool = False) -> st
                   "        json.dumps(big)",
                   f"        time.sleep({GIL_HOG_EVERY_S})",
                   "threading.Thread(target=hog, daemon=True, name='gil-hog').start()"]
+    if hiccup:
+        ms, every, after = hiccup
+        lines += ["import time", "from edge_infer.model.engine import Engine", "_infer, _calls = Engine.infer, [0]",
+                  "def infer(self, window):", "    _calls[0] += 1",
+                  f"    if _calls[0] > {after} and _calls[0] % {every} == 0:", f"        time.sleep({ms / 1000.0})",
+                  "    return _infer(self, window)", "Engine.infer = infer"]
     if trace_path:
         lines += ["import arrival_trace", f"arrival_trace.install({trace_path!r})"]
     lines += ["from edge_infer.cli import main", "sys.exit(main(sys.argv[1:]))"]

@@ -17,6 +17,8 @@ Scenarios (each ``--seconds`` long; hop 1, budget 50 ms by default):
   about 25 ms in one C call every 100 ms (``json.dumps`` of a large status object, as a telemetry thread might);
 * ``slow + metrics scraped``: the slow model, with ``--metrics-http`` scraped as fast as it answers;
 * ``slow + CPU hog``: the slow model while ``stress-ng --cpu N`` (one per CPU) runs;
+* ``hiccup``: the fast model, except that every ``--hiccup-every``-th invoke hangs ``--hiccup-ms`` (default every
+  50th, 100 ms: several window periods, and longer than the budget) before it runs;
 
 each in the default mode (``inline``), and with ``--modes`` also ``thread``/``process``; ``--realtime`` runs the
 runtime with ``--realtime``. The device's own threads run under SCHED_FIFO (priority 60) where permitted.
@@ -31,7 +33,7 @@ the device): scripts/arrival_trace.py.
 
 usage: python scripts/bench_arrival.py [--seconds S] [--rate HZ] [--budget-ms MS] [--modes inline,thread]
                                        [--scenarios fast,slow,...] [--slow-ms MS] [--realtime] [--trace DIR]
-                                       [--backstop on,off] [--json FILE]
+                                       [--hiccup-ms MS] [--hiccup-every N] [--backstop on,off] [--json FILE]
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ from firmware_bridge.stream import FrameDecoder  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CHANNELS = [f"c{i}" for i in range(6)]
 WINDOW = 32
-SCENARIOS = ("fast", "slow", "slow+busy-thread", "slow+gil-hog", "slow+metrics-scraped", "slow+cpu-hog")
+SCENARIOS = ("fast", "slow", "slow+busy-thread", "slow+gil-hog", "slow+metrics-scraped", "slow+cpu-hog", "hiccup")
+WARMUP = 20
 
 def write_spec(directory: Path, name: str, model: Path, rate: float, budget_ms: float) -> Path:
     spec = directory / f"{name}.toml"
@@ -239,13 +242,15 @@ def percentiles(values_us: np.ndarray) -> Dict[str, float]:
 
 
 def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, budget_ms: float,
-                 work: Path, realtime: bool = False, trace: Optional[str] = None, backstop: bool = True) -> Dict[str, Any]:
+                 work: Path, realtime: bool = False, trace: Optional[str] = None, backstop: bool = True,
+                 hiccup: "tuple[float, int]" = (100.0, 50)) -> Dict[str, Any]:
     link = work / f"dev-{name}-{mode}-{'b' if backstop else 'nob'}"
     device = VirtualDevice(link, rate)
     args = ["run", "--source", f"serial:{link}", "--model", str(spec), "--mode", mode, "--json", "--show", "none",
-            "--no-data-ms", "0", "--warmup", "20"] + (["--realtime"] if realtime else [])
+            "--no-data-ms", "0", "--warmup", str(WARMUP)] + (["--realtime"] if realtime else [])
     trace_path = str(Path(trace) / f"trace-{name}-{mode}{'-rt' if realtime else ''}.json") if trace else None
-    command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name, gil_hog="gil-hog" in name)]
+    command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name, gil_hog="gil-hog" in name,
+                                              hiccup=(*hiccup, WARMUP) if name == "hiccup" else None)]
     helpers: List[subprocess.Popen] = []
     port = None
     if "metrics" in name:
@@ -339,6 +344,8 @@ def main() -> int:
     parser.add_argument("--slow-ms", type=float,
                         help="the slow model's invoke time at its fastest (default: two window periods)")
     parser.add_argument("--realtime", action="store_true", help="run the runtime with --realtime (SCHED_FIFO)")
+    parser.add_argument("--hiccup-ms", type=float, default=100.0, help="hiccup: how long the hanging invokes hang")
+    parser.add_argument("--hiccup-every", type=int, default=50, help="hiccup: every how many invokes one hangs")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--trace", metavar="DIR",
                         help="stamp, inside the runtime, where each late window's time went (scripts/arrival_trace.py); "
@@ -366,8 +373,9 @@ def main() -> int:
         for mode in args.modes.split(","):
             for name in scenarios:
                 for backstop in backstops:
-                    row = run_scenario(name, specs["fast" if name == "fast" else "slow"], mode, args.seconds,
-                                       args.rate, args.budget_ms, work, args.realtime, args.trace, backstop == "on")
+                    row = run_scenario(name, specs["fast" if name in ("fast", "hiccup") else "slow"], mode,
+                                       args.seconds, args.rate, args.budget_ms, work, args.realtime, args.trace,
+                                       backstop == "on", (args.hiccup_ms, args.hiccup_every))
                     rows.append(row)
                     print(f"{name}/{row['mode']}: {row['actions']}/{row['windows']} ACTIONs, device p99 "
                           f"{row['device_latency_us']['p99'] / 1000:.2f} ms, late {row['device_late']} (runtime "

@@ -1,4 +1,4 @@
-"""The baton: which thread runs a many-stream loop, handed on while the model it invoked overruns.
+"""The baton: which thread runs a decision loop, handed on while the model it invoked overruns.
 
 Inline (the default), a shared model is invoked on the loop's own thread,
 the cheapest way per window (docs/streams.md). While that invoke runs the
@@ -26,6 +26,17 @@ woken. The late answer is dropped; the thread goes on with the turn it was
 in. Every thread touches the loop's state only while it holds the baton;
 the invoking thread touches nothing between lending and taking back.
 
+A deputy serves only the lending it was called for: one that gets the lock
+after the invoke's thread took the baton back and lent it again (for an
+invoke that did not overrun) hands it straight back.
+
+One stream (:class:`~edge_infer.runtime.Runtime`, inline, frames in real
+time) uses the same baton: its watchdog calls the deputy right after it
+decided the window of an invoke that still runs, so the deputy's decisions
+(every window it completes falls back ``overrun``: the model is busy) come
+after that one, in order (docs/deadlines.md). Its deputy never invokes, so
+there is at most one.
+
 When the run is over, the first thread keeps the baton until the sinks are
 closed: a thread that comes back from an invoke after that gets
 :class:`RunOver` instead of the baton's state, and decides nothing more. An
@@ -36,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +80,8 @@ class Baton:
         self._name = name
         self._wanted: List[int] = []  # one entry per thread back from an invoke, waiting for the baton
         self._idle: List[threading.Lock] = []  # the call locks of deputies waiting to be called
+        self._lends = 0  # how many times the baton was lent: a deputy called for one lending serves no later one
+        self._called_at: Dict[threading.Lock, int] = {}  # per deputy (its call lock): the lending it was called for
         self._threads: List[threading.Thread] = []
         self._closing = False
         self._held = False  # the first thread took it (hold) and has not handed it back at the end (close)
@@ -94,6 +107,7 @@ class Baton:
 
     def lend(self) -> None:
         """Before an inline invoke: the loop may go on in a deputy while this thread computes."""
+        self._lends += 1
         self.lock.release()
 
     def take_back(self) -> None:
@@ -130,6 +144,7 @@ class Baton:
             call = self._idle.pop()
         except IndexError:
             call = self._start_deputy()
+        self._called_at[call] = self._lends
         call.release()
 
     # --- the deputies ---------------------------------------------------------------------------------------
@@ -151,7 +166,9 @@ class Baton:
             if self._closing:
                 return
             self.lock.acquire()
-            if self.over or self._wanted:  # called late: the invoke is back already (or the run is over)
+            if self.over or self._wanted or self._lends != self._called_at[call]:
+                # called late: the invoke is back already (its thread may even have lent the baton again, for an
+                # invoke nobody asked a deputy for), or the run is over
                 self.lock.release()
             else:
                 self.takeovers += 1

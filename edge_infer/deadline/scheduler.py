@@ -31,6 +31,7 @@ import numpy as np
 
 from ..decide.reasons import Reason
 from ..model.engine import Engine
+from .baton import Baton
 from .clock import Clock
 from .hygiene import Breather
 from .reserve import Reserve
@@ -62,6 +63,9 @@ class ModelAnswer:
 #: What :meth:`Scheduler.run` returns when the window was already decided for the caller (by the
 #: inline mode's watchdog, at its deadline): the caller must not decide it again.
 ALREADY_DECIDED = ModelAnswer(None, Reason.DEADLINE, None)
+#: The inline mode's answer for a window that completes while a deputy runs the loop (:mod:`.baton`): the model
+#: is inside an earlier window's invoke, and the newer window falls back at once.
+BUSY = ModelAnswer(None, Reason.OVERRUN, None)
 
 
 class Scheduler(abc.ABC):
@@ -125,11 +129,18 @@ class InlineScheduler(Scheduler):
     in ``late_results``). Without a pending (warm-up), an answer after the
     deadline is discarded.
 
-    What it cannot do: decide *other* windows while the invoke runs. Those
-    are decided when it returns (the newest by the model if its deadline
-    allows, the others ``overrun``), so a model that overruns its budget by
-    more than a window period makes them late; ``--mode thread`` keeps them
-    on time at the cost of the hand-off (docs/deadlines.md).
+    Windows that arrive while an invoke overruns. The loop's thread is inside
+    the invoke, so by itself it would decide them only when the invoke returns
+    (late, if the invoke hangs). So the loop lends its :class:`~.baton.Baton`
+    around the invoke (:meth:`use_baton`: a live source or a paced replay),
+    and the watchdog, right after it decided the window at its fire time,
+    calls a deputy thread that runs the loop until the invoke returns: the
+    windows that arrived meanwhile are decided then, the later ones as they
+    come, each on time and in order. While the invoke is out the model is
+    busy: :meth:`run` answers a window at once with ``overrun`` (counted in
+    ``busy_overruns``), never queues it behind the invoke. On time this costs
+    a copy of the window, a second pending for the watchdog, a lock release
+    and an acquire; no other thread wakes (docs/deadlines.md).
     """
 
     mode = "inline"
@@ -148,11 +159,30 @@ class InlineScheduler(Scheduler):
         self.late_invoke_max_ns = 0
         self.model_errors = 0
         self.admission_rejects = 0
-        self._invoke_since = 0  # 0: no invoke running (read by hung() from the service hooks)
+        self.busy_overruns = 0
+        #: 0: no invoke running (read by hung() from the service hooks); else since when one is (and, with the
+        #: baton lent, until its thread has it back: the model is busy for a deputy).
+        self._invoke_since = 0
         #: Set under ``--realtime`` (:meth:`on_fifo`): the loop runs the model under SCHED_FIFO.
         self.breather: Optional[Breather] = None
+        self.baton: Optional[Baton] = None
+        self._slot: Optional[np.ndarray] = None
+
+    def use_baton(self, baton: Baton, window_shape: "tuple[int, int]") -> None:
+        """Lend ``baton`` (the loop's) around each invoke of a window: a deputy runs the loop once the watchdog
+        has decided the window of an invoke that still runs."""
+        self.baton = baton
+        self._slot = np.zeros(window_shape, dtype=np.float32)
+
+    @property
+    def busy(self) -> bool:
+        """An invoke is out with the baton lent: whoever runs the loop now is a deputy."""
+        return self._invoke_since != 0
 
     def run(self, window: np.ndarray, deadline_ns: int, pending: Optional[Pending] = None) -> ModelAnswer:
+        if self._invoke_since:  # a deputy's turn: the model is inside the invoke it took over from
+            self.busy_overruns += 1
+            return BUSY
         clock = self.clock
         start = clock.now_ns()
         if self.admission and not self._admit(start, deadline_ns):
@@ -161,9 +191,14 @@ class InlineScheduler(Scheduler):
         breather = self.breather
         if breather is not None:  # --realtime: leave the CPU to the kernel's work now and then
             start = breather.before_invoke(start)
+        self._invoke_since = start  # first: a deputy must see the model busy
+        takeover = None
         if pending is not None:
-            self.watchdog.arm(pending)
-        self._invoke_since = start
+            if self.baton is None:
+                self.watchdog.arm(pending)
+            else:
+                takeover = self._lend(window, pending)
+                window = self._slot  # type: ignore[assignment]
         try:
             output = self.engine.infer(window)  # the engine's buffer: read before the next invoke
             reason = None
@@ -172,7 +207,11 @@ class InlineScheduler(Scheduler):
                 log.exception("the model raised; its windows fall back (model_error)")
             self.model_errors += 1
             output, reason = None, Reason.MODEL_ERROR
-        end = clock.now_ns()
+        finally:
+            end = clock.now_ns()
+            if takeover is not None:
+                takeover.claim()  # before the window's claim: a deputy is only ever called after its fallback
+                self.baton.take_back()  # type: ignore[union-attr]  (whoever runs the loop ends its turn first)
         if breather is not None:
             breather.last_end_ns = end
         self._invoke_since = 0
@@ -187,6 +226,23 @@ class InlineScheduler(Scheduler):
             self.late_results += 1
             return ModelAnswer(None, Reason.DEADLINE, invoke_ns)
         return ModelAnswer(output, reason, invoke_ns)
+
+    def _lend(self, window: np.ndarray, pending: Pending) -> Pending:
+        """Copy the window (a deputy pushes frames into the loop's window, maybe while ``infer`` still converts
+        it: a thread can be preempted that long), arm the window and its takeover, and lend the baton.
+
+        The takeover fires with the window, after it (the watchdog fires what is due in the order armed): the
+        deputy starts once the window's fallback has left the sinks, so every decision it makes comes after that
+        one, in the order of the windows, and the watchdog has nothing left to emit while the deputy does."""
+        np.copyto(self._slot, window)  # type: ignore[arg-type]
+        takeover = Pending(pending.fire_at_ns, pending.fire_at_ns, None, self._take_over)
+        self.watchdog.arm(pending, takeover)
+        self.baton.lend()  # type: ignore[union-attr]
+        return takeover
+
+    def _take_over(self, pending: Pending, now_ns: int) -> None:
+        """The watchdog's call, on its thread, right after it decided the window: the invoke still runs."""
+        self.baton.call_deputy()  # type: ignore[union-attr]
 
     def _admit(self, now_ns: int, deadline_ns: int) -> bool:
         estimate = self.tail.value_ns
@@ -224,6 +280,7 @@ class InlineScheduler(Scheduler):
             "reserve_learned_ms": round(self.reserve.learned_ns() / 1e6, 3),
             "watchdog_fallbacks": self.watchdog.fired,
             "admission_rejects": self.admission_rejects,
+            "busy_overruns": self.busy_overruns,
             "late_results": self.late_results,
             "late_invoke_max_us": self.late_invoke_max_ns // 1000,
             "model_errors": self.model_errors,
@@ -520,7 +577,8 @@ class ThreadedScheduler(WorkerScheduler):
 def describe_counters(counters: Dict[str, Any]) -> str:
     """One line of the human summary: the mode and whatever the scheduler had to do."""
     parts = [f"{name.replace('_', ' ')} {counters[key]}" for key, name in (
-        ("watchdog_fallbacks", "decided by the watchdog"), ("busy", "busy"), ("skipped", "skipped"),
+        ("watchdog_fallbacks", "decided by the watchdog"), ("busy_overruns", "overrun while the model was busy"),
+        ("busy", "busy"), ("skipped", "skipped"),
         ("admission_rejects", "admission_rejects"),
         ("late_results", "late answers dropped"), ("hangs", "hangs"), ("model_errors", "model_errors"),
         ("restarts", "restarts")) if counters.get(key)]

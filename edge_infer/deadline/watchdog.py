@@ -1,8 +1,8 @@
 """The watchdog: a decision at the deadline when an inline invoke overruns, at no cost when it does not.
 
 The inline mode invokes the model on the loop's own thread (no hand-off to a
-worker, the cheapest per window), so the loop cannot decide anything while
-an invoke runs. The watchdog is the one other thread that can: before each
+worker, the cheapest per window), so the loop's thread cannot decide anything
+while an invoke runs. The watchdog is the other thread that can: before each
 invoke the loop *arms* a :class:`Pending` (one attribute store, no lock, no
 event), and after the invoke it *claims* it. If the invoke is still running
 when the pending window's fire time (deadline − reserve) comes, the watchdog
@@ -34,11 +34,16 @@ watchdog sleeps for (it is idle, or several streams with different budgets
 share it) releases its wake lock. Several owners (shared models) can have
 something armed at once: the watchdog fires each at its own time.
 
-Shared models (several streams, :mod:`.edf`) arm one :class:`Pending` per
-invoke, at the model's takeover time, whose "decision" is to call a deputy
-that runs the loop meanwhile (:mod:`.baton`): the deputy, not the watchdog,
-then decides the windows of the overrunning invoke, so the claim-and-emit
-protocol above is the single-stream loop's.
+Takeovers. A loop that lends its baton around the invoke (:mod:`.baton`)
+also arms a :class:`Pending` at its takeover time, whose "decision" is to
+call a deputy that runs the loop meanwhile. A single-stream loop arms it
+after its window's, at the same fire time (:meth:`Watchdog.arm`): the
+watchdog decides the window, then calls the deputy, which decides the
+windows that arrived meanwhile and those that come until the invoke returns
+(in order, after that window; the watchdog has nothing more to emit then).
+Shared models (several streams, :mod:`.edf`) arm only the takeover, one per
+model, at half a window period (:meth:`Watchdog.arm_for`): a deputy decides
+their windows too.
 """
 
 from __future__ import annotations
@@ -62,7 +67,9 @@ class Pending:
     ``decide(pending, now_ns)`` is the owner's fallback emission; the watchdog
     calls it (holding ``emit_lock``) only if it won the claim. ``frame`` and
     ``deadline_ns`` are for the owner to build that decision; ``stream`` lets
-    one watchdog serve several streams.
+    one watchdog serve several streams. A takeover (:mod:`.baton`) has no
+    ``frame``: it decides no window, so it is neither counted in
+    :attr:`Watchdog.fired` nor timed for the reserve.
     """
 
     __slots__ = ("fire_at_ns", "deadline_ns", "frame", "decide", "stream", "_token")
@@ -113,10 +120,12 @@ class Watchdog:
 
     # --- the loop's side (hot path: stores and one comparison) -------------------------------------------
 
-    def arm(self, pending: Pending) -> None:
-        """Watch ``pending`` (and stop watching whatever was armed before: the loop has claimed it)."""
-        self._armed = (pending,)
-        if pending.fire_at_ns < self._sleeping_until:
+    def arm(self, *pendings: Pending) -> None:
+        """Watch ``pendings`` (and stop watching whatever was armed before: the loop has claimed it): one window,
+        or a window and then its takeover, which fires at the same time (:mod:`.baton`). The first fires first;
+        what is due together is decided in this order."""
+        self._armed = pendings
+        if pendings[0].fire_at_ns < self._sleeping_until:
             self._kick()
 
     def arm_for(self, owner: Any, pending: Pending) -> None:
@@ -170,12 +179,14 @@ class Watchdog:
         with self.emit_lock:
             for pending in armed:
                 if pending.fire_at_ns <= now and pending.claim():
-                    self.fired += 1
                     start = clock.now_ns()
                     try:
                         pending.decide(pending, now)
                     except Exception:  # the watchdog must outlive a broken sink
                         log.exception("error while deciding an overrun window by fallback")
+                    if pending.frame is None:  # a takeover: no window decided, nothing handed to the sinks
+                        continue
+                    self.fired += 1
                     if reserve is not None:
                         reserve.emitted(clock.now_ns() - start)
 
