@@ -262,7 +262,10 @@ static PyObject *Backstop_answer(Backstop *b, PyObject *arg) {
         b->head = (b->head + 1) % SLOTS;
         b->queued--;
         b->answering = 0;
-        pthread_cond_signal(&b->cv);
+        /* wake the thread only if the next frame is due before it means to look again (on time it is not: one
+           wake-up per budget, not one per window) */
+        if (b->queued > 0 && b->slots[b->head].fire_at_ns < b->sleeping_until)
+            pthread_cond_signal(&b->cv);
     }
     pthread_mutex_unlock(&b->mu);
     PyBuffer_Release(&wire);
