@@ -475,25 +475,26 @@ class Runtime:
         decision.stream = self.name
         now_ns = self.clock.now_ns
         start = now_ns()
-        sent_ns = backstop_action = None
-        if self.backstop is not None:
-            sent_ns = self.backstop.settle_backstop(decision.seq)
-            backstop_action = self._backstop_actions.pop(decision.seq, None)
+        for sink in self.device_sinks:
+            sink.on_decision(decision)
+        backstop = self.backstop
+        sent_ns = None if backstop is None else backstop.backstop_sent(decision.seq)
         if sent_ns is None:
-            for sink in self.device_sinks:
-                sink.on_decision(decision)
             decision.latency_us = (now_ns() - arrival_ns) / 1000.0
         else:  # the backstop sent the fallback at the deadline: that is what the device acts on, so it is the decision
-            self._as_sent_by_backstop(decision, backstop_action, (sent_ns - arrival_ns) / 1000.0)
+            self._as_sent_by_backstop(decision, (sent_ns - arrival_ns) / 1000.0)
+        if backstop is not None:
+            self._backstop_actions.pop(decision.seq, None)
         for sink in self.sinks:
             sink.on_decision(decision)
         self._sink_time.add(now_ns() - start)
 
-    def _as_sent_by_backstop(self, decision: Decision, action: Any, latency_us: float) -> None:
-        """Make ``decision`` the deadline fallback (``action``) the backstop sent ``latency_us`` after the window
-        arrived."""
+    def _as_sent_by_backstop(self, decision: Decision, latency_us: float) -> None:
+        """Make ``decision`` the deadline fallback the backstop sent ``latency_us`` after the window arrived (the
+        device sink sent nothing more for it)."""
         self.backstop_decisions += 1
-        decision.action, decision.source, decision.reason = action, "fallback", Reason.DEADLINE
+        decision.action = self._backstop_actions.get(decision.seq, decision.action)
+        decision.source, decision.reason = "fallback", Reason.DEADLINE
         decision.output = None
         decision.latency_us = latency_us
 

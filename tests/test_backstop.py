@@ -67,16 +67,14 @@ def test_the_native_thread_writes_its_frames_in_order_at_their_fire_times_unless
         wait_for(lambda: guard.fired == 1, "the first write")
         assert [(tag, written, err) for tag, _, written, err in guard.collect()] == [(1, 4, 0)]
         assert guard.collect() == ()  # collected once
-        assert not guard.take_head(3)  # not next
-        assert guard.take_head(2)
-        assert guard.answer(b"answer\x00") == (7, 0)  # written in 2's place; 3 goes out right after
+        assert guard.answer(3, b"not next") is None  # 3 is not next: nothing written
+        assert guard.answer(2, b"answer\x00") == (7, 0)  # written in 2's place; 3 goes out right after
         wait_for(lambda: guard.fired == 2, "the third write")
         assert [tag for tag, *_ in guard.collect()] == [3]
         assert os.read(master, 100) == b"one\x00answer\x00three\x00"
-        with pytest.raises(RuntimeError):
-            guard.answer(b"nothing held")
-        assert guard.arm(4, now + 10**10, b"four") and guard.take_head(4)
-        guard.clear()  # drops 4, and lets go of what was held
+        assert guard.answer(3, b"too late") is None  # it went out already
+        assert guard.arm(4, now + 10**10, b"four")
+        guard.clear()  # drops 4
         assert guard.arm(5, now, b"five\x00")
         wait_for(lambda: guard.fired == 3, "the write after a clear")
         assert [tag for tag, *_ in guard.collect()] == [5]
@@ -122,13 +120,12 @@ def test_a_signed_links_numbering_stays_whole_whichever_of_the_backstop_and_the_
         assert link.arm(fallback(1, now)) and link.arm(fallback(2, far)) and link.arm(fallback(3, far))
         wait_for(lambda: link.native.fired == 1, "window 1's fallback")
         assert [f.tag for f in link.collect()] == [1]  # the encoder moves past its numbers
-        assert link.take(2) and link.taken(2)
-        link.answer(model(2))  # the model's answer for 2 takes the numbers 2's fallback held
+        assert link.answer(3, lambda: model(3)) is None  # not next: nothing written, no numbers taken
+        assert link.answer(2, lambda: model(2)) is not None  # the model's answer for 2 takes 2's numbers
         link.off()  # a heartbeat while 3 waits: it goes first, 3's fallback is encoded again after it
         os.write(write_end, host.enc.heartbeat())
         link.rearm()
-        assert link.take(3)
-        link.answer(model(3))
+        assert link.answer(3, lambda: model(3)) is not None
         assert link.arm(fallback(4, time.perf_counter_ns()))
         wait_for(lambda: link.native.fired == 2, "window 4's fallback")
         assert [f.tag for f in link.collect()] == [4]

@@ -467,3 +467,25 @@ def test_a_device_clock_that_disagrees_with_its_hello_rate_is_counted_and_logged
         pump_until(source, device, lambda got: len(got) == RATE_BLOCK + 1, "the frames")
     assert source.counters()["rate_mismatch"] == 1
     assert "its clock (t_us) says 20 samples/s" in caplog.text and "its HELLO says 10 Hz" in caplog.text
+
+
+def test_a_write_that_failed_on_a_connection_lost_since_does_not_close_the_next_one(tmp_path):
+    # a write from another thread (the loop's, the backstop's) can fail on the old connection after the reader
+    # has already counted its loss and opened the port again: that failure says nothing of the new connection
+    # (it made the runtime count one unplug twice, 1 run in 3-10 of the unplug tests)
+    device = ScriptedDevice(tmp_path / "dev")
+    port = SerialPort(str(device.link), 115200)
+    try:
+        assert port.open_if_due()
+        old = port.connection
+        port.lost(OSError("unplugged"))
+        port.retry_at = 0.0
+        assert port.open_if_due() and port.connection is not old
+        port.write_failed(OSError(5, "Input/output error"), old)  # the late news of the old connection
+        assert port.read(0.01) == b"" and port.connected and port.disconnects == 1
+        assert port.write(b"\x00")
+        port.write_failed(OSError(5, "Input/output error"), port.connection)  # news of this one: lost
+        assert port.read(0.01) is None and not port.connected and port.disconnects == 2
+    finally:
+        port.close()
+        device.close()

@@ -12,8 +12,8 @@
  *   arm(tag, fire_at_ns, wire)  queue ``wire``, the fallback for window ``tag``, to be written at
  *                               ``fire_at_ns`` and never before the frames queued ahead of it;
  *   collect()                   what was written since the last call: (tag, sent_ns, written, errno)...;
- *   take_head(tag), answer(w)   the caller answers window ``tag`` itself: if its frame is next, it is held
- *                               (and everything behind it), then ``w`` is written in its place, in order;
+ *   answer(tag, w)              the caller answers window ``tag`` itself: if its frame is next, ``w`` is
+ *                               written in its place at once (one call: nothing can go out in between);
  *   clear()                     drop everything queued (the caller sends another frame, then arms again);
  *   set_fd(fd)                  write to a dup of ``fd`` from now on (-1: nowhere); clears.
  * Frames go out in the order they were queued, because each carries the link's next sequence number and
@@ -57,7 +57,6 @@ typedef struct {
     pthread_cond_t cv;
     pthread_t thread;
     int started, closing, fd;
-    int answering;    /* the caller is answering the head itself: nothing is written until it has */
     int head, queued; /* armed slots, in fire order, from ``head`` */
     int nsent;        /* written, not yet collected */
     long tid;
@@ -102,7 +101,7 @@ static void *run(void *arg) {
     b->tid = (long)syscall(SYS_gettid);
     pthread_cond_broadcast(&b->cv); /* the constructor waits for the id */
     while (!b->closing) {
-        if (b->queued == 0 || b->answering) {
+        if (b->queued == 0) {
             b->sleeping_until = NEVER;
             pthread_cond_wait(&b->cv, &b->mu);
             continue;
@@ -237,31 +236,25 @@ static PyObject *Backstop_collect(Backstop *b, PyObject *unused) {
     return out;
 }
 
-static PyObject *Backstop_take_head(Backstop *b, PyObject *arg) {
-    long long tag = PyLong_AsLongLong(arg);
+static PyObject *Backstop_answer(Backstop *b, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer wire;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "answer(tag, wire)");
+        return NULL;
+    }
+    long long tag = PyLong_AsLongLong(args[0]);
     if (tag == -1 && PyErr_Occurred())
         return NULL;
-    pthread_mutex_lock(&b->mu);
-    int taken = b->queued > 0 && !b->answering && b->slots[b->head].tag == tag;
-    if (taken)
-        b->answering = 1;
-    pthread_mutex_unlock(&b->mu);
-    return PyBool_FromLong(taken);
-}
-
-static PyObject *Backstop_answer(Backstop *b, PyObject *arg) {
-    Py_buffer wire;
-    if (PyObject_GetBuffer(arg, &wire, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(args[1], &wire, PyBUF_SIMPLE) < 0)
         return NULL;
-    int err = 0, answering;
+    int err = 0, answered;
     Py_ssize_t written = 0;
     pthread_mutex_lock(&b->mu);
-    answering = b->answering;
-    if (answering) {
+    answered = b->queued > 0 && b->slots[b->head].tag == tag;
+    if (answered) {
         written = write_out(b, wire.buf, wire.len, &err);
         b->head = (b->head + 1) % SLOTS;
         b->queued--;
-        b->answering = 0;
         /* wake the thread only if the next frame is due before it means to look again (on time it is not: one
            wake-up per budget, not one per window) */
         if (b->queued > 0 && b->slots[b->head].fire_at_ns < b->sleeping_until)
@@ -269,17 +262,14 @@ static PyObject *Backstop_answer(Backstop *b, PyObject *arg) {
     }
     pthread_mutex_unlock(&b->mu);
     PyBuffer_Release(&wire);
-    if (!answering) {
-        PyErr_SetString(PyExc_RuntimeError, "answer() without take_head()");
-        return NULL;
-    }
+    if (!answered)
+        Py_RETURN_NONE;
     return Py_BuildValue("(ni)", written, err);
 }
 
 static PyObject *Backstop_clear(Backstop *b, PyObject *unused) {
     pthread_mutex_lock(&b->mu);
     b->queued = 0;
-    b->answering = 0;
     pthread_mutex_unlock(&b->mu);
     Py_RETURN_NONE;
 }
@@ -301,7 +291,6 @@ static PyObject *Backstop_set_fd(Backstop *b, PyObject *arg) {
     int old = b->fd;
     b->fd = copy;
     b->queued = 0;
-    b->answering = 0;
     pthread_mutex_unlock(&b->mu);
     if (old >= 0)
         close(old);
@@ -335,11 +324,10 @@ static PyMethodDef methods[] = {
      "every frame queued before it; False if the queue is full."},
     {"collect", (PyCFunction)Backstop_collect, METH_NOARGS,
      "The frames written since the last call, in order: a tuple of (tag, sent_ns, written, errno)."},
-    {"take_head", (PyCFunction)Backstop_take_head, METH_O,
-     "take_head(tag) -> bool: if the next frame is ``tag``'s, hold it (and every later one) for answer()."},
-    {"answer", (PyCFunction)Backstop_answer, METH_O,
-     "answer(wire) -> (written, errno): write ``wire`` in place of the held head frame, then go on."},
-    {"clear", (PyCFunction)Backstop_clear, METH_NOARGS, "Drop every queued frame (and a held head)."},
+    {"answer", (PyCFunction)(void (*)(void))Backstop_answer, METH_FASTCALL,
+     "answer(tag, wire) -> (written, errno) or None: if the next frame is ``tag``'s, write ``wire`` in its place, "
+     "now; None if it is not (it went out already, or was never queued)."},
+    {"clear", (PyCFunction)Backstop_clear, METH_NOARGS, "Drop every queued frame."},
     {"set_fd", (PyCFunction)Backstop_set_fd, METH_O, "set_fd(fd): write to a dup of ``fd`` (-1: nowhere); clears."},
     {"close", (PyCFunction)Backstop_close, METH_NOARGS, "Stop the thread and close the descriptor's dup."},
     {NULL}};

@@ -78,9 +78,9 @@ class DeviceSink(Sink):
         self._link.arm_backstop(frame.seq, fire_at_ns, self.action_code(action, Reason.DEADLINE),
                                 int(Reason.DEADLINE), str(action))
 
-    def settle_backstop(self, seq: int) -> Optional[int]:
-        """Before deciding frame ``seq``: when the backstop already sent its fallback, else None (send ours)."""
-        return self._link.settle_backstop(seq)
+    def backstop_sent(self, seq: int) -> Optional[int]:
+        """After frame ``seq``'s decision: when the backstop had sent the window's fallback instead, else None."""
+        return self._link.backstop_sent(seq)
 
     def close(self) -> None:
         """Leave the device safe: the shutdown ACTION, unless the loop's shutdown decision already went out."""

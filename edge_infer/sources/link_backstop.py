@@ -9,10 +9,11 @@ link, the signing counter the device's replay floor only lets grow
 * a new window's fallback is encoded with the encoder's next numbers plus
   ``k``; the encoder itself does not move (:meth:`LinkBackstop.arm`);
 * the decision of the oldest window takes the encoder's next numbers, the
-  ones its queued fallback holds: the link holds that frame
-  (:meth:`LinkBackstop.take`), encodes the decision and has the backstop
-  write it in the fallback's place (:meth:`LinkBackstop.answer`); the
-  frames behind it keep their numbers;
+  ones its queued fallback holds: the link encodes it and the backstop
+  writes it in the fallback's place, in one call that nothing can come
+  between (:meth:`LinkBackstop.answer`); the frames behind it keep their
+  numbers. If the fallback went out first, the decision is not sent (its
+  numbers are given back) and the window's decision *is* that fallback;
 * a frame the backstop wrote moves the encoder past its numbers
   (:meth:`LinkBackstop.collect`);
 * any other frame (a heartbeat, a session offer, a decision of a window
@@ -29,7 +30,7 @@ only writes the bytes it holds.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Deque, List, NamedTuple, Optional, Tuple
 
 from firmware_bridge.auth import LinkAuth
 from firmware_bridge.protocol import ActionSource, FrameEncoder
@@ -63,7 +64,6 @@ class LinkBackstop:
         self._auth = auth
         #: What the native queue holds, in order, with each frame's length (written frames until collected).
         self._queued: Deque[Tuple[ArmedAction, int]] = deque()
-        self._taken: Optional[int] = None  # the tag whose fallback is held for the caller's answer
 
     def arm(self, armed: ArmedAction) -> bool:
         """Queue ``armed`` behind the others; False if the queue is full (that window has no backstop)."""
@@ -95,31 +95,27 @@ class LinkBackstop:
             out.append(Fired(tag, sent_ns, written == length))
         return out
 
-    def take(self, tag: int) -> bool:
-        """Hold ``tag``'s fallback for the caller's own ACTION (call :meth:`collect` first); False if it is not next."""
-        if self._queued and self._queued[0][0].tag == tag and self.native.take_head(tag):
-            self._taken = tag
-            return True
-        return False
+    def answer(self, tag: int, encode: Callable[[], bytes]) -> Optional[Tuple[int, int]]:
+        """Write ``tag``'s decision (``encode``: with the encoder's next numbers) in its fallback's place.
 
-    def taken(self, tag: int) -> bool:
-        """Is ``tag``'s fallback held for the caller's answer?"""
-        return self._taken == tag
-
-    def answer(self, wire: bytes) -> Tuple[int, int]:
-        """Write ``wire`` (encoded with the encoder's next numbers) in place of the held fallback: (written, errno)."""
-        self._taken = None
-        self._queued.popleft()
-        return self.native.answer(wire)
+        (written, errno); None if the fallback is not next (it went out already, or was never queued): then
+        nothing was written and the numbers are given back.
+        """
+        encoder, auth = self._encoder, self._auth
+        seq, tx_ts = encoder.next_seq, auth.tx_ts if auth is not None else 0
+        result = self.native.answer(tag, encode()) if self._queued and self._queued[0][0].tag == tag else None
+        if result is None:
+            encoder.next_seq = seq
+            if auth is not None:
+                auth.tx_ts = tx_ts
+        else:
+            self._queued.popleft()
+        return result
 
     def off(self) -> List[Fired]:
         """Before another frame is encoded: nothing stays queued; returns what was written meanwhile."""
         self.native.clear()
-        fired = self.collect()
-        if self._taken is not None:  # the held fallback's window is answered by the caller, after this frame
-            self._queued.popleft()
-            self._taken = None
-        return fired
+        return self.collect()
 
     def rearm(self) -> None:
         """After another frame went out: every window still waiting, queued again with the numbers after it."""
@@ -137,7 +133,6 @@ class LinkBackstop:
         """A new connection: write there (-1: nowhere); nothing queued for the old one goes out."""
         self.native.set_fd(fd)
         self._queued.clear()
-        self._taken = None
 
     def close(self) -> None:
         self._queued.clear()

@@ -67,7 +67,7 @@ import os
 import threading
 import time
 from array import array
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 
 from firmware_bridge.auth import LinkAuth, Side
@@ -144,10 +144,11 @@ class SerialSource(Source):
         self._pending: Deque[Frame] = collections.deque()
         self._tx_lock = threading.Lock()  # encode and write one frame at a time (module docstring)
         self._backstop: Optional[LinkBackstop] = None  # enable_backstop()
-        #: Frames whose fallback the backstop sent, and when, until their decision asks (settle_backstop).
+        #: Frames whose fallback the backstop sent, and when, until their decision asks (backstop_sent).
         self._backstop_sent: Dict[int, int] = {}
         self._shut_down = False  # the shutdown ACTION went out
         self._backstop_fd = False  # the backstop holds a copy of the open port's descriptor
+        self._backstop_connection: Any = None  # the port's connection whose descriptor the backstop copied
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -234,23 +235,34 @@ class SerialSource(Source):
         frame came from an earlier epoch (the device rebooted since, so its
         sequence number means nothing now): counted in ``actions_unsent``.
         With a backstop, a window whose fallback it holds is answered in that
-        fallback's place (:meth:`settle_backstop` held it), in order with the
-        fallbacks queued behind it; after the shutdown ACTION nothing queued
-        goes out.
+        fallback's place; if the fallback went out first, nothing more is
+        sent for that window (:meth:`backstop_sent` says when it went); after
+        the shutdown ACTION nothing queued goes out.
         """
         answers = self.device_seq_of(frame_seq)
         encoder, backstop = self._encoder, self._backstop
+
+        def encode() -> bytes:
+            return encoder.action(action, source=source, reason=reason, answers_seq=answers, name=name)
+
         with self._tx_lock:
             ready = answers is not None and self._ready
-            if backstop is not None and ready and backstop.taken(frame_seq):
-                sent = self._answer(encoder.action(action, source=source, reason=reason, answers_seq=answers,
-                                                   name=name))
-            else:
-                if reason == int(Reason.SHUTDOWN):
-                    self._shut_down = True  # nothing is armed any more: no fallback goes out after this ACTION
-                sent = ready and self._send(lambda: encoder.action(action, source=source, reason=reason,
-                                                                   answers_seq=answers, name=name),
-                                            keep_backstop=not self._shut_down)
+            if backstop is not None and reason != int(Reason.SHUTDOWN):
+                self._account(backstop.collect())
+                if frame_seq in self._backstop_sent:
+                    return True  # the fallback went out first: that is this window's ACTION
+                if ready:
+                    answered = backstop.answer(frame_seq, encode)
+                    if answered is not None:
+                        sent = self._answered(*answered)
+                        self._n["actions_sent" if sent else "actions_unsent"] += 1
+                        return sent
+                    self._account(backstop.collect())  # it may have gone out just now
+                    if frame_seq in self._backstop_sent:
+                        return True
+            if reason == int(Reason.SHUTDOWN):
+                self._shut_down = True  # nothing is armed any more: no fallback goes out after this ACTION
+            sent = ready and self._send(encode, keep_backstop=not self._shut_down)
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -266,6 +278,7 @@ class SerialSource(Source):
                 fd = self.port.fileno()
                 self._backstop = LinkBackstop(native(fd), self._encoder, self.auth)
                 self._backstop_fd = fd >= 0
+                self._backstop_connection = self.port.connection
         return True
 
     @property
@@ -284,28 +297,19 @@ class SerialSource(Source):
             if answers is not None and self._ready and not self._shut_down:
                 self._backstop.arm(ArmedAction(frame_seq, fire_at_ns, action, reason, answers, name))  # type: ignore
 
-    def settle_backstop(self, frame_seq: int) -> Optional[int]:
-        """Before frame ``frame_seq``'s decision goes out: when the backstop sent its fallback, else None.
-
-        None: the caller's decision is the one to send, and the backstop holds the window's fallback (if it has
-        it next) until :meth:`send_action` writes the decision in its place.
-        """
+    def backstop_sent(self, frame_seq: int) -> Optional[int]:
+        """After frame ``frame_seq``'s decision was handed to :meth:`send_action`: when the backstop had sent the
+        window's fallback instead (then that fallback is the window's decision), else None."""
         with self._tx_lock:
             self._account(self._backstop.collect())  # type: ignore[union-attr]
-            sent_ns = self._backstop_sent.pop(frame_seq, None)
-            if sent_ns is None:
-                self._backstop.take(frame_seq)  # type: ignore[union-attr]
-            return sent_ns
+            return self._backstop_sent.pop(frame_seq, None)
 
-    def _answer(self, wire: bytes) -> bool:
-        """Write a held window's decision through the backstop, in its fallback's place (transmit lock held)."""
-        if self._need_delimiter:
-            wire = b"\x00" + wire
-        written, err = self._backstop.answer(wire)  # type: ignore[union-attr]
+    def _answered(self, written: int, err: int) -> bool:
+        """A decision went out through the backstop, in its fallback's place (transmit lock held): True if whole."""
         self._last_tx = time.monotonic()
-        self._need_delimiter = written != len(wire)
-        if err and err != errno.EAGAIN:
-            self.port.write_failed(OSError(err, os.strerror(err)))  # the reader closes and reopens the port
+        self._need_delimiter = err != 0 or written == 0
+        if err and err != errno.EAGAIN:  # the reader closes and reopens the port (if it is still that connection)
+            self.port.write_failed(OSError(err, os.strerror(err)), self._backstop_connection)
         return not self._need_delimiter
 
     def _backstop_let_go(self) -> None:
@@ -364,6 +368,7 @@ class SerialSource(Source):
                 self._account(self._backstop.off())
                 self._backstop.set_fd(self.port.fileno())
                 self._backstop_fd = True
+                self._backstop_connection = self.port.connection
         self._decoder.reset()
         self._need_delimiter = True
         self._quiet_until = None

@@ -28,7 +28,7 @@ import re
 import select
 import termios
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import serial
 
@@ -90,7 +90,8 @@ class SerialPort:
         self._now = now
         self._backoff = backoff or Backoff()
         self._ser: Optional[serial.Serial] = None
-        self._write_failed: Optional[BaseException] = None  # a write found the port gone; the next read closes it
+        #: A write found the port gone (why, and on which connection); the next read closes it.
+        self._write_failed: Optional[Tuple[BaseException, Any]] = None
         self.retry_at = 0.0  #: when :meth:`open_if_due` may try again
         self.opened_once = False
         self._lost_at: Optional[float] = None
@@ -179,9 +180,12 @@ class SerialPort:
         ser = self._ser
         if ser is None:
             return None
-        if self._write_failed is not None:
-            self.lost(self._write_failed)
-            return None
+        failed = self._write_failed
+        if failed is not None:
+            self._write_failed = None
+            if failed[1] is ser:  # (a write to a connection lost and replaced since says nothing of this one)
+                self.lost(failed[0])
+                return None
         try:
             ready, _, _ = select.select([ser.fileno()], [], [], max(wait_s, 0.0))
             return ser.read(READ_SIZE) if ready else b""
@@ -198,7 +202,8 @@ class SerialPort:
         descheduled during a write that succeeded, which would miscount.)
         """
         ser = self._ser
-        if ser is None or self._write_failed is not None:
+        failed = self._write_failed
+        if ser is None or (failed is not None and failed[1] is ser):
             return False
         deadline = self._now() + WRITE_TIMEOUT_S
         rest = memoryview(data)
@@ -211,16 +216,21 @@ class SerialPort:
                 rest = rest[ser.write(rest):]
             return True
         except PORT_ERRORS as exc:
-            self.write_failed(exc)
+            self.write_failed(exc, ser)
             return False
 
-    def write_failed(self, exc: BaseException) -> None:
+    @property
+    def connection(self) -> Any:
+        """What identifies the open connection (None when closed): a reopened port is another one."""
+        return self._ser
+
+    def write_failed(self, exc: BaseException, connection: Any) -> None:
         """A write (here, or the backstop's) found the port gone.
 
         The reader owns the port: it closes it at its next read (the runtime writes from another thread, and
         closing the port under a reader blocked on it would count one unplug twice).
         """
-        self._write_failed = exc
+        self._write_failed = (exc, connection)
 
     def lost(self, exc: BaseException) -> None:
         """The port failed: close it, warn, and schedule the first reopen attempt."""
