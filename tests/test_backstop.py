@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import tty
@@ -228,3 +230,190 @@ def test_a_port_lost_and_found_again_opens_although_the_backstop_held_a_copy_of_
     finally:
         source.close()
         device.close()
+
+
+class Slowed:
+    """The real native backstop, with a delay before one of its calls: the native thread runs meanwhile, as it may
+    whenever the calling Python thread is preempted between two calls into it."""
+
+    def __init__(self, native, before: str, until):
+        self._native, self._before, self._until = native, before, until
+        self.collected = []  # what each collect() returned
+
+    def __getattr__(self, name):
+        call = getattr(self._native, name)
+        if name == self._before:
+            def delayed(*args):
+                wait_for(self._until, f"the moment before {name}")
+                return call(*args)
+            return delayed
+        if name == "collect":
+            def collect():
+                out = call()
+                self.collected.append(out)
+                return out
+            return collect
+        return call
+
+
+def greeted_link(tmp_path, frames: int = 1):
+    """A SerialSource greeted by a scripted device that sent ``frames`` SENSOR frames; (device, source, frames)."""
+    device = ScriptedDevice(tmp_path / "dev")
+    source = SerialSource(str(device.link), channels=CHANNELS)
+    source.recv(0.05)  # opens the port
+    device.send(hello_for(CHANNELS))
+    for i in range(frames):
+        device.sensor([float(i), 1.0, -1.0], 5_000_000 + 10_000 * i)  # (a device up for 5 s)
+    got = []
+    wait_for(lambda: (got.extend(f for f in [source.recv(0.02)] if f is not None) or len(got) == frames)
+             and device.read(0.0) is not None, "the frames")
+    return device, source, got
+
+
+def device_actions(device: ScriptedDevice, settle_s: float = 0.2):
+    device.read(settle_s)
+    while device.read(0.05):
+        pass
+    return [a for a in device.of_type(Action)]
+
+
+@needs_native
+def test_a_fallback_written_between_the_links_look_and_its_hold_is_the_windows_decision_not_one_of_two(tmp_path):
+    # settle_backstop collects what was written, then holds the window's fallback: if the native thread writes it
+    # in between, the hold fails, and the window must count as decided by the backstop (not get a second ACTION)
+    device, source, (frame,) = greeted_link(tmp_path)
+    try:
+        assert source.enable_backstop()
+        native = source._backstop.native
+        slowed = source._backstop.native = Slowed(native, "take_head", lambda: native.fired == 1)
+        source.arm_backstop(frame.seq, time.perf_counter_ns() + 500_000_000, 0, int(Reason.DEADLINE), "idle")
+        sent_ns = source.settle_backstop(frame.seq)
+        assert slowed.collected[0] == ()  # nothing written yet when the link looked first
+        if sent_ns is None:  # the link says: send the decision yourself
+            source.send_action(1, ActionSource.MODEL, int(Reason.NONE), frame.seq, "walk")
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert [(a.answers_seq, a.source) for a in actions] == [(frame.device_seq, ActionSource.FALLBACK)]
+    assert sent_ns is not None
+
+
+@needs_native
+def test_a_device_that_rebooted_gets_no_fallback_armed_for_a_frame_of_its_previous_life(tmp_path):
+    # an ACTION answering a frame of an earlier epoch is never sent (its seq means nothing to the rebooted device,
+    # or worse, names one of its new frames): the backstop must not send one either
+    device, source, (frame,) = greeted_link(tmp_path)
+    try:
+        assert source.enable_backstop()
+        fire_at = time.perf_counter_ns() + 300_000_000
+        source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
+        device.enc = FrameEncoder(clock_us=lambda: device.t_us)  # it reboots: its seq and its clock start again
+        device.send(hello_for(CHANNELS))
+        device.sensor([5.0, 1.0, -1.0], 0)
+        wait_for(lambda: source.recv(0.02) is not None, "the rebooted device's first frame")
+        assert source.counters()["device_restarts"] == 1
+        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the old window's fire time")
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert actions == []
+
+
+@needs_native
+def test_a_held_fallback_whose_decision_cannot_go_out_does_not_hold_up_the_fallbacks_behind_it(tmp_path):
+    # between settle_backstop (which holds the window's fallback) and send_action, the link can stop being ready:
+    # the reader thread's _on_hello clears _ready while it checks a repeated HELLO, a refused HELLO leaves it so.
+    # The decision is not sent then; the hold must not outlive it, or no fallback goes out until the next ACTION
+    device, source, (first, second) = greeted_link(tmp_path, frames=2)
+    try:
+        assert source.enable_backstop()
+        native = source._backstop.native
+        now = time.perf_counter_ns()
+        source.arm_backstop(first.seq, now + 10**10, 0, int(Reason.DEADLINE), "idle")
+        source.arm_backstop(second.seq, now + 100_000_000, 0, int(Reason.DEADLINE), "idle")
+        assert source.settle_backstop(first.seq) is None  # held for our decision
+        source._ready = False  # (as _on_hello's check does, on the reader thread)
+        assert not source.send_action(1, ActionSource.MODEL, int(Reason.NONE), first.seq, "walk")
+        source._ready = True
+        wait_for(lambda: native.fired == 1, "the second window's fallback", 3.0)
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert [(a.answers_seq, a.source) for a in actions] == [(second.device_seq, ActionSource.FALLBACK)]
+    assert device.dec.counters.seq_gaps == 0
+
+
+@needs_native
+def test_a_refused_device_gets_no_fallback_either(tmp_path):
+    # "a refused device gets no ACTION, not even the shutdown one" (SerialSource._check): nor one of the backstop's
+    device, source, (frame,) = greeted_link(tmp_path)
+    try:
+        assert source.enable_backstop()
+        fire_at = time.perf_counter_ns() + 300_000_000
+        source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
+        device.send(hello_for(["other", "channels"]))  # it changed its schema: refused
+        with pytest.raises(EdgeInferError):
+            wait_for(lambda: source.recv(0.02) is not None, "the refusal")
+        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the window's fire time")
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert actions == []
+
+
+@needs_native
+def test_no_fallback_goes_out_after_the_shutdown_even_one_that_could_not_go_out_itself(tmp_path):
+    # the shutdown answers the last frame the loop took: one the link no longer knows (a loop that fell far behind)
+    # cannot be answered, but the run is over all the same: the fallbacks queued for later windows stay unsent
+    device, source, (frame,) = greeted_link(tmp_path)
+    try:
+        assert source.enable_backstop()
+        fire_at = time.perf_counter_ns() + 300_000_000
+        source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
+        assert not source.send_action(-1, ActionSource.FALLBACK, int(Reason.SHUTDOWN), frame.seq + 10**6, "shutdown")
+        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the window's fire time")
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert actions == []
+
+
+@needs_native
+def test_a_backstop_whose_thread_cannot_start_keeps_no_descriptor_and_a_closed_one_never_starts_again():
+    # no room for the thread's stack (a tight address-space limit, in a process of its own): each failed
+    # construction used to keep its dup of the port's descriptor (and with it the port's exclusive lock)
+    script = """
+import os, resource
+from edge_infer.deadline._backstop import Backstop
+r, w = os.pipe()
+before = len(os.listdir("/proc/self/fd"))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + 2 * 1024 * 1024, hard))
+fails = 0
+for _ in range(5):
+    try:
+        Backstop(w)
+    except OSError:
+        fails += 1
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+print(fails, len(os.listdir("/proc/self/fd")) - before)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SAFETY_S)
+    assert out.returncode == 0, out.stderr
+    fails, leaked = map(int, out.stdout.split())
+    if fails == 0:
+        pytest.skip("the address-space limit did not keep the thread from starting here")
+    assert leaked == 0
+    read_end, write_end = os.pipe()
+    guard = Native(write_end)
+    guard.close()
+    with pytest.raises(RuntimeError):  # (it used to start a thread that exited at once: armed, never written)
+        guard.__init__(write_end)
+    os.close(read_end)
+    os.close(write_end)

@@ -56,7 +56,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t thread;
-    int started, closing, fd;
+    int inited, started, closing, fd; /* inited: __init__ ran once (a closed backstop is never started again) */
     int head, queued; /* armed slots, in fire order, from ``head`` */
     int nsent;        /* written, not yet collected */
     long tid;
@@ -126,10 +126,11 @@ static int Backstop_init(Backstop *b, PyObject *args, PyObject *kw) {
     int fd = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", names, &fd))
         return -1;
-    if (b->started) {
+    if (b->inited) {
         PyErr_SetString(PyExc_RuntimeError, "Backstop is already initialised");
         return -1;
     }
+    b->inited = 1;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -142,6 +143,9 @@ static int Backstop_init(Backstop *b, PyObject *args, PyObject *kw) {
     b->sleeping_until = NEVER;
     int err = pthread_create(&b->thread, NULL, run, b);
     if (err) {
+        if (b->fd >= 0)
+            close(b->fd);
+        b->fd = -1;
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError), -1;
     }
@@ -164,9 +168,12 @@ static void stop(Backstop *b) {
     pthread_mutex_unlock(&b->mu);
     pthread_join(b->thread, NULL);
     b->started = 0;
-    if (b->fd >= 0)
-        close(b->fd);
+    pthread_mutex_lock(&b->mu); /* a call from another Python thread (the GIL is released here) may be writing */
+    int fd = b->fd;
     b->fd = -1;
+    pthread_mutex_unlock(&b->mu);
+    if (fd >= 0)
+        close(fd);
 }
 
 static void Backstop_dealloc(Backstop *b) {
