@@ -196,8 +196,10 @@ static PyObject *Backstop_arm(Backstop *b, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     tag = PyLong_AsLongLong(args[0]);
+    if (tag == -1 && PyErr_Occurred()) /* (the C-API is not to be called with an exception set) */
+        return NULL;
     fire_at = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred())
+    if (fire_at == -1 && PyErr_Occurred())
         return NULL;
     if (!b->started)
         return closed_error();
