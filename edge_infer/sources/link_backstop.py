@@ -125,6 +125,10 @@ class LinkBackstop:
             if not self.arm(armed):
                 break
 
+    def forget(self, tag: int) -> None:
+        """Frame ``tag``'s fallback is not to go out (call :meth:`off` first, :meth:`rearm` after)."""
+        self._queued = deque(entry for entry in self._queued if entry[0].tag != tag)
+
     def drop(self) -> None:
         """Nothing more is to go out for the windows queued (the link is down, or shut down)."""
         self._queued.clear()

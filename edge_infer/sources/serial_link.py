@@ -247,7 +247,9 @@ class SerialSource(Source):
 
         with self._tx_lock:
             ready = answers is not None and self._ready
-            if backstop is not None and reason != int(Reason.SHUTDOWN):
+            if reason == int(Reason.SHUTDOWN):
+                self._shut_down = True  # nothing queued goes out after this ACTION, whether it goes out or not
+            elif backstop is not None:
                 self._account(backstop.collect())
                 if frame_seq in self._backstop_sent:
                     return True  # the fallback went out first: that is this window's ACTION
@@ -260,9 +262,13 @@ class SerialSource(Source):
                     self._account(backstop.collect())  # it may have gone out just now
                     if frame_seq in self._backstop_sent:
                         return True
-            if reason == int(Reason.SHUTDOWN):
-                self._shut_down = True  # nothing is armed any more: no fallback goes out after this ACTION
+                else:  # its decision cannot go out: nor its fallback, later (the others keep their places)
+                    self._account(backstop.off())
+                    backstop.forget(frame_seq)
+                    backstop.rearm()
             sent = ready and self._send(encode, keep_backstop=not self._shut_down)
+            if backstop is not None and self._shut_down and not sent:
+                self._drop_backstop_queue()
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -319,6 +325,11 @@ class SerialSource(Source):
             self._account(self._backstop.off())  # type: ignore[union-attr]
             self._backstop.set_fd(-1)  # type: ignore[union-attr]
             self._backstop_fd = False
+
+    def _drop_backstop_queue(self) -> None:
+        """Nothing queued goes out (transmit lock held); what the backstop wrote meanwhile is accounted for."""
+        self._account(self._backstop.off())  # type: ignore[union-attr]
+        self._backstop.drop()  # type: ignore[union-attr]
 
     def _account(self, fired: List[Fired]) -> None:
         """The fallbacks the backstop wrote (transmit lock held): counted, and kept for their decisions."""
@@ -488,7 +499,13 @@ class SerialSource(Source):
 
     def _on_hello(self, hello: Hello, recv_ns: int) -> None:
         log.debug("HELLO seq %d from %s", hello.seq, self.port.path)
-        self._check(hello)
+        try:
+            self._check(hello)
+        except SourceError:
+            if self._backstop is not None:  # a refused device gets no ACTION: none of those queued either
+                with self._tx_lock:
+                    self._drop_backstop_queue()
+            raise
         self._hello_again = self._greeted  # the stream continues unless the device clock says otherwise
         self._greeted = self._ready = True
         self._hello_due = self._quiet_until = None
@@ -605,6 +622,9 @@ class SerialSource(Source):
     # --- the time line ------------------------------------------------------------------------
 
     def _new_epoch(self) -> None:
+        if self._backstop is not None:  # the fallbacks queued answer frames of the device's previous life
+            with self._tx_lock:
+                self._drop_backstop_queue()
         self._epoch_first_seq = self._seq
         self._t_last_us = None
         self._rate_dts.clear()
