@@ -302,26 +302,35 @@ def test_a_fallback_written_between_the_links_look_and_its_answer_is_the_windows
     assert sent_ns is not None and device.dec.counters.seq_gaps == 0
 
 
-@needs_native
-def test_a_device_that_rebooted_gets_no_fallback_armed_for_a_frame_of_its_previous_life(tmp_path):
-    # an ACTION answering a frame of an earlier epoch is never sent (its seq means nothing to the rebooted device,
-    # or worse, names one of its new frames): the backstop must not send one either
+def no_fallback_goes_out_after(tmp_path, event) -> None:
+    """Queue one window's fallback, let ``event(device, source, frame)`` happen, and check that nothing reaches the
+    device until well after the fallback's fire time."""
     device, source, (frame,) = greeted_link(tmp_path)
     try:
         assert source.enable_backstop()
         fire_at = time.perf_counter_ns() + 300_000_000
         source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
-        device.enc = FrameEncoder(clock_us=lambda: device.t_us)  # it reboots: its seq and its clock start again
-        device.send(hello_for(CHANNELS))
-        device.sensor([5.0, 1.0, -1.0], 0)
-        wait_for(lambda: source.recv(0.02) is not None, "the rebooted device's first frame")
-        assert source.counters()["device_restarts"] == 1
-        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the old window's fire time")
+        event(device, source, frame)
+        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the window's fire time")
         actions = device_actions(device)
     finally:
         source.close()
         device.close()
     assert actions == []
+
+
+@needs_native
+def test_a_device_that_rebooted_gets_no_fallback_armed_for_a_frame_of_its_previous_life(tmp_path):
+    # an ACTION answering a frame of an earlier epoch is never sent (its seq means nothing to the rebooted device,
+    # or worse, names one of its new frames): the backstop must not send one either
+    def reboot(device, source, frame):
+        device.enc = FrameEncoder(clock_us=lambda: device.t_us)  # it reboots: its seq and its clock start again
+        device.send(hello_for(CHANNELS))
+        device.sensor([5.0, 1.0, -1.0], 0)
+        wait_for(lambda: source.recv(0.02) is not None, "the rebooted device's first frame")
+        assert source.counters()["device_restarts"] == 1
+
+    no_fallback_goes_out_after(tmp_path, reboot)
 
 
 @needs_native
@@ -352,38 +361,22 @@ def test_a_window_whose_decision_cannot_go_out_gets_no_fallback_later_and_holds_
 @needs_native
 def test_a_refused_device_gets_no_fallback_either(tmp_path):
     # "a refused device gets no ACTION, not even the shutdown one" (SerialSource._check): nor one of the backstop's
-    device, source, (frame,) = greeted_link(tmp_path)
-    try:
-        assert source.enable_backstop()
-        fire_at = time.perf_counter_ns() + 300_000_000
-        source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
+    def refuse(device, source, frame):
         device.send(hello_for(["other", "channels"]))  # it changed its schema: refused
         with pytest.raises(EdgeInferError):
             wait_for(lambda: source.recv(0.02) is not None, "the refusal")
-        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the window's fire time")
-        actions = device_actions(device)
-    finally:
-        source.close()
-        device.close()
-    assert actions == []
+
+    no_fallback_goes_out_after(tmp_path, refuse)
 
 
 @needs_native
 def test_no_fallback_goes_out_after_the_shutdown_even_one_that_could_not_go_out_itself(tmp_path):
     # the shutdown answers the last frame the loop took: one the link no longer knows (a loop that fell far behind)
     # cannot be answered, but the run is over all the same: the fallbacks queued for later windows stay unsent
-    device, source, (frame,) = greeted_link(tmp_path)
-    try:
-        assert source.enable_backstop()
-        fire_at = time.perf_counter_ns() + 300_000_000
-        source.arm_backstop(frame.seq, fire_at, 0, int(Reason.DEADLINE), "idle")
+    def shut_down(device, source, frame):
         assert not source.send_action(-1, ActionSource.FALLBACK, int(Reason.SHUTDOWN), frame.seq + 10**6, "shutdown")
-        wait_for(lambda: time.perf_counter_ns() > fire_at + 100_000_000, "the window's fire time")
-        actions = device_actions(device)
-    finally:
-        source.close()
-        device.close()
-    assert actions == []
+
+    no_fallback_goes_out_after(tmp_path, shut_down)
 
 
 @needs_native
