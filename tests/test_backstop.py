@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -413,3 +414,37 @@ print(fails, len(os.listdir("/proc/self/fd")) - before)
         guard.__init__(write_end)
     os.close(read_end)
     os.close(write_end)
+
+
+@needs_native
+def test_a_decision_the_device_cannot_take_now_is_counted_and_the_next_one_starts_a_fresh_frame(tmp_path):
+    # a decision written in its fallback's place is one non-blocking write: a device that does not read (its
+    # buffer full) loses it, counted in write_timeouts; the next frame starts with a delimiter, so the device does
+    # not read it as the rest of whatever it had half-read
+    device, source, (first, second) = greeted_link(tmp_path, frames=2)
+    try:
+        assert source.enable_backstop()
+        far = time.perf_counter_ns() + 10**10
+        source.arm_backstop(first.seq, far, 0, int(Reason.DEADLINE), "idle")
+        source.arm_backstop(second.seq, far, 0, int(Reason.DEADLINE), "idle")
+        fd = source.port.fileno()
+        for size in (4096, 256, 16, 1):  # fill the pty with the start of a frame that never ends (no 0x00)
+            try:
+                while True:
+                    os.write(fd, b"\x01" * size)
+            except BlockingIOError:
+                pass
+        assert not source.send_action(1, ActionSource.MODEL, int(Reason.NONE), first.seq, "walk")
+        assert source.port.write_timeouts == 1
+        while device.read(0.05) is not None and device.master >= 0 and select_readable(device.master):
+            pass
+        assert source.send_action(2, ActionSource.MODEL, int(Reason.NONE), second.seq, "run")
+        actions = device_actions(device)
+    finally:
+        source.close()
+        device.close()
+    assert [(a.answers_seq, a.action) for a in actions] == [(second.device_seq, 2)]
+
+
+def select_readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])

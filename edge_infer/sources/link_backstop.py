@@ -95,22 +95,25 @@ class LinkBackstop:
             out.append(Fired(tag, sent_ns, written == length))
         return out
 
-    def answer(self, tag: int, encode: Callable[[], bytes]) -> Optional[Tuple[int, int]]:
+    def answer(self, tag: int, encode: Callable[[], bytes]) -> Optional[Tuple[int, int, int]]:
         """Write ``tag``'s decision (``encode``: with the encoder's next numbers) in its fallback's place.
 
-        (written, errno); None if the fallback is not next (it went out already, or was never queued): then
-        nothing was written and the numbers are given back.
+        (written, errno, length of the frame); None if the fallback is not next (it went out already, or was
+        never queued): then nothing was written and the numbers are given back.
         """
+        if not self._queued or self._queued[0][0].tag != tag:
+            return None
         encoder, auth = self._encoder, self._auth
         seq, tx_ts = encoder.next_seq, auth.tx_ts if auth is not None else 0
-        result = self.native.answer(tag, encode()) if self._queued and self._queued[0][0].tag == tag else None
+        wire = encode()
+        result = self.native.answer(tag, wire)
         if result is None:
             encoder.next_seq = seq
             if auth is not None:
                 auth.tx_ts = tx_ts
-        else:
-            self._queued.popleft()
-        return result
+            return None
+        self._queued.popleft()
+        return result[0], result[1], len(wire)
 
     def off(self) -> List[Fired]:
         """Before another frame is encoded: nothing stays queued; returns what was written meanwhile."""

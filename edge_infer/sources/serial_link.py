@@ -254,7 +254,7 @@ class SerialSource(Source):
                 if frame_seq in self._backstop_sent:
                     return True  # the fallback went out first: that is this window's ACTION
                 if ready:
-                    answered = backstop.answer(frame_seq, encode)
+                    answered = backstop.answer(frame_seq, self._delimited(encode))
                     if answered is not None:
                         sent = self._answered(*answered)
                         self._n["actions_sent" if sent else "actions_unsent"] += 1
@@ -310,12 +310,24 @@ class SerialSource(Source):
             self._account(self._backstop.collect())  # type: ignore[union-attr]
             return self._backstop_sent.pop(frame_seq, None)
 
-    def _answered(self, written: int, err: int) -> bool:
-        """A decision went out through the backstop, in its fallback's place (transmit lock held): True if whole."""
+    def _delimited(self, encode: Callable[[], bytes]) -> Callable[[], bytes]:
+        """``encode``, after a 0x00 if a write before was cut short (the device is in the middle of a chunk)."""
+        if not self._need_delimiter:
+            return encode
+        return lambda: b"\x00" + encode()
+
+    def _answered(self, written: int, err: int, length: int) -> bool:
+        """A decision went out through the backstop, in its fallback's place (transmit lock held): True if whole.
+
+        One non-blocking write: a device that does not read (a full buffer) loses the ACTION, counted in
+        ``write_timeouts`` like a write that timed out.
+        """
         self._last_tx = time.monotonic()
-        self._need_delimiter = err != 0 or written == 0
+        self._need_delimiter = written != length
         if err and err != errno.EAGAIN:  # the reader closes and reopens the port (if it is still that connection)
             self.port.write_failed(OSError(err, os.strerror(err)), self._backstop_connection)
+        elif self._need_delimiter:
+            self.port.write_timeouts += 1
         return not self._need_delimiter
 
     def _backstop_let_go(self) -> None:
