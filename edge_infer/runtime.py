@@ -31,6 +31,7 @@ import numpy as np
 
 from .checks.guard import build_guard
 from .deadline import build_scheduler
+from .deadline.backstop import fire_at_ns as backstop_fire_at
 from .deadline.baton import Baton
 from .deadline.clock import Clock
 from .deadline.edf import SharedModel, Waiting
@@ -40,7 +41,6 @@ from .deadline.reserve import Reserve
 from .deadline.scheduler import ALREADY_DECIDED, InlineScheduler, ModelAnswer, Scheduler
 from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
-from .deadline.backstop import fire_at_ns as backstop_fire_at
 from .deadline.watchdog import Pending, Watchdog
 from .decide.decision import Decision, DecisionRule
 from .decide.fallback import ConstantFallback, build_fallback
@@ -442,8 +442,7 @@ class Runtime:
         expired by then); fire times never go back, so the backstop writes in arrival order.
         """
         self._arrived_in_window += 1
-        count, window = self._arrived_in_window, self.window
-        if count < window.window or (count - window.window) % window.hop:
+        if not self.window.ends_window(self._arrived_in_window):
             return
         fire_at = max(backstop_fire_at(frame.recv_ns + self._budget_ns, self._backstop_lead_floor_ns),
                       self._backstop_fire_last)
@@ -477,24 +476,23 @@ class Runtime:
         start = now_ns()
         for sink in self.device_sinks:
             sink.on_decision(decision)
-        backstop = self.backstop
-        sent_ns = None if backstop is None else backstop.backstop_sent(decision.seq)
+        sent_ns = None
+        if self.backstop is not None:
+            sent_ns = self.backstop.backstop_sent(decision.seq)
+            held = self._backstop_actions.pop(decision.seq, decision.action)
         if sent_ns is None:
             decision.latency_us = (now_ns() - arrival_ns) / 1000.0
         else:  # the backstop sent the fallback at the deadline: that is what the device acts on, so it is the decision
-            self._as_sent_by_backstop(decision, (sent_ns - arrival_ns) / 1000.0)
-        if backstop is not None:
-            self._backstop_actions.pop(decision.seq, None)
+            self._as_sent_by_backstop(decision, held, (sent_ns - arrival_ns) / 1000.0)
         for sink in self.sinks:
             sink.on_decision(decision)
         self._sink_time.add(now_ns() - start)
 
-    def _as_sent_by_backstop(self, decision: Decision, latency_us: float) -> None:
-        """Make ``decision`` the deadline fallback the backstop sent ``latency_us`` after the window arrived (the
-        device sink sent nothing more for it)."""
+    def _as_sent_by_backstop(self, decision: Decision, action: Any, latency_us: float) -> None:
+        """Make ``decision`` the deadline fallback (``action``) the backstop sent ``latency_us`` after the window
+        arrived (the device sink sent nothing more for it)."""
         self.backstop_decisions += 1
-        decision.action = self._backstop_actions.get(decision.seq, decision.action)
-        decision.source, decision.reason = "fallback", Reason.DEADLINE
+        decision.action, decision.source, decision.reason = action, "fallback", Reason.DEADLINE
         decision.output = None
         decision.latency_us = latency_us
 

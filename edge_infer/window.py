@@ -32,7 +32,12 @@ class WindowBuffer:
         self._data[slot + self.window] = values
         self._next = slot + 1 if slot + 1 < self.window else 0
         self.count += 1
-        return self.count >= self.window and (self.count - self.window) % self.hop == 0
+        return self.ends_window(self.count)
+
+    def ends_window(self, count: int) -> bool:
+        """Does the ``count``-th frame since the last reset end a window? (The reader thread counts by it too, to
+        arm the backstop as a window's last frame arrives: runtime.py.)"""
+        return count >= self.window and (count - self.window) % self.hop == 0
 
     def until_due(self) -> int:
         """How many more frames until the next window is due (1 if the next frame completes one).

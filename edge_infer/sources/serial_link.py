@@ -89,8 +89,8 @@ from firmware_bridge.protocol import (
 from firmware_bridge.stream import FrameDecoder
 
 from ..deadline.backstop import native_type as backstop_native
-from ..decide.reasons import Reason
 from ..deadline.clock import Clock
+from ..decide.reasons import Reason
 from ..errors import SourceError
 from ..frame import Frame
 from .arrival import DeviceClock
@@ -147,8 +147,8 @@ class SerialSource(Source):
         #: Frames whose fallback the backstop sent, and when, until their decision asks (backstop_sent).
         self._backstop_sent: Dict[int, int] = {}
         self._shut_down = False  # the shutdown ACTION went out
-        self._backstop_fd = False  # the backstop holds a copy of the open port's descriptor
-        self._backstop_connection: Any = None  # the port's connection whose descriptor the backstop copied
+        #: The port's connection whose descriptor the backstop holds a copy of (None: it holds none).
+        self._backstop_connection: Any = None
         self.hello: Optional[Hello] = None  #: the last HELLO accepted (recordings keep it)
         #: Called with each accepted HELLO and its receipt time (the loop clock's ns).
         self.hello_listeners: List[Callable[[Hello, int], None]] = []
@@ -249,6 +249,8 @@ class SerialSource(Source):
             ready = answers is not None and self._ready
             if reason == int(Reason.SHUTDOWN):
                 self._shut_down = True  # nothing queued goes out after this ACTION, whether it goes out or not
+                if backstop is not None:
+                    self._drop_backstop_queue()
             elif backstop is not None:
                 self._account(backstop.collect())
                 if frame_seq in self._backstop_sent:
@@ -266,9 +268,7 @@ class SerialSource(Source):
                     self._account(backstop.off())
                     backstop.forget(frame_seq)
                     backstop.rearm()
-            sent = ready and self._send(encode, keep_backstop=not self._shut_down)
-            if backstop is not None and self._shut_down and not sent:
-                self._drop_backstop_queue()
+            sent = ready and self._send(encode)
         self._n["actions_sent" if sent else "actions_unsent"] += 1
         return sent
 
@@ -281,9 +281,7 @@ class SerialSource(Source):
             return False
         if self._backstop is None:
             with self._tx_lock:
-                fd = self.port.fileno()
-                self._backstop = LinkBackstop(native(fd), self._encoder, self.auth)
-                self._backstop_fd = fd >= 0
+                self._backstop = LinkBackstop(native(self.port.fileno()), self._encoder, self.auth)
                 self._backstop_connection = self.port.connection
         return True
 
@@ -336,7 +334,7 @@ class SerialSource(Source):
         with self._tx_lock:
             self._account(self._backstop.off())  # type: ignore[union-attr]
             self._backstop.set_fd(-1)  # type: ignore[union-attr]
-            self._backstop_fd = False
+            self._backstop_connection = None
 
     def _drop_backstop_queue(self) -> None:
         """Nothing queued goes out (transmit lock held); what the backstop wrote meanwhile is accounted for."""
@@ -369,7 +367,7 @@ class SerialSource(Source):
         """
         now = time.monotonic()
         if not self.port.connected:  # never opened, or lost (in a read or a write)
-            if self._backstop_fd:
+            if self._backstop_connection is not None:
                 self._backstop_let_go()
             self._ready = False
             if not self.port.open_if_due():
@@ -390,7 +388,6 @@ class SerialSource(Source):
             with self._tx_lock:
                 self._account(self._backstop.off())
                 self._backstop.set_fd(self.port.fileno())
-                self._backstop_fd = True
                 self._backstop_connection = self.port.connection
         self._decoder.reset()
         self._need_delimiter = True
@@ -454,11 +451,8 @@ class SerialSource(Source):
             if self._send(self._encoder.heartbeat):
                 self._n["heartbeats_sent"] += 1
 
-    def _send(self, encode: Callable[[], bytes], keep_backstop: bool = True) -> bool:
-        """Encode and write one frame (transmit lock held) before the backstop's queue, which is armed again after.
-
-        ``keep_backstop`` False: the windows queued get nothing more from the backstop (the shutdown ACTION).
-        """
+    def _send(self, encode: Callable[[], bytes]) -> bool:
+        """Encode and write one frame (transmit lock held) before the backstop's queue, which is armed again after."""
         backstop = self._backstop
         if backstop is not None:
             self._account(backstop.off())  # its frames must not take our numbers, nor go out in the middle of ours
@@ -469,7 +463,7 @@ class SerialSource(Source):
         self._need_delimiter = not sent
         self._last_tx = time.monotonic()  # a failed write is not retried before the next interval either
         if backstop is not None:
-            if self._ready and keep_backstop:
+            if self._ready:
                 backstop.rearm()
             else:
                 backstop.drop()
