@@ -53,8 +53,10 @@ def install(path: str) -> None:
     current = [-1]
     watchdog_delay = [0]
 
+    backstops: List[tuple] = []
     emit, send, run, infer, fire = (Runtime._emit, SerialSource.send_action, InlineScheduler.run, Engine.infer,
                                     Watchdog._fire)
+    backstop_sent = SerialSource.backstop_sent
 
     def traced_emit(self: Any, decision: Any, arrival_ns: int) -> None:
         emits.append((decision.seq, int(decision.reason) if decision.reason is not None else 0, arrival_ns, now(),
@@ -66,6 +68,13 @@ def install(path: str) -> None:
         start = now()
         sent = send(self, action, source, reason, frame_seq, name)
         writes.append((frame_seq, answers, reason, start, now()))
+        return sent
+
+    def traced_backstop_sent(self: Any, frame_seq: int) -> Any:
+        answers = self.device_seq_of(frame_seq)
+        sent = backstop_sent(self, frame_seq)
+        if sent is not None:  # the native backstop wrote the window's fallback at ``sent`` (its own stamp)
+            backstops.append((frame_seq, answers, sent))
         return sent
 
     def traced_run(self: Any, window: Any, deadline_ns: int, pending: Any = None) -> Any:
@@ -89,6 +98,7 @@ def install(path: str) -> None:
         fire(self, armed, at)
 
     Runtime._emit, SerialSource.send_action = traced_emit, traced_send  # type: ignore[method-assign]
+    SerialSource.backstop_sent = traced_backstop_sent  # type: ignore[method-assign]
     InlineScheduler.run, Engine.infer, Watchdog._fire = traced_run, traced_infer, traced_fire  # type: ignore
 
     loop_tid = threading.get_native_id()
@@ -96,7 +106,8 @@ def install(path: str) -> None:
     def dump() -> None:
         tids = {"loop": loop_tid, **{t.name: t.native_id for t in threading.enumerate() if t.native_id != loop_tid}}
         with open(path, "w") as f:
-            json.dump({"emits": emits, "writes": writes, "invokes": invokes, "fires": fires, "tids": tids}, f)
+            json.dump({"emits": emits, "writes": writes, "invokes": invokes, "fires": fires, "tids": tids,
+                       "backstops": backstops}, f)
 
     atexit.register(dump)
 
@@ -108,6 +119,11 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
     ``sent_ns``: device seq -> when the device wrote the SENSOR frame; ``actions``: (stamp ns, Action).
     """
     writes = {w[1]: w for w in trace["writes"] if w[1] is not None}  # device seq -> (host seq, ..., start, end)
+    # a window whose fallback the native backstop wrote: the decision's send_action wrote nothing; the backstop's
+    # own stamp is when its ACTION left
+    by_backstop = {b[1]: b for b in trace.get("backstops", []) if b[1] is not None}
+    for dev, (host, _, sent) in by_backstop.items():
+        writes[dev] = (host, dev, 1, sent, sent)
     emits = {e[0]: e for e in trace["emits"]}  # host seq -> (seq, reason, arrival, emit start, tid)
     invokes = sorted(trace["invokes"], key=lambda i: i[1])
     invoke_of = {i[0]: i for i in invokes if i[0] >= 0}
@@ -130,7 +146,8 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
         if em is not None:
             row["arrival_stamp_after_send_ms"] = round((em[2] - sent) / 1e6, 2)
             row["emit_started_ms"] = round((em[3] - sent) / 1e6, 2)
-            row["by"] = "watchdog" if any(host in f[4] for f in fires) else "loop"
+            row["by"] = ("backstop" if dev in by_backstop else "watchdog" if any(host in f[4] for f in fires)
+                         else "loop")
         row["write_ms"] = [round((write[3] - sent) / 1e6, 2), round((write[4] - sent) / 1e6, 2)]
         row["action_seen_ms"] = round(latency / 1e6, 2)
         inv = invoke_of.get(host)
@@ -155,6 +172,9 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
     invoke_wall = sorted(i[2] - i[1] for i in invokes if i[0] >= 0)
     off_cpu = sorted(i[2] - i[1] - i[3] for i in invokes if i[0] >= 0)
     write_us = sorted(w[4] - w[3] for w in trace["writes"])
+    # ACTIONs that left the runtime after the budget (its own count should match this), and the others the device
+    # saw late: written on time, held up on the way (the pty's tty layer: docs/performance.md 5.6)
+    written_late = sum(1 for r in rows if r["write_ms"][1] > budget_ms)
     # from the end of the runtime's write to the device seeing the ACTION: the transport (pty, tty layer)
     delivery = sorted(stamp - writes[a.answers_seq][4] for stamp, a in actions if a.answers_seq in writes)
 
@@ -163,6 +183,9 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
 
     return {
         "late_by_reason": by_reason,
+        "late_written": written_late,
+        "late_in_transport": len(rows) - written_late,
+        "backstop_writes": len(by_backstop),
         "late": rows[:limit],
         "watchdog_fires": len(fires),
         "watchdog_late_ms_p50_p99_max": [pct(wake_late, 0.5), pct(wake_late, 0.99), pct(wake_late, 1.0)],

@@ -201,11 +201,49 @@ class VirtualDevice:
 DEVICE_PRIORITY = 60
 
 
+#: With ``--isolate``: the CPUs the device's threads (and the kernel's unbound work) keep to.
+DEVICE_CPUS: Optional[set] = None
+WORKQUEUE_CPUMASK = Path("/sys/devices/virtual/workqueue/cpumask")
+
+
 def make_fifo() -> None:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(DEVICE_PRIORITY))
     except (OSError, AttributeError):
         pass
+    if DEVICE_CPUS:
+        os.sched_setaffinity(0, DEVICE_CPUS)
+
+
+class Isolation:
+    """``--isolate CPU``: the runtime on ``CPU`` (``--cpu-affinity``), the device and the kernel's unbound work
+    queues (where the tty layer delivers what is written to a pty) on the others, undone at exit.
+
+    Why: on a pty, every write is delivered to the other end by a kworker (``flush_to_ldisc``), which the
+    scheduler tends to queue on the writer's CPU; there it waits behind any SCHED_FIFO thread of the runtime
+    (an invoke: up to a model's run) although the runtime wrote on time. A real UART's transmit path has no such
+    hop (the driver's interrupt sends from the write's buffer). This is the usual real-time layout on a board:
+    the loop's CPUs kept free of the kernel's deferred work (docs/performance.md 5.6).
+    """
+
+    def __init__(self, cpu: int):
+        global DEVICE_CPUS
+        others = sorted(set(range(os.cpu_count() or 1)) - {cpu})
+        if not others:
+            raise SystemExit("--isolate needs at least 2 CPUs")
+        DEVICE_CPUS = set(others)
+        self.old_mask: Optional[str] = None
+        try:
+            self.old_mask = WORKQUEUE_CPUMASK.read_text().strip()
+            WORKQUEUE_CPUMASK.write_text(format(sum(1 << c for c in others), "x"))
+            self.applied = WORKQUEUE_CPUMASK.read_text().strip()
+        except OSError as exc:
+            self.old_mask = None
+            self.applied = f"not set ({exc.strerror})"
+
+    def restore(self) -> None:
+        if self.old_mask is not None:
+            WORKQUEUE_CPUMASK.write_text(self.old_mask)
 
 
 def free_port() -> int:
@@ -243,11 +281,12 @@ def percentiles(values_us: np.ndarray) -> Dict[str, float]:
 
 def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, budget_ms: float,
                  work: Path, realtime: bool = False, trace: Optional[str] = None, backstop: bool = True,
-                 hiccup: "tuple[float, int]" = (100.0, 50)) -> Dict[str, Any]:
+                 hiccup: "tuple[float, int]" = (100.0, 50), isolate: Optional[int] = None) -> Dict[str, Any]:
     link = work / f"dev-{name}-{mode}-{'b' if backstop else 'nob'}"
     device = VirtualDevice(link, rate)
     args = ["run", "--source", f"serial:{link}", "--model", str(spec), "--mode", mode, "--json", "--show", "none",
-            "--no-data-ms", "0", "--warmup", str(WARMUP)] + (["--realtime"] if realtime else [])
+            "--no-data-ms", "0", "--warmup", str(WARMUP)] + (["--realtime"] if realtime else []) \
+        + (["--cpu-affinity", str(isolate)] if isolate is not None else [])
     trace_path = str(Path(trace) / f"trace-{name}-{mode}{'-rt' if realtime else ''}.json") if trace else None
     command = [sys.executable, "-c", launcher(trace_path, busy="busy-thread" in name, gil_hog="gil-hog" in name,
                                               hiccup=(*hiccup, WARMUP) if name == "hiccup" else None)]
@@ -300,7 +339,8 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
     late_device = int((latencies > budget_ms * 1000).sum())
     reasons: Dict[str, int] = summary["fallback_reasons"]
     row = {
-        "scenario": name, "mode": mode + (" --realtime" if realtime else "") + ("" if backstop else ", no backstop"), "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
+        "scenario": name, "mode": mode + (" --realtime" if realtime else "") + ("" if backstop else ", no backstop")
+        + (f", isolated on CPU {isolate}" if isolate is not None else ""), "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
         "actions": len(actions), "windows_without_action": len(missing),
         "device_latency_us": percentiles(latencies),
         "device_late": late_device, "runtime_late_decisions": summary["late_decisions"],
@@ -353,6 +393,9 @@ def main() -> int:
     parser.add_argument("--backstop", default="on",
                         help="on, off, or on,off: run each scenario with and without the native backstop, side by side "
                              "(EDGE_INFER_BACKSTOP for the runtime, edge_infer/deadline/backstop.py)")
+    parser.add_argument("--isolate", type=int, metavar="CPU",
+                        help="pin the runtime to CPU, and the device and the kernel's unbound work queues (the pty's "
+                             "delivery) to the other CPUs, for the run (needs root for the work queues)")
     parser.add_argument("--json")
     args = parser.parse_args()
     backstops = args.backstop.split(",")
@@ -364,8 +407,28 @@ def main() -> int:
         parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
     if "slow+cpu-hog" in scenarios and shutil.which("stress-ng") is None:
         parser.error("the cpu-hog scenario needs stress-ng (apt-get install stress-ng)")
+    if args.trace:
+        Path(args.trace).mkdir(parents=True, exist_ok=True)
     report = start_report()
-    rows = []
+    isolation = Isolation(args.isolate) if args.isolate is not None else None
+    if isolation is not None:
+        report["isolation"] = {"runtime_cpu": args.isolate, "device_cpus": sorted(DEVICE_CPUS or ()),
+                               "workqueue_cpumask": isolation.applied}
+        print(f"isolation: {report['isolation']}", flush=True)
+    try:
+        rows = run_all(args, report)
+    finally:
+        if isolation is not None:
+            isolation.restore()
+    print_table(rows, args.budget_ms)
+    report["rows"] = rows
+    finish_report(report, args.json)
+    return 0
+
+
+def run_all(args: argparse.Namespace, report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    scenarios, backstops = args.scenarios.split(","), args.backstop.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         specs = build_models(work, args.rate, args.budget_ms, args.slow_ms)
@@ -375,7 +438,7 @@ def main() -> int:
                 for backstop in backstops:
                     row = run_scenario(name, specs["fast" if name in ("fast", "hiccup") else "slow"], mode,
                                        args.seconds, args.rate, args.budget_ms, work, args.realtime, args.trace,
-                                       backstop == "on", (args.hiccup_ms, args.hiccup_every))
+                                       backstop == "on", (args.hiccup_ms, args.hiccup_every), args.isolate)
                     rows.append(row)
                     print(f"{name}/{row['mode']}: {row['actions']}/{row['windows']} ACTIONs, device p99 "
                           f"{row['device_latency_us']['p99'] / 1000:.2f} ms, late {row['device_late']} (runtime "
@@ -383,10 +446,7 @@ def main() -> int:
                           f"{row['backstop_decisions']}", flush=True)
                     if args.trace:
                         print(json.dumps(row["trace"], indent=None)[:6000], flush=True)
-    print_table(rows, args.budget_ms)
-    report["rows"] = rows
-    finish_report(report, args.json)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
