@@ -23,6 +23,9 @@ rather than assumed to help:
 * :class:`Breather` — a SCHED_FIFO loop that goes from invoke to invoke
   sleeps for a moment now and then, so that the kernel's own work on its
   CPU (the tty layer's) is not held up behind the model.
+* :class:`Demotion` — a long invoke runs under the normal scheduler, for the
+  same reason and for the kernel's real-time budget: the watchdog and the
+  backstop keep the deadline while it runs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from .clock import Clock
 
@@ -140,6 +143,57 @@ class Breather:
         return now
 
 
+class Demotion:
+    """Under ``--realtime``, a long invoke runs under the normal scheduler (nice :data:`WORKER_NICE`); the loop
+    takes its SCHED_FIFO back as the invoke returns.
+
+    Why: the deadline no longer depends on the loop thread once an invoke has started: the watchdog and the
+    native backstop (SCHED_FIFO, above the loop) decide the window if the invoke overruns. What a SCHED_FIFO
+    invoke does cost is everything else on its CPU. The kernel's deferred work waits behind it whole: the tty
+    layer's delivery of a pty write (the backstop's fallback, written on time, reached the device 10-30 ms
+    late: docs/performance.md 5.6) and, on a board, of the UART's received bytes; and a model slower than the
+    windows come, computing from one invoke to the next, uses up the kernel's real-time budget (95 % of each
+    second), after which every SCHED_FIFO thread on that CPU stops, the backstop included (measured: fallbacks
+    up to 33 ms late with the runtime on one CPU). Only invokes of at least :data:`DEMOTE_INVOKE_NS` (the recent
+    p99) are demoted: two system calls are nothing to them, and a shorter one delays nobody for long.
+    """
+
+    __slots__ = ("_set", "_fifo", "_fifo_param", "_normal_param", "demoted")
+
+    def __init__(self, set_scheduler: Callable[[int, int, Any], None], fifo: "tuple[int, int]"):
+        self._set = set_scheduler
+        self._fifo, self._fifo_param = fifo[0], os.sched_param(fifo[1])
+        self._normal_param = os.sched_param(0)
+        #: Invokes run under the normal scheduler so far.
+        self.demoted = 0
+
+    @classmethod
+    def of_this_thread(cls) -> Optional["Demotion"]:
+        """For the calling thread (the loop) if it runs under SCHED_FIFO, with the nice it gets while demoted
+        (None if it does not: nothing to demote)."""
+        policy = os.sched_getscheduler(0)
+        if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != getattr(os, "SCHED_FIFO", 1):
+            return None
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)  # LoopPriority restores it
+        except OSError as exc:
+            log.warning("--realtime: a long invoke runs at the normal scheduler without nice %d (%s)", WORKER_NICE,
+                        exc.strerror or exc)
+        return cls(os.sched_setscheduler, (policy, os.sched_getparam(0).sched_priority))
+
+    def wanted(self, invoke_estimate_ns: Optional[int]) -> bool:
+        return invoke_estimate_ns is not None and invoke_estimate_ns >= DEMOTE_INVOKE_NS
+
+    def down(self) -> None:
+        self._set(0, os.SCHED_OTHER | getattr(os, "SCHED_RESET_ON_FORK", 0), self._normal_param)
+        self.demoted += 1
+
+    def up(self) -> None:
+        self._set(0, self._fifo, self._fifo_param)
+
+
+#: An invoke whose recent p99 is at least this long runs under the normal scheduler (:class:`Demotion`).
+DEMOTE_INVOKE_NS = 1_000_000
 #: A loop that computed this long without a pause sleeps :data:`BREATHE_S` before its next invoke.
 BUSY_NS = 5_000_000
 #: Longer than this between one invoke's end and the next one's start counts as a pause (the loop slept).

@@ -33,7 +33,7 @@ from ..decide.reasons import Reason
 from ..model.engine import Engine
 from .baton import Baton
 from .clock import Clock
-from .hygiene import Breather
+from .hygiene import Breather, Demotion
 from .reserve import Reserve
 from .tail_estimate import PROBE_EVERY, TailEstimate
 from .watchdog import Pending, Watchdog
@@ -165,6 +165,8 @@ class InlineScheduler(Scheduler):
         self._invoke_since = 0
         #: Set under ``--realtime`` (:meth:`on_fifo`): the loop runs the model under SCHED_FIFO.
         self.breather: Optional[Breather] = None
+        #: Set under ``--realtime`` when the loop runs under SCHED_FIFO: long invokes run without it.
+        self.demotion: Optional[Demotion] = None
         self.baton: Optional[Baton] = None
         self._slot: Optional[np.ndarray] = None
 
@@ -188,9 +190,11 @@ class InlineScheduler(Scheduler):
         if self.admission and not self._admit(start, deadline_ns):
             self.admission_rejects += 1
             return ModelAnswer(None, Reason.DEADLINE, None)
-        breather = self.breather
-        if breather is not None:  # --realtime: leave the CPU to the kernel's work now and then
-            start = breather.before_invoke(start)
+        breather, demoted = self.breather, False
+        if breather is not None:  # --realtime: leave the CPU to the kernel's work
+            demoted = self._demote()
+            if not demoted:  # (a demoted invoke leaves it by itself)
+                start = breather.before_invoke(start)
         self._invoke_since = start  # first: a deputy must see the model busy
         takeover = None
         if pending is not None:
@@ -209,6 +213,8 @@ class InlineScheduler(Scheduler):
             output, reason = None, Reason.MODEL_ERROR
         finally:
             end = clock.now_ns()
+            if demoted:
+                self._promote()
             if takeover is not None:
                 takeover.claim()  # before the window's claim: a deputy is only ever called after its fallback
                 self.baton.take_back()  # type: ignore[union-attr]  (whoever runs the loop ends its turn first)
@@ -226,6 +232,24 @@ class InlineScheduler(Scheduler):
             self.late_results += 1
             return ModelAnswer(None, Reason.DEADLINE, invoke_ns)
         return ModelAnswer(output, reason, invoke_ns)
+
+    def _demote(self) -> bool:
+        """Run this invoke under the normal scheduler if it is a long one (:class:`.Demotion`); True if so."""
+        demotion = self.demotion
+        if demotion is None or not demotion.wanted(self.tail.value_ns):
+            return False
+        demotion.down()
+        return True
+
+    def _promote(self) -> None:
+        """SCHED_FIFO back after a demoted invoke; if the kernel refuses, the loop stays as it is and no later
+        invoke is demoted (one warning)."""
+        try:
+            self.demotion.up()  # type: ignore[union-attr]
+        except OSError as exc:
+            log.warning("--realtime: the loop cannot take SCHED_FIFO back after an invoke (%s); it runs under the "
+                        "normal scheduler from now on", exc.strerror or exc)
+            self.demotion = None
 
     def _lend(self, window: np.ndarray, pending: Pending) -> Pending:
         """Copy the window (a deputy pushes frames into the loop's window, maybe while ``infer`` still converts
@@ -259,13 +283,16 @@ class InlineScheduler(Scheduler):
         return [self.watchdog.native_id, loop_tid]
 
     def set_worker_nice(self, nice: int) -> None:
-        """Inline, the loop's thread runs the model and keeps its SCHED_FIFO throughout (measured: dropping
-        to the normal scheduler for each invoke let a loaded machine preempt the loop mid-window, p99
-        63 ms against 14 ms; docs/performance.md)."""
+        """Inline, the loop's thread runs the model: a long invoke runs under the normal scheduler at
+        :data:`.hygiene.WORKER_NICE` (:meth:`on_fifo`, :class:`.Demotion`), a short one under SCHED_FIFO (a
+        first version demoted every invoke, before the backstop: a loaded machine preempted the loop
+        mid-window, p99 63 ms against 14 ms; docs/performance.md)."""
 
     def on_fifo(self) -> None:
-        """The loop runs the model under SCHED_FIFO: it must leave its CPU now and then (:class:`.Breather`)."""
+        """The loop runs under SCHED_FIFO (called on its thread): it must leave its CPU now and then
+        (:class:`.Breather`), and runs long invokes without it (:class:`.Demotion`)."""
         self.breather = Breather(self.clock)
+        self.demotion = Demotion.of_this_thread()
 
     def hung(self, now_ns: int) -> bool:
         since = self._invoke_since
@@ -286,6 +313,7 @@ class InlineScheduler(Scheduler):
             "model_errors": self.model_errors,
             "recent_invoke_p99_us": None if estimate is None else estimate // 1000,
             "breaths": None if self.breather is None else self.breather.breaths,
+            "demoted_invokes": None if self.demotion is None else self.demotion.demoted,
         }
 
     def close(self) -> None:

@@ -170,36 +170,90 @@ class ArrivalReader(Source):
 
 
 class DeviceClock:
-    """When a frame left the device, on the host's clock: the device's timestamp plus the smallest delay seen.
+    """When a frame left the device, on the host's clock: the device's timestamp mapped through the lower envelope
+    of ``read stamp − device time``.
 
-    A reader thread stamps a frame when it *read* it, which is later than when it arrived whenever the
-    reader itself waited for a CPU (a loaded machine) or the driver held the bytes. The device's own
-    timestamp is taken when it sent the frame; ``offset`` = the smallest ``read stamp − device time``
-    seen (the frame that came through fastest) maps device time onto the host clock, so a frame read
-    late is still dated when it came. The offset may only rise slowly (``DRIFT_PPM``, a crystal slower
-    than the host's), and a device clock that does not advance resets it. The mapped time is never
-    after the read stamp, and never more than ``MAX_LAG_NS`` before it (a device clock gone wrong must
-    not make every frame look ancient).
+    A reader thread stamps a frame when it *read* it, which is later than when it arrived whenever the reader
+    itself waited for a CPU or the GIL, or the driver held the bytes. The device's own timestamp is taken when it
+    sent the frame; ``read − device`` is then the clock offset plus that frame's delay, and the frames that came
+    through fastest show the offset. Device crystals run fast or slow (tens of ppm), so the offset moves: the
+    smallest sample of each :data:`BUCKET_NS` of device time is kept for the last :data:`BUCKETS`, the skew is the
+    slope from the lowest of the older half to the lowest of the newer half, "lowest" along the skew known so far (at
+    most :data:`DRIFT_PPM` either
+    way), and a frame's offset is the lowest kept minimum carried forward along that skew. So a stretch in which
+    the reader is late for every frame (a busy Python thread), shorter than half the kept span, moves neither
+    the skew nor the estimate; an earlier version let the offset rise at the largest drift believed (500 ppm)
+    whenever no frame came through fast, and dated frames up to 0.6 ms late after a second of a busy thread
+    (docs/performance.md 5.6). Until the kept minima span :data:`SKEW_SPAN_NS` the skew is taken as none: a
+    device clock slower than the host's then makes frames look older than they are (a deadline counted from
+    before the frame came), never younger. The mapped time is never after the read stamp, and never more than
+    :data:`MAX_LAG_NS` before it (a device clock gone wrong must not make every frame look ancient); a device
+    clock that does not advance starts the mapping again.
     """
 
+    BUCKET_NS = 1_000_000_000
+    BUCKETS = 64
+    SKEW_SPAN_NS = 16 * BUCKET_NS
     DRIFT_PPM = 500
     MAX_LAG_NS = 1_000_000_000
 
     def __init__(self) -> None:
-        self._offset: Optional[int] = None
-        self._last_device_ns = 0
-        self._last_read_ns = 0
+        #: Completed buckets: (device ns, smallest ``read − device`` in it) at the frame that had it.
+        self._minima: Deque["tuple[int, int]"] = collections.deque(maxlen=self.BUCKETS)
+        self._bucket_end = 0  # device ns at which the open bucket closes
+        self._open: Optional["tuple[int, int]"] = None  # the open bucket's smallest sample so far
+        self._skew = 0.0  # device-clock drift against the host's: d(offset) / d(device time)
+        self._base = 0.0  # min over completed buckets of (sample − skew · device time)
+        self._last_device_ns = -1
 
     def reset(self) -> None:
         """A new epoch (reconnect, reboot): the device's clock restarted."""
-        self._offset = None
+        self._minima.clear()
+        self._open = None
+        self._bucket_end = 0
+        self._skew = 0.0
+        self._last_device_ns = -1
 
     def arrival_ns(self, device_ns: int, read_ns: int) -> int:
+        if device_ns <= self._last_device_ns:
+            self.reset()
+        self._last_device_ns = device_ns
         sample = read_ns - device_ns
-        offset = self._offset
-        if offset is None or device_ns <= self._last_device_ns:
-            offset = sample
-        else:
-            offset = min(offset + (read_ns - self._last_read_ns) * self.DRIFT_PPM // 1_000_000, sample)
-        self._offset, self._last_device_ns, self._last_read_ns = offset, device_ns, read_ns
-        return max(device_ns + offset, read_ns - self.MAX_LAG_NS)
+        if device_ns >= self._bucket_end:
+            self._close_bucket(device_ns)
+        if self._open is None or sample < self._open[1]:
+            self._open = (device_ns, sample)
+        opened, least = self._open
+        skew = self._skew
+        offset = least + skew * (device_ns - opened)
+        if self._minima:
+            carried = self._base + skew * device_ns
+            if carried < offset:
+                offset = carried
+        return max(min(device_ns + int(offset), read_ns), read_ns - self.MAX_LAG_NS)
+
+    def _close_bucket(self, device_ns: int) -> None:
+        """The open bucket's minimum joins the kept ones; the skew and the carried minimum are worked out again."""
+        if self._open is not None:
+            self._minima.append(self._open)
+        self._open = None
+        self._bucket_end = device_ns + self.BUCKET_NS
+        minima = self._minima
+        if not minima:
+            return
+        if minima[-1][0] - minima[0][0] >= self.SKEW_SPAN_NS:
+            self._skew = self._refit(list(minima), self._skew)
+            self._skew = self._refit(list(minima), self._skew)  # again, the lowest points chosen along the new skew
+        skew = self._skew
+        self._base = min(sample - skew * at for at, sample in minima)
+
+    def _refit(self, minima: List["tuple[int, int]"], skew: float) -> float:
+        """The slope from the lowest point of the older half to the lowest of the newer, "lowest" along ``skew``
+        (with a drifting clock the lowest raw sample is merely the newest)."""
+        half = len(minima) // 2
+        older = min(minima[:half], key=lambda point: point[1] - skew * point[0])
+        newer = min(minima[half:], key=lambda point: point[1] - skew * point[0])
+        if newer[0] - older[0] < self.SKEW_SPAN_NS // 2:
+            return skew
+        limit = self.DRIFT_PPM / 1e6
+        return max(-limit, min(limit, (newer[1] - older[1]) / (newer[0] - older[0])))
