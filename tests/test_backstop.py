@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import tty
+from typing import List
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_a_signed_links_numbering_stays_whole_whichever_of_the_backstop_and_the_
     host.dec.feed(device.enc.encode(Session(host_nonce=device.auth.session[:8], device_nonce=device.auth.session[8:])))
     assert host.auth.established
     read_end, write_end = os.pipe()
-    link = LinkBackstop(Native(write_end), host.enc, host.auth)
+    link = LinkBackstop(Native(write_end), host.enc, host.auth, baud=115_200)
     model = lambda tag: host.enc.action(3, source=ActionSource.MODEL, answers_seq=100 + tag)  # noqa: E731
     try:
         now, far = time.perf_counter_ns(), time.perf_counter_ns() + 10**10
@@ -150,6 +151,29 @@ def test_a_signed_links_numbering_stays_whole_whichever_of_the_backstop_and_the_
                          ("Action", 104, ActionSource.FALLBACK), ("Heartbeat", None, None)]
     counters = device.dec.counters
     assert (counters.seq_gaps, counters.replayed, counters.bad_signature) == (0, 0, 0)  # every frame accepted
+
+
+class ArmRecorder:
+    """Stands in for the native backstop's ``arm``: what it was asked to write, and when."""
+
+    def __init__(self) -> None:
+        self.armed: List[tuple] = []
+
+    def arm(self, tag: int, fire_at_ns: int, wire: bytes) -> bool:
+        self.armed.append((tag, fire_at_ns, len(wire)))
+        return True
+
+
+def test_a_fallback_is_written_its_time_on_the_wire_before_its_fire_time():
+    """At 115200 baud a byte takes 86.8 us (10 bits): the device has the whole frame by the fire time, not just
+    the UART. A faster link takes less off."""
+    for baud, byte_ns in ((115_200, 86_805), (1_000_000, 10_000)):
+        recorder, host = ArmRecorder(), Host(Side.HOST)
+        link = LinkBackstop(recorder, host.enc, None, baud=baud)
+        assert link.arm(fallback(1, 10**12))
+        tag, fire_at, length = recorder.armed[0]
+        assert length > 20  # delimiter, COBS, header, payload, name, CRC
+        assert fire_at == 10**12 - length * byte_ns
 
 
 def hold_the_gil(seconds: float) -> None:
@@ -427,13 +451,7 @@ def test_a_decision_the_device_cannot_take_now_is_counted_and_the_next_one_start
         far = time.perf_counter_ns() + 10**10
         source.arm_backstop(first.seq, far, 0, int(Reason.DEADLINE), "idle")
         source.arm_backstop(second.seq, far, 0, int(Reason.DEADLINE), "idle")
-        fd = source.port.fileno()
-        for size in (4096, 256, 16, 1):  # fill the pty with the start of a frame that never ends (no 0x00)
-            try:
-                while True:
-                    os.write(fd, b"\x01" * size)
-            except BlockingIOError:
-                pass
+        fill_until_full(source.port.fileno())  # with the start of a frame that never ends (no 0x00)
         assert not source.send_action(1, ActionSource.MODEL, int(Reason.NONE), first.seq, "walk")
         assert source.port.write_timeouts == 1
         while device.read(0.05) is not None and device.master >= 0 and select_readable(device.master):
@@ -444,6 +462,22 @@ def test_a_decision_the_device_cannot_take_now_is_counted_and_the_next_one_start
         source.close()
         device.close()
     assert [(a.answers_seq, a.action) for a in actions] == [(second.device_seq, 2)]
+
+
+def fill_until_full(fd: int) -> None:
+    """Write 0x01 bytes to ``fd`` until it takes no more, also after a pause: the tty layer's kworker moves what a
+    pty was given into the other end's buffer a moment later, which makes room again (until that one is full)."""
+    while True:
+        written = 0
+        for size in (4096, 256, 16, 1):
+            try:
+                while True:
+                    written += os.write(fd, b"\x01" * size)
+            except BlockingIOError:
+                pass
+        if not written:
+            return
+        time.sleep(0.02)
 
 
 def select_readable(fd: int) -> bool:

@@ -7,14 +7,16 @@ metrics server under a hard scrape, an MQTT worker, any library's thread)
 keeps the SCHED_FIFO loop and watchdog waiting for milliseconds: measured
 3-34 ms with a busy Python thread in the process (docs/performance.md).
 
-So for the one sink that has a deadline, the device, the fallback ACTION of
-the window being invoked is encoded *before* the invoke and handed to a
-native thread (``_backstop.c``) with a fire time just before the deadline,
-after the watchdog's own (:func:`fire_at_ns`). Whoever decides the window
-first (the loop with the model's answer, or the watchdog with the fallback)
-takes it back from the backstop on the way to the sinks
-(:meth:`~edge_infer.sources.serial_link.SerialSource.settle_backstop`); if
-the backstop wrote it meanwhile, that fallback *is* the window's decision:
+So for the one sink that has a deadline, the device, each window's fallback
+ACTION is encoded as the window's last frame arrives (on the reader's thread)
+and handed to a native thread (``_backstop.c``) with a fire time just before
+the deadline, after the watchdog's own (:func:`fire_at_ns`), less the frame's
+time on the wire (:class:`~edge_infer.sources.link_backstop.LinkBackstop`).
+Whoever decides the window first (the loop with the model's answer, the
+watchdog with the fallback, a deputy) writes its decision in the fallback's
+place (:meth:`~edge_infer.sources.serial_link.SerialSource.send_action`); if
+the backstop wrote the fallback first, that fallback *is* the window's
+decision (:meth:`~edge_infer.sources.serial_link.SerialSource.backstop_sent`):
 the device has it, and every other sink is told so, with the time it went
 out (``latency_us``) — the decision log agrees with the device.
 
