@@ -90,5 +90,6 @@ def test_input_converter_is_bit_identical_to_the_plain_conversion(params):
 @pytest.mark.parametrize("params", [INT8, UINT8])
 def test_output_converter_table_is_bit_identical_to_dequantize(params):
     codes = np.arange(params.qmin, params.qmax + 1).astype(params.dtype).reshape(1, -1)
-    got = OutputConverter(params, codes.size).convert(codes)
-    assert got.tobytes() == dequantize(codes, params).reshape(-1).tobytes()
+    expected = dequantize(codes, params).reshape(-1).tobytes()
+    assert OutputConverter(params, codes.size).convert(codes).tobytes() == expected
+    assert OutputConverter(params, codes.size, codes.shape).convert(codes).tobytes() == expected  # the tensor's shape

@@ -27,6 +27,10 @@ STRATEGIES = ("constant", "hold_last")
 class ConstantFallback:
     """Always the spec's safe action, whatever the reason."""
 
+    #: Whether :meth:`observe_model_action` does anything: the loop tells (and reads the clock for) only a strategy
+    #: that remembers model actions, not the constant one on every model decision.
+    observes_model_actions = False
+
     def __init__(self, action: Action):
         self.safe_action = action
 
@@ -43,6 +47,8 @@ class ConstantFallback:
 
 class HoldLastFallback(ConstantFallback):
     """The last model action while it is at most ``hold_ns`` old, then the safe action."""
+
+    observes_model_actions = True
 
     def __init__(self, action: Action, hold_ns: int):
         super().__init__(action)

@@ -175,7 +175,7 @@ class _Runner:
         self._input_shaped = self._in.buffer.reshape(self._interpreter.get_input_details()[0]["shape"])
         output = self._interpreter.get_output_details()[0]
         self._output_view = self._interpreter.tensor(output["index"])
-        self._out = OutputConverter(engine.output_params, size * engine.output_size)
+        self._out = OutputConverter(engine.output_params, size * engine.output_size, tuple(output["shape"]))
         self._outputs = self._out.values.reshape(size, engine.output_size)
 
     def infer(self, staging: np.ndarray, k: int) -> np.ndarray:

@@ -162,7 +162,7 @@ class Engine:
         self.batch = 1  #: windows per invoke (resize_batch)
         self._input_index = self.input_detail["index"]
         self._output_view = self._interpreter.tensor(self.output_detail["index"])
-        self._out = OutputConverter(self.output_params, self.output_size)
+        self._out = OutputConverter(self.output_params, self.output_size, tuple(self.output_detail["shape"]))
         self.set_normalization(np.zeros(self.channels), np.ones(self.channels))
 
     def set_normalization(self, offset: np.ndarray, scale: np.ndarray) -> None:
@@ -243,7 +243,7 @@ class Engine:
                 from None
         self.batch = batch
         self._output_view = self._interpreter.tensor(detail["index"])
-        self._out = OutputConverter(self.output_params, batch * self.output_size)
+        self._out = OutputConverter(self.output_params, batch * self.output_size, tuple(detail["shape"]))
         self.set_normalization(*self.normalization)
 
     def convert_frames(self, frames: np.ndarray) -> np.ndarray:

@@ -117,12 +117,18 @@ class OutputConverter:
     A quantized tensor has at most 256 codes: their real values are computed once, by the very
     arithmetic :func:`dequantize` does (float32), into a table, and converting an output is one
     ``take`` from it (a third of the two-operation conversion's cost on a few outputs). An int8 code
-    indexes the table from its end when negative, which is where its value is stored.
+    indexes the table from its end when negative, which is where its value is stored; the take wraps
+    indices (``mode="wrap"``): the same entry for every code of the dtype, and without the bounds check
+    that makes numpy buffer the output (measured: 0.70 -> 0.48 us per output of the bundled model).
+
+    ``shape`` is the tensor's: :meth:`convert` then writes into :attr:`values` through a view of that
+    shape, so a tensor read in its own shape needs no reshape first (once per window).
     """
 
-    def __init__(self, params: QuantParams, size: int):
+    def __init__(self, params: QuantParams, size: int, shape: "Optional[Tuple[int, ...]]" = None):
         self.params = params
         self.values = np.zeros(size, dtype=np.float32)
+        self._shaped = None if shape is None else self.values.reshape(shape)
         self._table = None
         if params.quantized:
             codes = np.arange(256, dtype=np.uint8).view(params.dtype)  # position k holds the code whose bits are k
@@ -130,9 +136,14 @@ class OutputConverter:
                            * np.float32(params.scale)).astype(np.float32)
 
     def convert(self, raw: np.ndarray) -> np.ndarray:
-        flat = raw.reshape(-1)
-        if self._table is not None:
-            self._table.take(flat, out=self.values)
+        """The real values of ``raw`` (the tensor's codes: in its ``shape`` if one was given, else any shape of
+        ``size`` elements) in :attr:`values`, which is returned."""
+        if self._shaped is not None:
+            out, codes = self._shaped, raw
         else:
-            np.copyto(self.values, flat, casting="unsafe")
+            out, codes = self.values, raw.reshape(-1)
+        if self._table is not None:
+            self._table.take(codes, out=out, mode="wrap")
+        else:
+            np.copyto(out, codes, casting="unsafe")
         return self.values
