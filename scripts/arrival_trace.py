@@ -173,7 +173,7 @@ def explain(trace: Dict[str, Any], sent_ns: Dict[int, int], actions: List[Any], 
     off_cpu = sorted(i[2] - i[1] - i[3] for i in invokes if i[0] >= 0)
     write_us = sorted(w[4] - w[3] for w in trace["writes"])
     # ACTIONs that left the runtime after the budget (its own count should match this), and the others the device
-    # saw late: written on time, held up on the way (the pty's tty layer: docs/performance.md 5.6)
+    # saw late: written on time, held up on the way (the pty's tty layer: docs/performance.md 5.7)
     written_late = sum(1 for r in rows if r["write_ms"][1] > budget_ms)
     # from the end of the runtime's write to the device seeing the ACTION: the transport (pty, tty layer)
     delivery = sorted(stamp - writes[a.answers_seq][4] for stamp, a in actions if a.answers_seq in writes)

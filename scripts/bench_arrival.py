@@ -223,7 +223,7 @@ class Isolation:
     scheduler tends to queue on the writer's CPU; there it waits behind any SCHED_FIFO thread of the runtime
     (an invoke: up to a model's run) although the runtime wrote on time. A real UART's transmit path has no such
     hop (the driver's interrupt sends from the write's buffer). This is the usual real-time layout on a board:
-    the loop's CPUs kept free of the kernel's deferred work (docs/performance.md 5.6).
+    the loop's CPUs kept free of the kernel's deferred work (docs/performance.md 5.7).
     """
 
     def __init__(self, cpu: int):

@@ -151,7 +151,7 @@ class Demotion:
     native backstop (SCHED_FIFO, above the loop) decide the window if the invoke overruns. What a SCHED_FIFO
     invoke does cost is everything else on its CPU. The kernel's deferred work waits behind it whole: the tty
     layer's delivery of a pty write (the backstop's fallback, written on time, reached the device 10-30 ms
-    late: docs/performance.md 5.6) and, on a board, of the UART's received bytes; and a model slower than the
+    late: docs/performance.md 5.7) and, on a board, of the UART's received bytes; and a model slower than the
     windows come, computing from one invoke to the next, uses up the kernel's real-time budget (95 % of each
     second), after which every SCHED_FIFO thread on that CPU stops, the backstop included (measured: fallbacks
     up to 33 ms late with the runtime on one CPU). Only invokes of at least :data:`DEMOTE_INVOKE_NS` (the recent

@@ -184,7 +184,7 @@ class DeviceClock:
     the reader is late for every frame (a busy Python thread), shorter than half the kept span, moves neither
     the skew nor the estimate; an earlier version let the offset rise at the largest drift believed (500 ppm)
     whenever no frame came through fast, and dated frames up to 0.6 ms late after a second of a busy thread
-    (docs/performance.md 5.6). Until the kept minima span :data:`SKEW_SPAN_NS` the skew is taken as none: a
+    (docs/performance.md 5.7). Until the kept minima span :data:`SKEW_SPAN_NS` the skew is taken as none: a
     device clock slower than the host's then makes frames look older than they are (a deadline counted from
     before the frame came), never younger. The mapped time is never after the read stamp, and never more than
     :data:`MAX_LAG_NS` before it (a device clock gone wrong must not make every frame look ancient); a device
