@@ -14,7 +14,7 @@ import pytest
 from conftest import BUNDLED_LOG, BUNDLED_SPEC, run_cli
 from test_cli_errors import assert_one_line_error
 
-from edge_infer.io import read_log
+from edge_infer.io import iter_log, read_log
 from edge_infer.settings import values
 
 
@@ -88,6 +88,9 @@ def test_an_excel_csv_with_a_bom_and_crlf_replays(tmp_path):
     got, want = read_log(excel, strict=True), read_log(plain, strict=True)
     assert got.channels == want.channels and got.labels == want.labels and not got.bad_rows
     assert np.array_equal(got.t, want.t) and np.array_equal(got.values, want.values)
+    chunks = list(iter_log(excel, strict=True, chunk_rows=64))  # eval's reader, in bounded memory: the same
+    assert all(chunk.channels == want.channels for chunk in chunks)
+    assert np.array_equal(np.concatenate([chunk.t for chunk in chunks]), want.t)
     summary = json.loads(run_cli("replay", str(excel), "--json", check=True).stdout)
     assert summary["frames"] == 199 and summary["source"]["bad_rows"] == 0 and summary["decisions"] > 0
 

@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,17 +45,20 @@ class RecordedLog:
         return len(self.t)
 
 
+def _open_log(path: Path) -> IO[str]:
+    """The log as text for the csv module. utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which
+    would stick to the first column's name ('\\ufefft'); its CRLF line ends are the csv module's own."""
+    try:
+        return path.open(newline="", encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise LogError(f"cannot read log {path}: {exc.strerror or exc}") from None
+
+
 def read_csv_log(path: "str | Path", strict: bool = False) -> RecordedLog:
     """Read a CSV log. Raises :class:`LogError` only for a file that cannot be a log at all
     (missing, empty, no ``t`` column, no channels) or, when ``strict``, for the first bad row."""
     path = Path(path)
-    try:
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would stick to the first column's
-        # name ('\ufefft'); its CRLF line ends are the csv module's own.
-        handle = path.open(newline="", encoding="utf-8-sig", errors="replace")
-    except OSError as exc:
-        raise LogError(f"cannot read log {path}: {exc.strerror or exc}") from None
-    with handle:
+    with _open_log(path) as handle:
         reader = csv.reader(handle)
         header = _read_header(reader, path)
         return _read_rows(reader, header, path, strict)
@@ -151,11 +154,7 @@ def iter_csv_log(path: "str | Path", strict: bool = False,
     for a row, line by line. A quoted field that spans lines is only read right within one chunk.
     """
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise LogError(f"cannot read log {path}: {exc.strerror or exc}") from None
-    with handle:
+    with _open_log(path) as handle:
         header_reader = csv.reader(itertools.islice(handle, 1))
         header = _read_header(header_reader, path)
         line = header_reader.line_num
