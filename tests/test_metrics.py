@@ -118,6 +118,8 @@ def test_textfile_counters_match_the_run_summary(model, tmp_path, budget):
         pytest.approx(latency["p99"] / 1e6)
     assert value(metrics, "edge_infer_invoke_seconds", quantile="0.5") == pytest.approx(invoke["p50"] / 1e6)
     assert value(metrics, "edge_infer_source_events_total", counter="rows") == summary["source"]["rows"]
+    for event in ("admission_rejects", "late_results", "busy_overruns"):  # inline's scheduler counts these
+        assert value(metrics, "edge_infer_scheduler_events_total", event=event) == summary["scheduler"][event]
     assert value(metrics, "edge_infer_budget_seconds") == pytest.approx(float(budget) / 1000)
     assert value(metrics, "edge_infer_info", model="svc-test", model_version="1") == 1
     if budget == "0.001":

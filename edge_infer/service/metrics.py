@@ -45,7 +45,7 @@ QUANTILES = (0.5, 0.99, 0.999)
 #: Source counters that are not counts of events (a line number), left out of the link counters.
 _NOT_COUNTERS = frozenset({"first_bad_line"})
 #: The keys of ``Scheduler.counters()`` that count events (the others are settings and maxima).
-_SCHEDULER_EVENTS = ("busy", "skipped", "admission_rejects", "late_results")
+_SCHEDULER_EVENTS = ("busy", "skipped", "admission_rejects", "busy_overruns", "late_results")
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_INTERVAL_S = 10.0
 
@@ -139,7 +139,8 @@ def _collect_stream(runtime: Any, started_unix_s: float) -> List[MetricFamily]:
                     .add(scheduler.get("hangs", 0)))
     events = MetricFamily(f"{PREFIX}_scheduler_events", "counter",
                           "windows the scheduler did not give the model: busy, skipped, refused by admission "
-                          "control; and model answers that came too late")
+                          "control, completed while the model was still busy with an earlier one (busy_overruns); "
+                          "and model answers that came too late")
     for name in _SCHEDULER_EVENTS:
         if name in scheduler:
             events.add(scheduler[name], {"event": name})
