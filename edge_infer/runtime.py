@@ -43,7 +43,7 @@ from .deadline.silence import SilenceTimer
 from .deadline.startup import StartupReport, check_budget, warm_up
 from .deadline.watchdog import Pending, Watchdog
 from .decide.decision import Decision, DecisionRule
-from .decide.fallback import ConstantFallback, build_fallback
+from .decide.fallback import ConstantFallback, build_fallback, observes_model_actions
 from .decide.reasons import Reason
 from .frame import Frame
 from .model.ahead import InputsAhead
@@ -86,6 +86,7 @@ class Runtime:
         self.clock = clock or Clock()
         self.options = options or options_for_spec(spec)
         self.fallback = fallback or build_fallback(spec)
+        self._tell_fallback = observes_model_actions(self.fallback)  # (the constant one: no call, no clock read)
         self.scheduler = scheduler or self._build_scheduler()  # last: it may start a thread or a process
         self.rule = DecisionRule(spec)
         self.guard = build_guard(spec, self.rule)  # input checks: docs/robustness.md
@@ -512,7 +513,7 @@ class Runtime:
             action, reason = self.rule.decide(values)  # type: ignore[arg-type]
         fallback = self.fallback
         if reason is None:
-            if fallback.observes_model_actions:  # (the constant fallback needs neither the call nor the clock)
+            if self._tell_fallback:
                 fallback.observe_model_action(action, self.clock.now_ns())
             source = "model"
         else:

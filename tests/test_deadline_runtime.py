@@ -21,7 +21,7 @@ from edge_infer.deadline.options import DeadlineOptions, options_for_spec
 from edge_infer.deadline.scheduler import ThreadedScheduler
 from edge_infer.deadline.silence import SilenceTimer
 from edge_infer.decide.decision import Decision
-from edge_infer.decide.fallback import ConstantFallback, HoldLastFallback, build_fallback
+from edge_infer.decide.fallback import ConstantFallback, HoldLastFallback, build_fallback, observes_model_actions
 from edge_infer.decide.reasons import Reason
 from edge_infer.errors import SpecError
 from edge_infer.io import read_log
@@ -168,6 +168,26 @@ def test_fallback_strategy_comes_from_the_spec(tmp_path):
     assert fallback.describe() == {"strategy": "hold_last", "action": "safe", "hold_ms": 300.0}
     assert type(build_fallback(load_spec(write_spec(tmp_path)))) is ConstantFallback
     assert build_fallback(load_spec(write_spec(tmp_path)), hold_ms=100).hold_ns == 100 * MS  # --hold-ms
+
+
+def test_the_loop_tells_a_fallback_of_model_actions_only_if_it_listens():
+    """The constant fallback's no-op is skipped (no call, no clock read per decision); hold_last, a subclass that
+    overrides the hook, and a duck-typed strategy are told."""
+    class Remembers(ConstantFallback):
+        def observe_model_action(self, action, now_ns):
+            pass
+
+    class DuckTyped:
+        def action(self, reason, now_ns):
+            return "idle"
+
+        def observe_model_action(self, action, now_ns):
+            pass
+
+    assert not observes_model_actions(ConstantFallback("idle"))
+    assert observes_model_actions(HoldLastFallback("idle", hold_ns=MS))
+    assert observes_model_actions(Remembers("idle")) and observes_model_actions(DuckTyped())
+    assert not observes_model_actions(object())
 
 
 @pytest.mark.parametrize("fallback,key", [

@@ -10,15 +10,14 @@ keeps the SCHED_FIFO loop and watchdog waiting for milliseconds: measured
 So for the one sink that has a deadline, the device, each window's fallback
 ACTION is encoded as the window's last frame arrives (on the reader's thread)
 and handed to a native thread (``_backstop.c``) with a fire time just before
-the deadline, after the watchdog's own (:func:`fire_at_ns`), less the frame's
-time on the wire (:class:`~edge_infer.sources.link_backstop.LinkBackstop`).
-Whoever decides the window first (the loop with the model's answer, the
-watchdog with the fallback, a deputy) writes its decision in the fallback's
-place (:meth:`~edge_infer.sources.serial_link.SerialSource.send_action`); if
-the backstop wrote the fallback first, that fallback *is* the window's
-decision (:meth:`~edge_infer.sources.serial_link.SerialSource.backstop_sent`):
-the device has it, and every other sink is told so, with the time it went
-out (``latency_us``) — the decision log agrees with the device.
+the deadline, after the watchdog's own (:func:`fire_at_ns`). Whoever decides
+the window first (the loop with the model's answer, the watchdog with the
+fallback, a deputy) writes its decision in the fallback's place
+(:meth:`~edge_infer.sources.serial_link.SerialSource.send_action`); if the
+backstop wrote the fallback first, that fallback *is* the window's decision
+(:meth:`~edge_infer.sources.serial_link.SerialSource.backstop_sent`): the
+device has it, and every other sink is told so, with the time it went out
+(``latency_us``) — the decision log agrees with the device.
 
 The native part is built at install time when a C compiler is there
 (setup.py); without it, or with ``EDGE_INFER_BACKSTOP=off`` in the
@@ -47,10 +46,13 @@ def native_type() -> Optional[Any]:
 
 
 def fire_at_ns(deadline_ns: int, reserve_floor_ns: int) -> int:
-    """When the backstop writes a window's fallback: half the reserve's floor before the deadline.
+    """When the backstop writes a window's fallback: three quarters of the reserve's floor before the deadline.
 
-    After the watchdog (a whole reserve before), so that on a machine where Python threads run on time the
-    watchdog decides and the backstop never writes; before the deadline by more than a native thread's
-    wake-up and one ``write`` take.
+    After the watchdog (a whole reserve before, at least the floor), so that on a machine where Python threads
+    run on time the watchdog decides and the backstop rarely writes; and as early as that allows, because what
+    it writes must still reach the device: half the floor (0.5 ms) was less than a pty and the device's reader
+    took now and then (fallbacks written 0.3-0.5 ms before the deadline reached the device up to 0.2 ms after
+    it: docs/performance.md 5.7). A model answer is never cut short by it: the watchdog has decided the window
+    by then.
     """
-    return deadline_ns - max(reserve_floor_ns // 2, MIN_LEAD_NS)
+    return deadline_ns - max(reserve_floor_ns * 3 // 4, MIN_LEAD_NS)

@@ -158,14 +158,20 @@ class Demotion:
     p99) are demoted: two system calls are nothing to them, and a shorter one delays nobody for long.
     """
 
-    __slots__ = ("_set", "_fifo", "_fifo_param", "_normal_param", "demoted")
+    __slots__ = ("_set", "_fifo", "_fifo_param", "_normal_param", "_thread", "demoted", "active")
 
-    def __init__(self, set_scheduler: Callable[[int, int, Any], None], fifo: "tuple[int, int]"):
+    def __init__(self, set_scheduler: Callable[[int, int, Any], None], fifo: "tuple[int, int]",
+                 thread_id: Optional[int] = None):
         self._set = set_scheduler
         self._fifo, self._fifo_param = fifo[0], os.sched_param(fifo[1])
         self._normal_param = os.sched_param(0)
+        #: The loop's thread, the one whose scheduling this moves (``sched_setscheduler(0)`` is the caller's):
+        #: a caller on another thread (``Runtime.on_frame`` called directly) is left as it is.
+        self._thread = threading.get_native_id() if thread_id is None else thread_id
         #: Invokes run under the normal scheduler so far.
         self.demoted = 0
+        #: False once the kernel refused SCHED_FIFO back: no invoke is demoted any more.
+        self.active = True
 
     @classmethod
     def of_this_thread(cls) -> Optional["Demotion"]:
@@ -182,7 +188,8 @@ class Demotion:
         return cls(os.sched_setscheduler, (policy, os.sched_getparam(0).sched_priority))
 
     def wanted(self, invoke_estimate_ns: Optional[int]) -> bool:
-        return invoke_estimate_ns is not None and invoke_estimate_ns >= DEMOTE_INVOKE_NS
+        return (invoke_estimate_ns is not None and invoke_estimate_ns >= DEMOTE_INVOKE_NS and self.active
+                and threading.get_native_id() == self._thread)
 
     def down(self) -> None:
         self._set(0, os.SCHED_OTHER | getattr(os, "SCHED_RESET_ON_FORK", 0), self._normal_param)

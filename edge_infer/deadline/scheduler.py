@@ -244,12 +244,13 @@ class InlineScheduler(Scheduler):
     def _promote(self) -> None:
         """SCHED_FIFO back after a demoted invoke; if the kernel refuses, the loop stays as it is and no later
         invoke is demoted (one warning)."""
+        demotion = self.demotion
         try:
-            self.demotion.up()  # type: ignore[union-attr]
+            demotion.up()  # type: ignore[union-attr]
         except OSError as exc:
             log.warning("--realtime: the loop cannot take SCHED_FIFO back after an invoke (%s); it runs under the "
                         "normal scheduler from now on", exc.strerror or exc)
-            self.demotion = None
+            demotion.active = False  # type: ignore[union-attr]
 
     def _lend(self, window: np.ndarray, pending: Pending) -> Pending:
         """Copy the window (a deputy pushes frames into the loop's window, maybe while ``infer`` still converts

@@ -27,10 +27,6 @@ STRATEGIES = ("constant", "hold_last")
 class ConstantFallback:
     """Always the spec's safe action, whatever the reason."""
 
-    #: Whether :meth:`observe_model_action` does anything: the loop tells (and reads the clock for) only a strategy
-    #: that remembers model actions, not the constant one on every model decision.
-    observes_model_actions = False
-
     def __init__(self, action: Action):
         self.safe_action = action
 
@@ -38,7 +34,8 @@ class ConstantFallback:
         return self.safe_action
 
     def observe_model_action(self, action: Action, now_ns: int) -> None:
-        """Told of every model decision (strategies that hold the last action use it)."""
+        """Told of every model decision (strategies that hold the last action use it; the loop tells, and reads
+        the clock for, only a strategy that overrides this: :func:`observes_model_actions`)."""
 
     def describe(self) -> Dict[str, Any]:
         """The strategy for the run summary."""
@@ -47,8 +44,6 @@ class ConstantFallback:
 
 class HoldLastFallback(ConstantFallback):
     """The last model action while it is at most ``hold_ns`` old, then the safe action."""
-
-    observes_model_actions = True
 
     def __init__(self, action: Action, hold_ns: int):
         super().__init__(action)
@@ -88,3 +83,10 @@ def build_fallback(spec: ModelSpec, hold_ms: Optional[float] = None) -> Constant
     if hold_ms is None:
         return ConstantFallback(spec.fallback_action)
     return HoldLastFallback(spec.fallback_action, int(hold_ms * 1e6))
+
+
+def observes_model_actions(fallback: Any) -> bool:
+    """Does ``fallback`` want to hear of model decisions? Any strategy whose ``observe_model_action`` is not the
+    constant one's no-op (a duck-typed one included)."""
+    observe = getattr(type(fallback), "observe_model_action", None)
+    return observe is not None and observe is not ConstantFallback.observe_model_action

@@ -188,7 +188,11 @@ class DeviceClock:
     device clock slower than the host's then makes frames look older than they are (a deadline counted from
     before the frame came), never younger. The mapped time is never after the read stamp, and never more than
     :data:`MAX_LAG_NS` before it (a device clock gone wrong must not make every frame look ancient); a device
-    clock that does not advance starts the mapping again.
+    clock that does not advance, or a frame :data:`STEP_NS` faster than the envelope (the clock jumped ahead,
+    which a skew would otherwise take for drift for half a minute), starts the mapping again. Limits: a device
+    clock slower than the host's by more than :data:`DRIFT_PPM` (a ceramic resonator far off) is followed at
+    that rate only, so its frames look older and older; a reader late for every frame for longer than half
+    the kept span tilts the skew (measured: 0.3 ms late after 32-40 s of it).
     """
 
     BUCKET_NS = 1_000_000_000
@@ -196,6 +200,8 @@ class DeviceClock:
     SKEW_SPAN_NS = 16 * BUCKET_NS
     DRIFT_PPM = 500
     MAX_LAG_NS = 1_000_000_000
+    #: A frame this much faster than the envelope says: the device clock jumped ahead (not drift: start again).
+    STEP_NS = 2_000_000
 
     def __init__(self) -> None:
         #: Completed buckets: (device ns, smallest ``read − device`` in it) at the frame that had it.
@@ -215,10 +221,11 @@ class DeviceClock:
         self._last_device_ns = -1
 
     def arrival_ns(self, device_ns: int, read_ns: int) -> int:
-        if device_ns <= self._last_device_ns:
-            self.reset()
-        self._last_device_ns = device_ns
         sample = read_ns - device_ns
+        if device_ns <= self._last_device_ns or (self._minima and sample < self._base + self._skew * device_ns
+                                                  - self.STEP_NS):
+            self.reset()  # the device clock went back, or jumped ahead: the envelope is of another clock
+        self._last_device_ns = device_ns
         if device_ns >= self._bucket_end:
             self._close_bucket(device_ns)
         if self._open is None or sample < self._open[1]:
@@ -242,8 +249,9 @@ class DeviceClock:
         if not minima:
             return
         if minima[-1][0] - minima[0][0] >= self.SKEW_SPAN_NS:
-            self._skew = self._refit(list(minima), self._skew)
-            self._skew = self._refit(list(minima), self._skew)  # again, the lowest points chosen along the new skew
+            points = list(minima)
+            self._skew = self._refit(points, self._skew)
+            self._skew = self._refit(points, self._skew)  # again, the lowest points chosen along the new skew
         skew = self._skew
         self._base = min(sample - skew * at for at, sample in minima)
 

@@ -58,13 +58,10 @@ class Fired(NamedTuple):
 class LinkBackstop:
     """One native backstop for one link: its queue of fallback ACTIONs, and the link's numbering kept whole."""
 
-    def __init__(self, native: Any, encoder: FrameEncoder, auth: Optional[LinkAuth], baud: int):
+    def __init__(self, native: Any, encoder: FrameEncoder, auth: Optional[LinkAuth]):
         self.native = native
         self._encoder = encoder
         self._auth = auth
-        #: How long a byte takes on the wire (start, 8 data and stop bits at ``baud``): a fallback is written
-        #: that much earlier per byte, so that the device *has* it by the fire time, not merely the UART.
-        self._byte_ns = 10 * 1_000_000_000 // max(1, baud)
         #: What the native queue holds, in order, with each frame's length (written frames until collected).
         self._queued: Deque[Tuple[ArmedAction, int]] = deque()
 
@@ -82,7 +79,7 @@ class LinkBackstop:
             encoder.next_seq = seq
             if auth is not None:
                 auth.tx_ts = tx_ts
-        if not self.native.arm(armed.tag, armed.fire_at_ns - len(wire) * self._byte_ns, wire):
+        if not self.native.arm(armed.tag, armed.fire_at_ns, wire):
             return False
         self._queued.append((armed, len(wire)))
         return True

@@ -281,7 +281,7 @@ class SerialSource(Source):
             return False
         if self._backstop is None:
             with self._tx_lock:
-                self._backstop = LinkBackstop(native(self.port.fileno()), self._encoder, self.auth, self.port.baud)
+                self._backstop = LinkBackstop(native(self.port.fileno()), self._encoder, self.auth)
                 self._backstop_connection = self.port.connection
         return True
 
