@@ -220,9 +220,8 @@ class LoopPriority:
 
     The threads that wait for a deadline get SCHED_FIFO: they sleep nearly all the time and must win
     a CPU the moment their timer fires, even on a loaded machine. In the thread and process modes that
-    is the loop; inline, the watchdog and the loop, which also runs the model (a model that keeps it
-    busy more than 95 % of the time then meets the kernel's real-time throttling: use the thread mode
-    for it); the source's reader thread, which stamps arrivals, gets SCHED_FIFO too
+    is the loop; inline, the watchdog and the loop, which also runs the model (a long invoke runs under
+    the normal scheduler: :class:`Demotion`); the source's reader thread, which stamps arrivals, gets SCHED_FIFO too
     (:meth:`add_waiter`). Threads other than the loop get one priority more than the loop: SCHED_FIFO
     threads of equal priority never preempt each other, and the watchdog must preempt a loop that is
     computing the model. The model's worker
