@@ -340,7 +340,8 @@ def run_scenario(name: str, spec: Path, mode: str, seconds: float, rate: float, 
     reasons: Dict[str, int] = summary["fallback_reasons"]
     row = {
         "scenario": name, "mode": mode + (" --realtime" if realtime else "") + ("" if backstop else ", no backstop")
-        + (f", isolated on CPU {isolate}" if isolate is not None else ""), "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
+        + (f", isolated on CPU {isolate}" if isolate is not None else ""),
+        "seconds": seconds, "sensor_frames": sent, "windows": len(window_seqs),
         "actions": len(actions), "windows_without_action": len(missing),
         "device_latency_us": percentiles(latencies),
         "device_late": late_device, "runtime_late_decisions": summary["late_decisions"],
