@@ -428,6 +428,35 @@ def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a
     runtime.close()
 
 
+def test_a_window_that_arrived_while_the_model_was_free_is_run_however_late_the_loop_sees_it(tmp_path):
+    """The refusal above bets that the next window is seen fresh. A window that arrived after the model's last
+    invoke ended was late for a reason outside the loop (a reader that got the frame late: a busy Python thread
+    held the GIL); the next one will be as late, so it is run (a busy thread in bench_arrival.py: 136 model
+    decisions in 969 windows with the bet, the rest refused in turn)."""
+    clock = FakeClock(start_ns=10**12)
+    runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)
+    runtime.start()
+    warm = len(engine.inputs)
+
+    def window(seq: int, age_ms: float) -> None:
+        arrived = clock.now_ns() - int(age_ms * MS)
+        for i in range(8):
+            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
+                                   values=np.full(2, seq, np.float32), label=None, device_seq=None))
+        runtime.window.reset()
+
+    window(1, 10)  # the model takes it (10 + 25 < 49); its invoke ends now
+    assert len(engine.inputs) == warm + 1
+    for seq in range(2, 6):
+        clock.advance(40 * MS)  # each arrived 10 ms after the model was free, and the loop sees it 30 ms old
+        window(seq, 30)
+        assert len(engine.inputs) == warm + seq, seq  # run: 30 + 25 > 49, but the next would be as late
+    window(6, 30)  # arrived during the last invoke: the loop's own lag, the next one comes fresh; refused
+    assert len(engine.inputs) == warm + 5
+    assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (55, Reason.OVERRUN)
+    runtime.close()
+
+
 def test_the_learned_reserve_moves_the_last_moment_a_window_may_start(tmp_path):
     clock = FakeClock(start_ns=10**12)
     runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)

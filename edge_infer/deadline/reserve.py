@@ -32,6 +32,8 @@ from .tail_estimate import PROBE_EVERY, TailEstimate
 WAKE_SAMPLES = 100
 #: Fallbacks the watchdog handed out, remembered for the p99 of the sinks' time (rare: only overruns).
 EMIT_SAMPLES = 20
+#: ``model_free_ns`` of a model whose invokes the reserve does not see end (later than any arrival).
+NEVER = 2**63 - 1
 
 
 class Reserve:
@@ -49,6 +51,8 @@ class Reserve:
         self.ns = self._clamp(floor_ns)
         #: The model's recent p99 invoke (0 until known).
         self.invoke_ns = 0
+        #: When the model last returned from an invoke (set by the inline scheduler; never, for the others).
+        self.model_free_ns = NEVER
         self._refused = 0
         self._wake = TailEstimate(size=WAKE_SAMPLES, every=10, min_samples=10)
         self._emit = TailEstimate(size=EMIT_SAMPLES, every=1, min_samples=1)
@@ -98,10 +102,16 @@ class Reserve:
           behind it do not wait for an invoke that was going to be wasted.
         * Otherwise (no newer window comes in time, the period is unknown, or the model cannot fit even a
           fresh window) the model runs it: it may still make it, and the watchdog keeps the deadline.
+        * So also when the window arrived after the model's last invoke had ended (``model_free_ns``): the
+          loop was free, so it sees the window late for a reason outside it (the reader got the frame late: a
+          busy Python thread held the GIL), the next window will be as late, and refusing this one would only
+          refuse that one too (a busy thread: 136 model decisions in 969 windows; docs/performance.md 5.7).
         * Every :data:`~.tail_estimate.PROBE_EVERY`-th window refused since the estimate was last refreshed runs anyway.
         """
         if now_ns >= fire_at_ns:
             return True
+        if arrival_ns >= self.model_free_ns:
+            return False
         invoke_ns = self.invoke_ns
         if not (period_ns is not None and arrival_ns + period_ns < now_ns + invoke_ns
                 and invoke_ns + self.ns < budget_ns):

@@ -220,6 +220,7 @@ class InlineScheduler(Scheduler):
                 self.baton.take_back()  # type: ignore[union-attr]  (whoever runs the loop ends its turn first)
         if breather is not None:
             breather.last_end_ns = end
+        self.reserve.model_free_ns = end
         self._invoke_since = 0
         invoke_ns = end - start
         self.tail.record(invoke_ns)
