@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 #: Nice value of the model's worker thread or child process under ``--realtime``.
 WORKER_NICE = -10
+#: Nice value of the inline loop's thread during a demoted invoke (:class:`Demotion`). The lowest: at -10 a
+#: scraper of the metrics endpoint took the CPU from the model (off the CPU 24-28 ms at p99 per invoke, 331
+#: model decisions a run against 396 at -20), while the kernel's deferred work, which the demotion is for,
+#: still preempts it (pty delivery p99 0.1-1.8 ms either way; docs/performance.md 5.7).
+DEMOTED_NICE = -20
 #: SCHED_FIFO, and a process forked from such a thread starts under the normal scheduler (a helper process,
 #: say the metrics server, scraped hard, must not inherit the loop's real-time priority and starve it).
 FIFO_POLICY = getattr(os, "SCHED_FIFO", 1) | getattr(os, "SCHED_RESET_ON_FORK", 0)
@@ -144,7 +149,7 @@ class Breather:
 
 
 class Demotion:
-    """Under ``--realtime``, a long invoke runs under the normal scheduler (nice :data:`WORKER_NICE`); the loop
+    """Under ``--realtime``, a long invoke runs under the normal scheduler (nice :data:`DEMOTED_NICE`); the loop
     takes its SCHED_FIFO back as the invoke returns.
 
     Why: the deadline no longer depends on the loop thread once an invoke has started: the watchdog and the
@@ -181,9 +186,9 @@ class Demotion:
         if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != getattr(os, "SCHED_FIFO", 1):
             return None
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)  # LoopPriority restores it
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DEMOTED_NICE)  # LoopPriority restores it
         except OSError as exc:
-            log.warning("--realtime: a long invoke runs at the normal scheduler without nice %d (%s)", WORKER_NICE,
+            log.warning("--realtime: a long invoke runs at the normal scheduler without nice %d (%s)", DEMOTED_NICE,
                         exc.strerror or exc)
         return cls(os.sched_setscheduler, (policy, os.sched_getparam(0).sched_priority))
 

@@ -148,8 +148,8 @@ def add_deadline_options(parser: argparse.ArgumentParser) -> None:
                        help="pin the process (and the model's worker) to these CPUs")
     group.add_argument("--realtime", action="store_true",
                        help=f"run the decision loop's thread under SCHED_FIFO priority {REALTIME_PRIORITY}, so it "
-                            "wakes at its deadlines on a loaded machine, and the model's worker at nice -10 "
-                            "(needs CAP_SYS_NICE)")
+                            "wakes at its deadlines on a loaded machine; a long invoke runs at nice -20, the "
+                            "model's worker at nice -10 (needs CAP_SYS_NICE)")
 
 
 def options_from_args(base: DeadlineOptions, args: argparse.Namespace) -> DeadlineOptions:
