@@ -23,6 +23,7 @@ import os
 import random
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -378,6 +379,15 @@ def test_the_reserve_is_learned_from_how_late_the_watchdog_wakes_and_how_long_it
     assert quiet.ns == 50 * MS // 4  # a stalled one never eats more than a quarter of the budget
 
 
+def push_window(runtime: Runtime, clock: FakeClock, seq: int, age_ms: float) -> None:
+    """A whole window (8 frames) for ``runtime``, its last frame arrived ``age_ms`` ago by ``clock``."""
+    arrived = clock.now_ns() - int(age_ms * MS)
+    for i in range(8):
+        runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
+                               values=np.full(2, seq, np.float32), label=None, device_seq=None))
+    runtime.window.reset()
+
+
 def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a_newer_one_comes_first(tmp_path):
     clock = FakeClock(start_ns=10**12)
     # 100 Hz, hop 1, budget 50 ms, the model 25 ms (warm-up measures it: p99 25 ms), reserve 1 ms
@@ -385,12 +395,7 @@ def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a
     runtime.start()
     warm = len(engine.inputs)
 
-    def window(seq: int, age_ms: float) -> None:
-        arrived = clock.now_ns() - int(age_ms * MS)
-        for i in range(8):  # a whole window (8 frames), its last frame arrived age_ms ago
-            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
-                                   values=np.full(2, seq, np.float32), label=None, device_seq=None))
-        runtime.window.reset()
+    window = partial(push_window, runtime, clock)
 
     window(1, 30)  # 30 + 25 > 49: the model would end after the watchdog acted, and a newer window comes in 10
     assert len(engine.inputs) == warm  # never started
@@ -438,12 +443,7 @@ def test_a_window_that_arrived_while_the_model_was_free_is_run_however_late_the_
     runtime.start()
     warm = len(engine.inputs)
 
-    def window(seq: int, age_ms: float) -> None:
-        arrived = clock.now_ns() - int(age_ms * MS)
-        for i in range(8):
-            runtime.on_frame(Frame(seq=seq * 8 + i, t=0.0, recv_ns=arrived,
-                                   values=np.full(2, seq, np.float32), label=None, device_seq=None))
-        runtime.window.reset()
+    window = partial(push_window, runtime, clock)
 
     window(1, 10)  # the model takes it (10 + 25 < 49); its invoke ends now
     assert len(engine.inputs) == warm + 1
