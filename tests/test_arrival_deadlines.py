@@ -436,24 +436,27 @@ def test_a_window_the_models_p99_cannot_finish_in_time_falls_back_overrun_when_a
 def test_a_window_that_arrived_while_the_model_was_free_is_run_however_late_the_loop_sees_it(tmp_path):
     """The refusal above bets that the next window is seen fresh. A window that arrived after the model's last
     invoke ended was late for a reason outside the loop (a reader that got the frame late: a busy Python thread
-    held the GIL); the next one will be as late, so it is run (a busy thread in bench_arrival.py: 136 model
-    decisions in 969 windows with the bet, the rest refused in turn)."""
+    held the GIL); the next one will be as late, so it is run, and a model faster than its p99 decides it (a
+    busy thread in bench_arrival.py: 136 model decisions in 969 windows with the bet, the rest refused in turn)."""
     clock = FakeClock(start_ns=10**12)
     runtime, sink, engine = runtime_with(tmp_path, engine_ms=25, frames=40, clock=clock, warmup=20, speed=None)
     runtime.start()
     warm = len(engine.inputs)
-
     window = partial(push_window, runtime, clock)
+    engine.ns = 15 * MS  # from now on the model takes 15 ms; its p99 stays the warm-up's 25 ms
 
     window(1, 10)  # the model takes it (10 + 25 < 49); its invoke ends now
     assert len(engine.inputs) == warm + 1
     for seq in range(2, 6):
         clock.advance(40 * MS)  # each arrived 10 ms after the model was free, and the loop sees it 30 ms old
-        window(seq, 30)
-        assert len(engine.inputs) == warm + seq, seq  # run: 30 + 25 > 49, but the next would be as late
-    window(6, 30)  # arrived during the last invoke: the loop's own lag, the next one comes fresh; refused
-    assert len(engine.inputs) == warm + 5
-    assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (55, Reason.OVERRUN)
+        window(seq, 30)  # 30 + p99 25 > 49, but the next would be as late: run, and decided in 30 + 15 ms
+        assert len(engine.inputs) == warm + seq, seq
+        assert (sink.decisions[-1].source, sink.decisions[-1].reason) == ("model", None), seq
+    engine.ns = 25 * MS
+    window(6, 10)  # an invoke from now to now + 25 ms
+    window(7, 24.5)  # arrived 0.5 ms into that invoke: the loop's own lag, the next comes fresh; refused
+    assert len(engine.inputs) == warm + 6
+    assert (sink.decisions[-1].seq, sink.decisions[-1].reason) == (63, Reason.OVERRUN)
     runtime.close()
 
 
@@ -608,9 +611,29 @@ def test_demotion_moves_a_real_sched_fifo_thread_to_the_normal_scheduler_and_bac
     if seen.get("skip"):
         pytest.skip("SCHED_FIFO is not permitted here")
     assert seen["down"][0] == os.SCHED_OTHER | os.SCHED_RESET_ON_FORK
-    assert seen["down"][1] in (-20, 0)  # nice -20 where permitted (CAP_SYS_NICE), else it stays (one warning)
+    assert seen["down"][1] in (-20, -10, 0)  # nice -20 where permitted, else -10, else it stays (one warning)
     assert seen["up"] == (os.SCHED_FIFO, 7)
     assert seen["other"] is None  # a loop that is not SCHED_FIFO has nothing to demote
+
+
+@pytest.mark.parametrize("lowest, expected, warned", [(-20, [-20], False), (-10, [-20, -10], False),
+                                                       (0, [-20, -10], True)])
+def test_a_demoted_invoke_gets_the_lowest_nice_the_limit_allows(monkeypatch, caplog, lowest, expected, warned):
+    """nice -20, or -10 where RLIMIT_NICE stops there (a systemd unit without LimitNICE=-20), or none, with
+    one warning line; never an error."""
+    tried: List[int] = []
+
+    def setpriority(which: int, who: int, nice: int) -> None:
+        tried.append(nice)
+        if nice < lowest:
+            raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_FIFO)
+    monkeypatch.setattr(os, "setpriority", setpriority)
+    with caplog.at_level(logging.WARNING):
+        assert Demotion.of_this_thread() is not None
+    assert tried == expected
+    assert ("without nice -20" in caplog.text) is warned
 
 
 # --- the start-up check ---------------------------------------------------------------------------------

@@ -44,10 +44,11 @@ log = logging.getLogger(__name__)
 
 #: Nice value of the model's worker thread or child process under ``--realtime``.
 WORKER_NICE = -10
-#: Nice value of the inline loop's thread during a demoted invoke (:class:`Demotion`). The lowest: at -10 a
-#: scraper of the metrics endpoint took the CPU from the model (off the CPU 24-28 ms at p99 per invoke, 331
-#: model decisions a run against 396 at -20), while the kernel's deferred work, which the demotion is for,
-#: still preempts it (pty delivery p99 0.1-1.8 ms either way; docs/performance.md 5.7).
+#: Nice value of the inline loop's thread during a demoted invoke (:class:`Demotion`; :data:`WORKER_NICE` where
+#: only that is permitted). The lowest: at -10 the model decided fewer windows in 14 of 20 loaded runs side by
+#: side (a scraper of the metrics endpoint: 331 model decisions a run against 396 at -20), while the kernel's
+#: deferred work, which the demotion is for, still preempts it (pty delivery p99 at most 0.77 ms at -10, 0.68 ms
+#: at -20 but for one run at 1.8 ms; docs/performance.md 5.7b).
 DEMOTED_NICE = -20
 #: SCHED_FIFO, and a process forked from such a thread starts under the normal scheduler (a helper process,
 #: say the metrics server, scraped hard, must not inherit the loop's real-time priority and starve it).
@@ -185,11 +186,15 @@ class Demotion:
         policy = os.sched_getscheduler(0)
         if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != getattr(os, "SCHED_FIFO", 1):
             return None
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DEMOTED_NICE)  # LoopPriority restores it
-        except OSError as exc:
+        for nice in (DEMOTED_NICE, WORKER_NICE):  # the lowest that RLIMIT_NICE (or CAP_SYS_NICE) allows
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # LoopPriority restores it
+                break
+            except OSError as exc:
+                refused = exc
+        else:
             log.warning("--realtime: a long invoke runs at the normal scheduler without nice %d (%s)", DEMOTED_NICE,
-                        exc.strerror or exc)
+                        refused.strerror or refused)
         return cls(os.sched_setscheduler, (policy, os.sched_getparam(0).sched_priority))
 
     def wanted(self, invoke_estimate_ns: Optional[int]) -> bool:

@@ -51,7 +51,8 @@ class Reserve:
         self.ns = self._clamp(floor_ns)
         #: The model's recent p99 invoke (0 until known).
         self.invoke_ns = 0
-        #: When the model last returned from an invoke (set by the inline scheduler; never, for the others).
+        #: When the model last returned from an invoke (set by the inline scheduler; NEVER for the thread and
+        #: process modes, which keep the refusal's bet).
         self.model_free_ns = NEVER
         self._refused = 0
         self._wake = TailEstimate(size=WAKE_SAMPLES, every=10, min_samples=10)
@@ -105,7 +106,7 @@ class Reserve:
         * So also when the window arrived after the model's last invoke had ended (``model_free_ns``): the
           loop was free, so it sees the window late for a reason outside it (the reader got the frame late: a
           busy Python thread held the GIL), the next window will be as late, and refusing this one would only
-          refuse that one too (a busy thread: 136 model decisions in 969 windows; docs/performance.md 5.7).
+          refuse that one too (a busy thread: 136 model decisions in 969 windows; docs/performance.md 5.7b).
         * Every :data:`~.tail_estimate.PROBE_EVERY`-th window refused since the estimate was last refreshed runs anyway.
         """
         if now_ns >= fire_at_ns:

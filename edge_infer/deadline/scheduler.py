@@ -286,7 +286,7 @@ class InlineScheduler(Scheduler):
 
     def set_worker_nice(self, nice: int) -> None:
         """Inline, the loop's thread runs the model: a long invoke runs under the normal scheduler at
-        :data:`.hygiene.WORKER_NICE` (:meth:`on_fifo`, :class:`.Demotion`), a short one under SCHED_FIFO (a
+        :data:`.hygiene.DEMOTED_NICE` (:meth:`on_fifo`, :class:`.Demotion`), a short one under SCHED_FIFO (a
         first version demoted every invoke, before the backstop: a loaded machine preempted the loop
         mid-window, p99 63 ms against 14 ms; docs/performance.md)."""
 
