@@ -315,7 +315,7 @@ def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     rows = {row["device"]: row for row in json.loads(proc.stdout)}
     assert set(rows) == {"alpha", "beta"}
     for row in rows.values():
-        assert row["status"] == "online" and row["decisions_per_s"] > 0 and row["last_seen_s"] < 2
+        assert row["status"] == "online" and row["decisions_per_s"] > 0 and row["last_seen_s"] < 5
     table = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1.5")
     lines = table.stdout.splitlines()
     assert table.returncode == 0 and "DECISIONS/S" in lines[1] and "FALLBACK" in lines[1]
@@ -327,7 +327,7 @@ def test_fleet_watch_shows_two_devices(tmp_path, broker, model_files):
     for proc_, _ in runs:
         proc_.send_signal(signal.SIGINT)
         finish(proc_)
-    live = run_cli("fleet", "watch", "--mqtt", broker.url, "--duration", "2", "--interval", "0.5")
+    live = run_cli("fleet", "watch", "--mqtt", broker.url, "--duration", "3", "--interval", "0.5")
     assert live.returncode == 0 and live.stdout.count("DECISIONS/S") >= 3  # redrawn (plain text: not a terminal)
     assert "\033[" not in live.stdout
     after = run_cli("fleet", "watch", "--mqtt", broker.url, "--once", "--duration", "1", "--json")

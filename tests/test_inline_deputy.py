@@ -120,6 +120,11 @@ def run_in_thread(runtime: Runtime) -> "tuple[threading.Thread, dict]":
     return thread, out
 
 
+def hung_window(sink: OneAtATime, after: int) -> Optional[int]:
+    """The seq of the first window after ``after`` that the watchdog decided, if there is one yet."""
+    return next((d.seq for d, t in list(sink.decisions) if t == "edge-infer-watchdog" and d.seq > after), None)
+
+
 def test_windows_that_arrive_while_the_invoke_hangs_are_decided_without_waiting_for_it(tmp_path):
     """The hung window falls back ``deadline`` (the watchdog); the windows after it are decided ``overrun`` by a
     deputy while the invoke still hangs, in order, after it; never two threads in the sinks; once the invoke
@@ -130,7 +135,11 @@ def test_windows_that_arrive_while_the_invoke_hangs_are_decided_without_waiting_
     thread, out = run_in_thread(runtime)
     try:
         wait_for(lambda: len(calls) >= HUNG_CALL, "the invoke that hangs", timeout=30)
-        hung = [d for d, _ in sink.decisions if d.source == "model"][-1].seq + 1  # hop 1: the next window
+        last_model = [d for d, _ in sink.decisions if d.source == "model"][-1].seq  # decided before the hang
+        # the hung window is the watchdog's first after it (on a loaded machine not always last_model + 1: a
+        # window in between may have been taken over, overrun)
+        wait_for(lambda: hung_window(sink, last_model) is not None, "the hung window's fallback", timeout=30)
+        hung = hung_window(sink, last_model)
         wait_for(lambda: len(sink.after(hung)) >= 20, "20 windows after the hung one decided while it hangs",
                  timeout=30)
         assert not release.is_set() and len(calls) == HUNG_CALL  # still inside the hung invoke

@@ -6,7 +6,6 @@ takes milliseconds), and systemd is a real datagram socket.
 
 import socket
 import threading
-import time
 
 import pytest
 from conftest import read_jsonl
@@ -67,15 +66,20 @@ class FakeSystemd:
         with self._cond:
             return self._cond.wait_for(lambda: any(m.startswith(text) for m in self.messages), timeout)
 
+    def caught_up(self, sent, timeout=30.0):
+        """Wait until the reader has read ``sent`` datagrams (``timeout`` only bounds a test that would hang)."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.received >= sent, timeout), \
+                f"systemd got {self.received} of the notifier's {sent} messages in {timeout} s"
+
     def take(self, sent, timeout=30.0):
         """The messages received since the last take, once all ``sent`` (the notifier's count) have arrived.
 
         Waiting for the count, not for a moment, is what makes the result complete: the reader thread may be
         descheduled for long on a loaded machine. ``timeout`` only bounds a test that would otherwise hang.
         """
+        self.caught_up(sent, timeout)
         with self._cond:
-            arrived = self._cond.wait_for(lambda: self.received >= sent, timeout)
-            assert arrived, f"systemd got {self.received} of the notifier's {sent} messages in {timeout} s"
             out, self.messages = self.messages, []
             return out
 
@@ -102,10 +106,16 @@ def paced_runtime(model, clock, sinks=()):
 
 
 class RealTimeBreather(Sink):
-    """A real millisecond per frame for systemd's reader thread: fake time runs far faster than any reader."""
+    """Lets systemd's reader thread catch up before each frame: fake time runs far faster than any reader, and a
+    datagram that finds the socket's queue full (10 here) is dropped by the notifier. Waiting for the count, not
+    for a real millisecond, holds on a loaded machine too. ``notifier`` is set once the hooks exist."""
+
+    def __init__(self, systemd: "FakeSystemd"):
+        self.systemd, self.notifier = systemd, None
 
     def on_frame(self, frame):
-        time.sleep(0.001)
+        if self.notifier is not None:
+            self.systemd.caught_up(self.notifier.sent)
 
     def on_decision(self, decision):
         pass
@@ -128,8 +138,10 @@ class StopAfter(Sink):
 
 def test_the_loop_feeds_the_watchdog_every_half_period_and_reports_status_once_a_second(model, systemd, tmp_path):
     clock = FakeClock(start_ns=5 * SECOND)
-    runtime = paced_runtime(model, clock, [RealTimeBreather()])
+    breather = RealTimeBreather(systemd)
+    runtime = paced_runtime(model, clock, [breather])
     hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2), TextfileExporter(tmp_path / "m.prom", 10))
+    breather.notifier = hooks.notifier
     summary = runtime.run(hooks=hooks)
     hooks.close()
     messages = systemd.take(hooks.notifier.sent)
@@ -149,8 +161,10 @@ def test_the_loop_feeds_the_watchdog_every_half_period_and_reports_status_once_a
 def test_a_stop_request_says_stopping_then_hands_out_the_safe_action_then_flushes(model, systemd, tmp_path):
     clock = FakeClock()
     stopper = StopAfter(5, systemd)
-    runtime = paced_runtime(model, clock, [JsonLinesSink(tmp_path / "d.jsonl"), stopper, RealTimeBreather()])
+    breather = RealTimeBreather(systemd)
+    runtime = paced_runtime(model, clock, [JsonLinesSink(tmp_path / "d.jsonl"), stopper, breather])
     hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2))
+    breather.notifier = hooks.notifier
     summary = runtime.run(stop=stopper.stop, hooks=hooks)
     hooks.close()
     assert stopper.stopping_before_shutdown

@@ -21,8 +21,8 @@ from conftest import ROOT, read_jsonl
 
 from edge_infer.io.mcap_log import read_mcap
 
-WATCHDOG_USEC = 1_000_000  # 1 s: pings are due every 0.5 s
-OBSERVE_S = 4.0  # how long the running service is watched before SIGTERM
+WATCHDOG_USEC = 2_000_000  # 2 s: pings are due every 1 s, and a loaded machine has 1 s to be late by
+OBSERVE_S = 6.0  # how long the running service is watched before SIGTERM
 SAFETY_S = 120.0  # generous upper bound for start-up and stop on a shared, noisy machine
 
 
@@ -74,7 +74,8 @@ def test_ready_watchdog_status_stopping_and_a_clean_stop_on_sigterm(tmp_path):
     running = [(t, text) for t, text in messages if ready_at <= t < term_at]
     pings = [ready_at] + [t for t, text in running if text == "WATCHDOG=1"]
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert len(pings) - 1 >= OBSERVE_S - 1, pings  # due every 0.5 s: at least one a second even on a slow machine
+    # due every half period: at least one a period even on a slow machine
+    assert len(pings) - 1 >= OBSERVE_S // (WATCHDOG_USEC / 1e6), pings
     assert max(gaps) <= WATCHDOG_USEC / 1e6, gaps  # never the full period: systemd would have killed it
     assert max(term_at - pings[-1], 0) <= WATCHDOG_USEC / 1e6
     statuses = [text for _, text in running if text.startswith("STATUS=")]

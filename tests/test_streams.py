@@ -428,8 +428,10 @@ def test_a_hung_model_holds_up_only_its_own_streams(tmp_path, mode):
     finally:
         hang.set()
     x, y = summary["streams"]
-    assert y["decisions"] == y["model_decisions"] == 27 and y["fallback_decisions"] == 0
-    assert x["decisions"] == 27 and x["model_decisions"] == 2
+    # Y decides with its model while X hangs (without a deputy, inline, all but ~2 of Y's windows would wait and
+    # fall back); on a loaded machine the odd Y window may still be taken over by a newer one (overrun)
+    assert y["decisions"] == 27 and y["model_decisions"] >= 20 and set(y["fallback_reasons"]) <= {"overrun"}
+    assert x["decisions"] == 27 and x["model_decisions"] <= 2
     # the window in the hung invoke falls back at its deadline; each later one waits for the model until a newer
     # one arrives (a window every 40 ms, budget 300 ms): overrun, the newest always waiting
     assert x["fallback_reasons"]["deadline"] >= 1 and set(x["fallback_reasons"]) <= {"deadline", "overrun"}
@@ -469,7 +471,10 @@ def test_after_an_overrun_the_baton_goes_back_and_every_model_keeps_deciding(tmp
     summary = runtime.run(duration_s=20.0)  # the logs last 3 s; the bound is for a loop that never ends
     x, y = summary["streams"]
     assert summary["deputy_takeovers"] >= 1
-    assert y["decisions"] == y["model_decisions"] > 60 and not y["fallback_reasons"]
+    # the bug gave 27 model decisions then only fallbacks; a loaded machine may let a newer window of Y take the
+    # odd one over (overrun: Y's invoke is 15 ms, a window every 40 ms)
+    assert y["model_decisions"] > 60 and set(y["fallback_reasons"]) <= {"overrun"}
+    assert y["fallback_decisions"] <= y["model_decisions"] // 10
     assert not runtime.baton.lock.locked() and not runtime.baton.wanted
 
 
@@ -630,7 +635,8 @@ def test_a_device_with_the_wrong_schema_fails_its_stream_only(tmp_path):
                  len(device.received) > 0, "the host to speak")
         device.send(hello_for(["a", "b", "c", "d", "e", "f"]))
         wait_for(lambda: runtime.states[0].startswith("failed") and sum(collects[0].fallback) >= 3
-                 and len(collects[1].seq) > 20, "the device stream to fail and the log stream to go on")
+                 and len(collects[1].fallback) - sum(collects[1].fallback) > 20,
+                 "the device stream to fail and the log stream to go on deciding with its model")
     finally:
         stop.set()
         thread.join(30)
