@@ -60,7 +60,7 @@ class WindowStats:
         self._weights = np.zeros((window, 2))
         self._weights[:, 0] = 1.0                  # column 0: the whole window
         self._weights[window - tail:, 1] = 1.0     # column 1: the last `tail` frames
-        self.sums = np.empty(8 * c + 1)
+        self.sums = np.zeros(8 * c + 1)
         self._products = self.sums[0:6 * c].reshape(3 * c, 2)
         self._u_sums = self._products[0:c]
         self._u_squares = self.sums[6 * c:8 * c].reshape(c, 2)
