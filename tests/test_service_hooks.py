@@ -105,17 +105,16 @@ def paced_runtime(model, clock, sinks=()):
     return Runtime(spec, engine, source, sinks, clock=clock)
 
 
-class RealTimeBreather(Sink):
-    """Lets systemd's reader thread catch up before each frame: fake time runs far faster than any reader, and a
-    datagram that finds the socket's queue full (10 here) is dropped by the notifier. Waiting for the count, not
-    for a real millisecond, holds on a loaded machine too. ``notifier`` is set once the hooks exist."""
+class SystemdCatchesUp(Sink):
+    """Lets systemd's reader thread catch up with ``notifier`` before each frame: fake time runs far faster than
+    any reader, and a datagram that finds the socket's queue full (10 here) is dropped by the notifier. Waiting
+    for the count, not for a real millisecond, holds on a loaded machine too."""
 
-    def __init__(self, systemd: "FakeSystemd"):
-        self.systemd, self.notifier = systemd, None
+    def __init__(self, systemd: "FakeSystemd", notifier: Notifier):
+        self.systemd, self.notifier = systemd, notifier
 
     def on_frame(self, frame):
-        if self.notifier is not None:
-            self.systemd.caught_up(self.notifier.sent)
+        self.systemd.caught_up(self.notifier.sent)
 
     def on_decision(self, decision):
         pass
@@ -138,10 +137,9 @@ class StopAfter(Sink):
 
 def test_the_loop_feeds_the_watchdog_every_half_period_and_reports_status_once_a_second(model, systemd, tmp_path):
     clock = FakeClock(start_ns=5 * SECOND)
-    breather = RealTimeBreather(systemd)
-    runtime = paced_runtime(model, clock, [breather])
-    hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2), TextfileExporter(tmp_path / "m.prom", 10))
-    breather.notifier = hooks.notifier
+    notifier = Notifier(systemd.path, watchdog_ns=SECOND // 2)
+    runtime = paced_runtime(model, clock, [SystemdCatchesUp(systemd, notifier)])
+    hooks = ServiceHooks(notifier, TextfileExporter(tmp_path / "m.prom", 10))
     summary = runtime.run(hooks=hooks)
     hooks.close()
     messages = systemd.take(hooks.notifier.sent)
@@ -161,10 +159,10 @@ def test_the_loop_feeds_the_watchdog_every_half_period_and_reports_status_once_a
 def test_a_stop_request_says_stopping_then_hands_out_the_safe_action_then_flushes(model, systemd, tmp_path):
     clock = FakeClock()
     stopper = StopAfter(5, systemd)
-    breather = RealTimeBreather(systemd)
-    runtime = paced_runtime(model, clock, [JsonLinesSink(tmp_path / "d.jsonl"), stopper, breather])
-    hooks = ServiceHooks(Notifier(systemd.path, watchdog_ns=SECOND // 2))
-    breather.notifier = hooks.notifier
+    notifier = Notifier(systemd.path, watchdog_ns=SECOND // 2)
+    runtime = paced_runtime(model, clock, [JsonLinesSink(tmp_path / "d.jsonl"), stopper,
+                                           SystemdCatchesUp(systemd, notifier)])
+    hooks = ServiceHooks(notifier)
     summary = runtime.run(stop=stopper.stop, hooks=hooks)
     hooks.close()
     assert stopper.stopping_before_shutdown

@@ -52,7 +52,7 @@ class WindowStats:
         self._center = np.repeat(self.center[:, None], window, axis=1)
         self._gate = np.repeat(gate[:, None], window, axis=1)
         # u, u**2, max(u**2, gate**2): one row per channel. Zeros, not np.empty: the gate sums below run the product
-        # before any window is seen, and uninitialised rows of u could hold NaN (numpy warned "invalid value")
+        # before any window is seen, and uninitialised rows could hold Inf (numpy warned "invalid value")
         self._rows = np.zeros((3 * c, window))
         self.centered = self._rows[0:c]
         self._square = self._rows[c:2 * c]
